@@ -1,0 +1,176 @@
+//! The `Host` trait: what scripts can do to their environment. The Redis module implements
+//! it with the Module API; `MemoryHost` implements it in memory for tests and embedding.
+
+use crate::{HostError, Value};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LogLevel {
+    Debug,
+    Verbose,
+    Notice,
+    Warning,
+}
+
+impl LogLevel {
+    pub fn parse(s: &str) -> Option<LogLevel> {
+        match s.to_ascii_lowercase().as_str() {
+            "debug" => Some(LogLevel::Debug),
+            "verbose" => Some(LogLevel::Verbose),
+            "notice" | "info" => Some(LogLevel::Notice),
+            "warning" | "warn" => Some(LogLevel::Warning),
+            _ => None,
+        }
+    }
+}
+
+/// The environment of scripts. Shared by all threads.
+pub trait Host: Send + Sync {
+    /// Takes the data lock (Redis's GIL). Everything done through the guard is atomic with
+    /// respect to other clients. The lock is not re-entrant: callers hold at most one.
+    fn lock(&self) -> Box<dyn LockedHost + '_>;
+    /// This shard's id (40 hex characters on Redis).
+    fn shard_id(&self) -> String;
+    fn log(&self, level: LogLevel, message: &str);
+}
+
+/// What can be done while holding the data lock.
+pub trait LockedHost {
+    /// Runs a command. With `user`, the command is first checked against that ACL user's
+    /// permissions (command and keys) and refused with `HostError::NoPermission`.
+    fn call(&self, user: Option<&str>, args: &[&[u8]]) -> Result<Value, HostError>;
+}
+
+/// A key with its type and (optionally) its value, as the KeysReader produces it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KeyRecord {
+    pub key: Vec<u8>,
+    pub key_type: String,
+    pub value: Option<Value>,
+}
+
+impl KeyRecord {
+    pub fn into_value(self) -> Value {
+        let mut m = vec![
+            (Value::str("key"), Value::from_bytes(self.key)),
+            (Value::str("type"), Value::String(self.key_type)),
+        ];
+        if let Some(v) = self.value {
+            m.push((Value::str("value"), v));
+        }
+        Value::Map(m)
+    }
+}
+
+fn call_str(h: &dyn LockedHost, args: &[&[u8]]) -> Result<Value, HostError> {
+    h.call(None, args)
+}
+
+fn pairs_to_map(v: Value) -> Value {
+    match v {
+        Value::Array(items) => {
+            let mut out = Vec::with_capacity(items.len() / 2);
+            let mut it = items.into_iter();
+            while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                out.push((k, v));
+            }
+            Value::Map(out)
+        }
+        other => other,
+    }
+}
+
+/// Reads one key with its type, and its value if `read_value`. `None` if the key is gone.
+/// Values per type: string -> string; hash -> map; list -> array; set -> array (sorted);
+/// zset -> array of [member, score] by score; stream -> array of [id, {field: value}].
+pub fn read_key(h: &dyn LockedHost, key: &[u8], read_value: bool) -> Result<Option<KeyRecord>, HostError> {
+    let t = match call_str(h, &[b"TYPE", key])? {
+        Value::String(s) => s,
+        other => other.as_str_lossy().unwrap_or_default(),
+    };
+    if t == "none" {
+        return Ok(None);
+    }
+    let value = if read_value {
+        Some(match t.as_str() {
+            "string" => call_str(h, &[b"GET", key])?,
+            "hash" => pairs_to_map(call_str(h, &[b"HGETALL", key])?),
+            "list" => call_str(h, &[b"LRANGE", key, b"0", b"-1"])?,
+            "set" => {
+                let mut v = call_str(h, &[b"SMEMBERS", key])?;
+                if let Value::Array(items) = &mut v {
+                    items.sort_by(|a, b| a.compare(b));
+                }
+                v
+            }
+            "zset" => {
+                let flat = call_str(h, &[b"ZRANGE", key, b"0", b"-1", b"WITHSCORES"])?;
+                match flat {
+                    Value::Array(items) => {
+                        let mut out = Vec::new();
+                        let mut it = items.into_iter();
+                        while let Some(m) = it.next() {
+                            match m {
+                                // RESP3 replies already pair member and score.
+                                Value::Array(pair) => out.push(Value::Array(normalize_score(pair))),
+                                m => {
+                                    let s = it.next().unwrap_or(Value::Nil);
+                                    out.push(Value::Array(normalize_score(vec![m, s])));
+                                }
+                            }
+                        }
+                        Value::Array(out)
+                    }
+                    other => other,
+                }
+            }
+            "stream" => match call_str(h, &[b"XRANGE", key, b"-", b"+"])? {
+                Value::Array(entries) => Value::Array(
+                    entries
+                        .into_iter()
+                        .map(|e| match e {
+                            Value::Array(mut parts) if parts.len() == 2 => {
+                                let fields = pairs_to_map(parts.pop().unwrap());
+                                let id = parts.pop().unwrap();
+                                Value::Array(vec![id, fields])
+                            }
+                            other => other,
+                        })
+                        .collect(),
+                ),
+                other => other,
+            },
+            _ => Value::Nil,
+        })
+    } else {
+        None
+    };
+    Ok(Some(KeyRecord { key: key.to_vec(), key_type: t, value }))
+}
+
+fn normalize_score(mut pair: Vec<Value>) -> Vec<Value> {
+    if pair.len() == 2 {
+        if let Some(f) = pair[1].as_f64() {
+            pair[1] = Value::Double(f);
+        }
+    }
+    pair
+}
+
+/// One SCAN step: returns the next cursor and the keys of this step.
+pub fn scan(h: &dyn LockedHost, cursor: u64, pattern: &[u8], count: usize) -> Result<(u64, Vec<Vec<u8>>), HostError> {
+    let c = cursor.to_string();
+    let n = count.to_string();
+    let reply = call_str(h, &[b"SCAN", c.as_bytes(), b"MATCH", pattern, b"COUNT", n.as_bytes()])?;
+    match reply {
+        Value::Array(mut parts) if parts.len() == 2 => {
+            let keys = parts.pop().unwrap();
+            let next = parts.pop().unwrap().as_i64().unwrap_or(0) as u64;
+            let keys = match keys {
+                Value::Array(ks) => ks.into_iter().filter_map(|k| k.as_bytes().map(|b| b.into_owned())).collect(),
+                _ => Vec::new(),
+            };
+            Ok((next, keys))
+        }
+        other => Err(HostError::Other(format!("unexpected SCAN reply: {other}"))),
+    }
+}
