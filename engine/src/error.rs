@@ -51,9 +51,13 @@ impl ScriptError {
             format!("script ran out of memory: the runtime is limited to {limit} bytes"),
         )
     }
-    /// Errors that end a whole run rather than one record.
+    /// Errors that end a whole run rather than one record: a runaway script (time or
+    /// memory) is stopped, not retried on every remaining record.
     pub fn is_fatal(&self) -> bool {
-        matches!(self.kind, ScriptErrorKind::Aborted)
+        matches!(
+            self.kind,
+            ScriptErrorKind::Aborted | ScriptErrorKind::Timeout | ScriptErrorKind::Memory
+        )
     }
 }
 

@@ -1,13 +1,26 @@
 //! The language-agnostic core of Gears: values, the `Language` and `Host` traits, plans
-//! (a reader and its steps) and their executor, executions and their registry, and the
-//! worker pool. No Redis FFI here: `MemoryHost` lets everything run without Redis.
+//! (a reader and its steps) and their executor, executions and their registry, settings,
+//! and the worker pool. No Redis FFI here: `MemoryHost` lets everything run without Redis.
 
+mod config;
 mod error;
+pub mod execution;
+pub mod executor;
 mod host;
 mod language;
+mod memory_host;
+pub mod plan;
+mod runtime;
 mod value;
+pub mod workers;
 
+pub use config::{normalize as normalize_setting, Config, ConfigError, Setting, SETTINGS};
 pub use error::{HostError, ScriptError, ScriptErrorKind};
+pub use execution::{Execution, Outcome, Registry, Status};
+pub use executor::{run_plan, RunContext, RunOutput, StepStat};
 pub use host::{read_key, scan, Host, KeyRecord, LockedHost, LogLevel};
 pub use language::{CallClock, ClockGuard, Instance, Language, Limits, Natives, ScriptCalls};
+pub use memory_host::{glob_match, MemoryHost};
+pub use plan::{Func, GroupMode, NativeOp, Plan, Reader, Step};
+pub use runtime::{outcome_value, Api, Engine, EngineError, ExecRequest, RunApi, RunEnv};
 pub use value::{format_double, FnRef, ObjRef, Value};

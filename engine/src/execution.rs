@@ -1,0 +1,269 @@
+//! Executions (one per RG.EXEC) and the registry that keeps them, with eviction of
+//! finished executions beyond `rg.max-executions`.
+
+use crate::executor::StepStat;
+use crate::Value;
+use parking_lot::{Condvar, Mutex};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    Created,
+    Running,
+    Done,
+    Aborted,
+}
+
+impl Status {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Status::Created => "created",
+            Status::Running => "running",
+            Status::Done => "done",
+            Status::Aborted => "aborted",
+        }
+    }
+    pub fn is_finished(&self) -> bool {
+        matches!(self, Status::Done | Status::Aborted)
+    }
+}
+
+/// How a finished execution ended.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    /// The script called `run()`: its records and per-record errors.
+    Records { results: Vec<Value>, errors: Vec<String> },
+    /// The script did not call `run()`: what its top-level code returned.
+    Returned(Value),
+    /// The script failed as a whole (syntax error, uncaught error, timeout, abort).
+    Failed(String),
+}
+
+type Waiter = Box<dyn FnOnce(&Execution) + Send>;
+
+pub struct ExecutionState {
+    pub status: Status,
+    pub outcome: Option<Outcome>,
+    pub step_stats: Vec<StepStat>,
+    pub reader: Option<&'static str>,
+    pub started_ms: u64,
+    pub duration: Duration,
+    waiters: Vec<Waiter>,
+}
+
+pub struct Execution {
+    pub id: String,
+    pub language: &'static str,
+    pub description: Option<String>,
+    pub created_ms: u64,
+    pub abort: Arc<AtomicBool>,
+    state: Mutex<ExecutionState>,
+    finished: Condvar,
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+impl Execution {
+    pub fn new(id: String, language: &'static str, description: Option<String>) -> Execution {
+        Execution {
+            id,
+            language,
+            description,
+            created_ms: now_ms(),
+            abort: Arc::new(AtomicBool::new(false)),
+            state: Mutex::new(ExecutionState {
+                status: Status::Created,
+                outcome: None,
+                step_stats: Vec::new(),
+                reader: None,
+                started_ms: 0,
+                duration: Duration::ZERO,
+                waiters: Vec::new(),
+            }),
+            finished: Condvar::new(),
+        }
+    }
+
+    pub fn status(&self) -> Status {
+        self.state.lock().status
+    }
+
+    /// Reads the state under its lock.
+    pub fn with_state<R>(&self, f: impl FnOnce(&ExecutionState) -> R) -> R {
+        f(&self.state.lock())
+    }
+
+    pub fn mark_running(&self) {
+        let mut s = self.state.lock();
+        s.status = Status::Running;
+        s.started_ms = now_ms();
+    }
+
+    pub fn set_plan_info(&self, reader: &'static str, stats: Vec<StepStat>) {
+        let mut s = self.state.lock();
+        s.reader = Some(reader);
+        s.step_stats = stats;
+    }
+
+    /// Ends the execution and wakes everything waiting for it.
+    pub fn finish(&self, outcome: Outcome, aborted: bool) {
+        let waiters = {
+            let mut s = self.state.lock();
+            if s.status.is_finished() {
+                return;
+            }
+            s.status = if aborted { Status::Aborted } else { Status::Done };
+            s.outcome = Some(outcome);
+            if s.started_ms > 0 {
+                s.duration = Duration::from_millis(now_ms().saturating_sub(s.started_ms));
+            }
+            std::mem::take(&mut s.waiters)
+        };
+        self.finished.notify_all();
+        for w in waiters {
+            w(self);
+        }
+    }
+
+    /// Calls `f` once the execution is finished: now if it already is, else from the
+    /// thread that finishes it.
+    pub fn on_finish(&self, f: Waiter) {
+        let mut s = self.state.lock();
+        if s.status.is_finished() {
+            drop(s);
+            f(self);
+        } else {
+            s.waiters.push(f);
+        }
+    }
+
+    /// Blocks the calling thread until finished or `timeout` passed; true if finished.
+    pub fn wait(&self, timeout: Duration) -> bool {
+        let mut s = self.state.lock();
+        let deadline = std::time::Instant::now() + timeout;
+        while !s.status.is_finished() {
+            if self.finished.wait_until(&mut s, deadline).timed_out() {
+                return s.status.is_finished();
+            }
+        }
+        true
+    }
+
+    pub fn request_abort(&self) {
+        self.abort.store(true, Ordering::SeqCst);
+    }
+
+    pub fn outcome(&self) -> Option<Outcome> {
+        self.state.lock().outcome.clone()
+    }
+}
+
+/// Why a registry operation was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RegistryError {
+    #[error("no execution with id '{0}'")]
+    NotFound(String),
+    #[error("execution '{0}' is still running: abort it first (RG.ABORTEXECUTION) or wait for it")]
+    StillRunning(String),
+    #[error("an execution with id '{0}' already exists")]
+    Duplicate(String),
+}
+
+/// All executions of this shard, oldest first.
+pub struct Registry {
+    shard_id: String,
+    seq: AtomicU64,
+    max: AtomicU64,
+    list: Mutex<VecDeque<Arc<Execution>>>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RegistryCounts {
+    pub created: usize,
+    pub running: usize,
+    pub done: usize,
+    pub aborted: usize,
+}
+
+impl Registry {
+    pub fn new(shard_id: String, max_executions: u64) -> Registry {
+        Registry { shard_id, seq: AtomicU64::new(0), max: AtomicU64::new(max_executions), list: Mutex::new(VecDeque::new()) }
+    }
+
+    pub fn set_max(&self, max: u64) {
+        self.max.store(max, Ordering::Relaxed);
+        self.evict(&mut self.list.lock());
+    }
+
+    /// Creates an execution with a fresh id `<shard-id>-<seq>` (or the given one).
+    pub fn create(&self, id: Option<String>, language: &'static str, description: Option<String>) -> Result<Arc<Execution>, RegistryError> {
+        let mut list = self.list.lock();
+        let id = match id {
+            Some(id) => {
+                if list.iter().any(|e| e.id == id) {
+                    return Err(RegistryError::Duplicate(id));
+                }
+                id
+            }
+            None => format!("{}-{}", self.shard_id, self.seq.fetch_add(1, Ordering::Relaxed) + 1),
+        };
+        let e = Arc::new(Execution::new(id, language, description));
+        list.push_back(e.clone());
+        self.evict(&mut list);
+        Ok(e)
+    }
+
+    /// Drops the oldest finished executions while there are more than the maximum.
+    fn evict(&self, list: &mut VecDeque<Arc<Execution>>) {
+        let max = self.max.load(Ordering::Relaxed) as usize;
+        let mut i = 0;
+        while list.len() > max && i < list.len() {
+            if list[i].status().is_finished() {
+                list.remove(i);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    pub fn get(&self, id: &str) -> Result<Arc<Execution>, RegistryError> {
+        self.list.lock().iter().find(|e| e.id == id).cloned().ok_or_else(|| RegistryError::NotFound(id.to_string()))
+    }
+
+    pub fn all(&self) -> Vec<Arc<Execution>> {
+        self.list.lock().iter().cloned().collect()
+    }
+
+    pub fn drop_execution(&self, id: &str) -> Result<(), RegistryError> {
+        let mut list = self.list.lock();
+        let pos = list.iter().position(|e| e.id == id).ok_or_else(|| RegistryError::NotFound(id.to_string()))?;
+        if !list[pos].status().is_finished() {
+            return Err(RegistryError::StillRunning(id.to_string()));
+        }
+        list.remove(pos);
+        Ok(())
+    }
+
+    /// Called after an execution finished: it may now be evicted.
+    pub fn finished(&self) {
+        self.evict(&mut self.list.lock());
+    }
+
+    pub fn counts(&self) -> RegistryCounts {
+        let mut c = RegistryCounts::default();
+        for e in self.list.lock().iter() {
+            match e.status() {
+                Status::Created => c.created += 1,
+                Status::Running => c.running += 1,
+                Status::Done => c.done += 1,
+                Status::Aborted => c.aborted += 1,
+            }
+        }
+        c
+    }
+}

@@ -1,0 +1,328 @@
+//! Runs a plan: reads records in bounded batches under the data lock, then pushes them
+//! through the steps outside the lock.
+
+use crate::plan::{apply_native, Func, GroupMode, Plan, Reader, Step};
+use crate::{read_key, scan, Host, LockedHost, ScriptCalls, ScriptError, Value};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// What a run produced.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RunOutput {
+    pub results: Vec<Value>,
+    /// Per-record errors: the record was dropped and the run went on.
+    pub errors: Vec<String>,
+    pub step_stats: Vec<StepStat>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct StepStat {
+    pub name: &'static str,
+    pub calls: u64,
+    pub duration: Duration,
+}
+
+/// Everything a run needs from its surroundings.
+pub struct RunContext<'a> {
+    pub host: &'a dyn Host,
+    pub calls: &'a dyn ScriptCalls,
+    pub abort: &'a AtomicBool,
+    /// Keys (or stream entries) read per lock acquisition.
+    pub batch_size: usize,
+}
+
+enum State {
+    None,
+    Acc(Option<Value>),
+    Groups { order: Vec<(Value, Value)>, index: HashMap<Vec<u8>, usize> },
+    Seen(usize),
+}
+
+struct Pipeline<'p, 'c> {
+    plan: &'p Plan,
+    cx: &'p RunContext<'c>,
+    states: Vec<State>,
+    stats: Vec<StepStat>,
+    out: RunOutput,
+    /// Set when a limit that only stateless steps precede is full: reading can stop.
+    done: bool,
+}
+
+impl<'p, 'c> Pipeline<'p, 'c> {
+    fn call(&mut self, step: usize, f: &Func, args: Vec<Value>) -> Result<Option<Value>, ScriptError> {
+        let start = Instant::now();
+        let r = match f {
+            Func::Native(op) => apply_native(op, args).map_err(ScriptError::runtime),
+            Func::Script(fr) => self.cx.calls.call(*fr, args),
+        };
+        let st = &mut self.stats[step];
+        st.calls += 1;
+        st.duration += start.elapsed();
+        match r {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if e.is_fatal() => Err(e),
+            Err(e) => {
+                self.out.errors.push(e.message);
+                Ok(None)
+            }
+        }
+    }
+
+    fn push(&mut self, i: usize, r: Value) -> Result<(), ScriptError> {
+        let plan = self.plan;
+        let Some(step) = plan.steps.get(i) else {
+            self.out.results.push(r);
+            return Ok(());
+        };
+        match step {
+            Step::Map(f) => {
+                if let Some(v) = self.call(i, f, vec![r])? {
+                    self.push(i + 1, v)?;
+                }
+            }
+            Step::FlatMap(f) => match self.call(i, f, vec![r])? {
+                Some(Value::Array(items)) => {
+                    for v in items {
+                        self.push(i + 1, v)?;
+                    }
+                }
+                Some(Value::Nil) | None => {}
+                Some(v) => self.push(i + 1, v)?,
+            },
+            Step::Filter(f) => {
+                if let Some(keep) = self.call(i, f, vec![r.clone()])? {
+                    if keep.truthy() {
+                        self.push(i + 1, r)?;
+                    }
+                }
+            }
+            Step::ForEach(f) => {
+                if self.call(i, f, vec![r.clone()])?.is_some() {
+                    self.push(i + 1, r)?;
+                }
+            }
+            Step::Accumulate { f, zero } => {
+                let acc = match &mut self.states[i] {
+                    State::Acc(a) => a.take().unwrap_or_else(|| zero.clone()),
+                    _ => zero.clone(),
+                };
+                let keep = acc.clone();
+                let next = self.call(i, f, vec![acc, r])?.unwrap_or(keep);
+                self.states[i] = State::Acc(Some(next));
+            }
+            Step::LocalGroupBy { extractor, reducer, zero, mode } => {
+                let Some(k) = self.call(i, extractor, vec![r.clone()])? else { return Ok(()) };
+                let gk = k.group_key();
+                let current = match &self.states[i] {
+                    State::Groups { order, index } => index.get(&gk).map(|&p| order[p].1.clone()),
+                    _ => None,
+                };
+                let next = match mode {
+                    GroupMode::Batch => {
+                        let mut list = match current {
+                            Some(Value::Array(l)) => l,
+                            _ => Vec::new(),
+                        };
+                        list.push(r);
+                        Value::Array(list)
+                    }
+                    GroupMode::Records | GroupMode::Values => {
+                        let acc = current.unwrap_or_else(|| zero.clone());
+                        let keep = acc.clone();
+                        let input = if *mode == GroupMode::Values { r.get("value").cloned().unwrap_or(Value::Nil) } else { r };
+                        self.call(i, reducer, vec![k.clone(), acc, input])?.unwrap_or(keep)
+                    }
+                };
+                if let State::None = self.states[i] {
+                    self.states[i] = State::Groups { order: Vec::new(), index: HashMap::new() };
+                }
+                if let State::Groups { order, index } = &mut self.states[i] {
+                    match index.get(&gk) {
+                        Some(&p) => order[p].1 = next,
+                        None => {
+                            index.insert(gk, order.len());
+                            order.push((k, next));
+                        }
+                    }
+                }
+            }
+            Step::Limit { offset, len } => {
+                let seen = match &self.states[i] {
+                    State::Seen(n) => *n,
+                    _ => 0,
+                };
+                self.states[i] = State::Seen(seen + 1);
+                if seen >= *offset && seen < offset + len {
+                    self.push(i + 1, r)?;
+                }
+                if seen + 1 >= offset + len && plan.steps[..i].iter().all(is_streaming) {
+                    self.done = true;
+                }
+            }
+            Step::Collect | Step::Repartition(_) => self.push(i + 1, r)?,
+        }
+        Ok(())
+    }
+
+    /// Flushes stateful steps from `from` on, in order.
+    fn finish(&mut self, from: usize) -> Result<(), ScriptError> {
+        for i in from..self.plan.steps.len() {
+            let emitted: Vec<Value> = match (&self.plan.steps[i], std::mem::replace(&mut self.states[i], State::None)) {
+                (Step::Accumulate { .. }, State::Acc(Some(a))) => vec![a],
+                (Step::Accumulate { zero, .. }, _) if *zero != Value::Nil => vec![zero.clone()],
+                (Step::LocalGroupBy { reducer, mode, .. }, State::Groups { order, .. }) => {
+                    let mut out = Vec::with_capacity(order.len());
+                    for (k, v) in order {
+                        let v = if *mode == GroupMode::Batch {
+                            match self.call(i, reducer, vec![k.clone(), v])? {
+                                Some(v) => v,
+                                None => continue,
+                            }
+                        } else {
+                            v
+                        };
+                        out.push(Value::Map(vec![(Value::str("key"), k), (Value::str("value"), v)]));
+                    }
+                    out
+                }
+                _ => continue,
+            };
+            for r in emitted {
+                self.push(i + 1, r)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn is_streaming(s: &Step) -> bool {
+    !matches!(s, Step::Accumulate { .. } | Step::LocalGroupBy { .. } | Step::Limit { .. })
+}
+
+fn check_abort(cx: &RunContext) -> Result<(), ScriptError> {
+    if cx.abort.load(Ordering::Relaxed) {
+        Err(ScriptError::aborted())
+    } else {
+        Ok(())
+    }
+}
+
+/// Runs `plan` to the end and returns its records and per-record errors.
+pub fn run_plan(plan: &Plan, cx: &RunContext) -> Result<RunOutput, ScriptError> {
+    let mut p = Pipeline {
+        plan,
+        cx,
+        states: plan.steps.iter().map(|_| State::None).collect(),
+        stats: plan.steps.iter().map(|s| StepStat { name: s.name(), ..Default::default() }).collect(),
+        out: RunOutput::default(),
+        done: false,
+    };
+    let batch = cx.batch_size.max(1);
+    match &plan.reader {
+        Reader::Keys { pattern, read_value } => {
+            let mut cursor = 0u64;
+            // SCAN may return a key twice; a key is one record.
+            let mut seen: HashSet<Vec<u8>> = HashSet::new();
+            loop {
+                check_abort(cx)?;
+                let (next, records) = {
+                    let locked = cx.host.lock();
+                    let (next, keys) = scan(&*locked, cursor, pattern, batch)?;
+                    let mut records = Vec::with_capacity(keys.len());
+                    for k in keys {
+                        if !seen.insert(k.clone()) {
+                            continue;
+                        }
+                        if let Some(rec) = read_key(&*locked, &k, *read_value)? {
+                            records.push(rec.into_value());
+                        }
+                    }
+                    (next, records)
+                };
+                for r in records {
+                    p.push(0, r)?;
+                    if p.done {
+                        break;
+                    }
+                }
+                cursor = next;
+                if cursor == 0 || p.done {
+                    break;
+                }
+            }
+        }
+        Reader::Stream { stream, from_id } => {
+            let mut start = from_id.clone();
+            let mut exclusive = false;
+            loop {
+                check_abort(cx)?;
+                let entries = {
+                    let locked = cx.host.lock();
+                    read_stream(&*locked, stream, &start, exclusive, batch)?
+                };
+                let n = entries.len();
+                for (id, fields) in entries {
+                    start = id.clone();
+                    let r = Value::Map(vec![
+                        (Value::str("key"), Value::from_bytes(stream.clone())),
+                        (Value::str("id"), Value::String(id)),
+                        (Value::str("value"), fields),
+                    ]);
+                    p.push(0, r)?;
+                    if p.done {
+                        break;
+                    }
+                }
+                exclusive = true;
+                if n < batch || p.done {
+                    break;
+                }
+            }
+        }
+        Reader::ShardsId => {
+            let id = cx.host.shard_id();
+            p.push(0, Value::String(id))?;
+        }
+    }
+    check_abort(cx)?;
+    p.finish(0)?;
+    p.out.step_stats = p.stats;
+    Ok(p.out)
+}
+
+/// Reads up to `count` entries of `stream` from `start` (exclusive when `exclusive`).
+pub fn read_stream(
+    h: &dyn LockedHost,
+    stream: &[u8],
+    start: &str,
+    exclusive: bool,
+    count: usize,
+) -> Result<Vec<(String, Value)>, crate::HostError> {
+    let from = if exclusive { format!("({start}") } else { start.to_string() };
+    let n = count.to_string();
+    let reply = h.call(None, &[b"XRANGE", stream, from.as_bytes(), b"+", b"COUNT", n.as_bytes()])?;
+    let mut out = Vec::new();
+    if let Value::Array(entries) = reply {
+        for e in entries {
+            if let Value::Array(mut parts) = e {
+                if parts.len() == 2 {
+                    let fields = match parts.pop().unwrap() {
+                        Value::Array(items) => {
+                            let mut m = Vec::new();
+                            let mut it = items.into_iter();
+                            while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                                m.push((k, v));
+                            }
+                            Value::Map(m)
+                        }
+                        other => other,
+                    };
+                    let id = parts.pop().unwrap().as_str_lossy().unwrap_or_default();
+                    out.push((id, fields));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
