@@ -1,1 +1,85 @@
+//! The `rg` Redis module: Redis glue only. Commands parse their arguments, call the
+//! engine and reply; all logic lives in the `engine`, `stdlib` and language crates.
 
+mod blocking;
+mod commands;
+mod host;
+mod info;
+mod reply;
+
+use engine::{Config, Engine};
+use info::rg_info;
+use redis_module::{redis_module, Context, InfoContext, RedisResult, RedisString, Status};
+use std::sync::{Arc, OnceLock};
+
+static ENGINE: OnceLock<Arc<Engine>> = OnceLock::new();
+
+/// The engine, once the module is loaded.
+pub(crate) fn engine() -> &'static Arc<Engine> {
+    ENGINE.get().expect("rg module initialised")
+}
+
+/// A 40-hex-character id for this shard (a standalone server has no cluster node id).
+fn new_shard_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut out = String::new();
+    while out.len() < 40 {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
+        h.write_u32(std::process::id());
+        out.push_str(&format!("{:016x}", h.finish()));
+    }
+    out.truncate(40);
+    out
+}
+
+fn init(ctx: &Context, args: &[RedisString]) -> Status {
+    let config = Arc::new(Config::default());
+    if args.len() % 2 != 0 {
+        ctx.log_warning("rg: module arguments must be pairs of <setting> <value>, e.g. 'script-timeout 1000'");
+        return Status::Err;
+    }
+    for pair in args.chunks(2) {
+        let (name, value) = (pair[0].to_string_lossy(), pair[1].to_string_lossy());
+        if let Err(e) = config.set(&name, &value, true) {
+            ctx.log_warning(&format!("rg: bad module argument: {e}"));
+            return Status::Err;
+        }
+    }
+    let host = Arc::new(host::RedisHost::new(new_shard_id()));
+    let languages: Vec<Arc<dyn engine::Language>> = vec![Arc::new(lang_lua::LuaLanguage), Arc::new(lang_js::JsLanguage)];
+    let engine = Engine::new(host, config, languages, Arc::new(stdlib::Stdlib));
+    if ENGINE.set(engine).is_err() {
+        ctx.log_warning("rg: the module is already loaded");
+        return Status::Err;
+    }
+    Status::Ok
+}
+
+fn deinit(_ctx: &Context) -> Status {
+    if let Some(e) = ENGINE.get() {
+        e.shutdown();
+    }
+    Status::Ok
+}
+
+redis_module! {
+    name: "rg",
+    version: 1,
+    allocator: (redis_module::alloc::RedisAlloc, redis_module::alloc::RedisAlloc),
+    data_types: [],
+    init: init,
+    deinit: deinit,
+    info: rg_info,
+    commands: [
+        ["rg.exec", commands::exec::rg_exec, "write deny-oom noscript", 0, 0, 0, ""],
+        ["rg.getexecution", commands::executions::get_execution, "readonly noscript", 0, 0, 0, ""],
+        ["rg.dumpexecutions", commands::executions::dump_executions, "readonly noscript", 0, 0, 0, ""],
+        ["rg.getresults", commands::executions::get_results, "readonly noscript", 0, 0, 0, ""],
+        ["rg.getresultsblocking", commands::executions::get_results_blocking, "readonly noscript", 0, 0, 0, ""],
+        ["rg.dropexecution", commands::executions::drop_execution, "write noscript", 0, 0, 0, ""],
+        ["rg.abortexecution", commands::executions::abort_execution, "write noscript", 0, 0, 0, ""],
+        ["rg.configget", commands::config::config_get, "readonly noscript", 0, 0, 0, ""],
+        ["rg.configset", commands::config::config_set, "admin noscript", 0, 0, 0, ""],
+    ],
+}

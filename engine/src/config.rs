@@ -29,7 +29,7 @@ pub enum ConfigError {
     OutOfRange { name: String, value: String, min: i64, max: i64 },
     #[error("'{0}' can only be set at load time (module arguments)")]
     LoadTimeOnly(String),
-    #[error("unknown setting '{0}'")]
+    #[error("unknown setting '{0}'; known settings: execution-threads, max-executions, script-timeout, lua-memory-limit, js-memory-limit, keys-batch-size")]
     Unknown(String),
 }
 
@@ -55,30 +55,25 @@ impl Config {
         SETTINGS.iter().find(|s| s.name == n)
     }
 
-    /// Sets a value. Known settings are checked; other names are kept as free-form
-    /// values scripts can read with `configGet` (returns false for those).
-    pub fn set(&self, name: &str, value: &str, at_load: bool) -> Result<bool, ConfigError> {
+    /// Checks a value without setting it; returns the normalized name and value.
+    pub fn validate(name: &str, value: &str, at_load: bool) -> Result<(String, String), ConfigError> {
         let n = normalize(name);
-        match Self::setting(&n) {
-            Some(s) => {
-                if s.load_time_only && !at_load {
-                    return Err(ConfigError::LoadTimeOnly(n));
-                }
-                let v: i64 = value.trim().parse().map_err(|_| out_of_range(s, value))?;
-                if v < s.min || v > s.max {
-                    return Err(out_of_range(s, value));
-                }
-                self.values.write().insert(n, v.to_string());
-                Ok(true)
-            }
-            None => {
-                if n.is_empty() {
-                    return Err(ConfigError::Unknown(name.to_string()));
-                }
-                self.values.write().insert(n, value.to_string());
-                Ok(false)
-            }
+        let s = Self::setting(&n).ok_or_else(|| ConfigError::Unknown(name.to_string()))?;
+        if s.load_time_only && !at_load {
+            return Err(ConfigError::LoadTimeOnly(n));
         }
+        let v: i64 = value.trim().parse().map_err(|_| out_of_range(s, value))?;
+        if v < s.min || v > s.max {
+            return Err(out_of_range(s, value));
+        }
+        Ok((n, v.to_string()))
+    }
+
+    /// Sets a known setting after checking it.
+    pub fn set(&self, name: &str, value: &str, at_load: bool) -> Result<(), ConfigError> {
+        let (n, v) = Self::validate(name, value, at_load)?;
+        self.values.write().insert(n, v);
+        Ok(())
     }
 
     pub fn get(&self, name: &str) -> Option<String> {

@@ -4,6 +4,7 @@
 
 mod config;
 mod error;
+mod exec_args;
 pub mod execution;
 pub mod executor;
 mod host;
@@ -15,6 +16,7 @@ mod value;
 pub mod workers;
 
 pub use config::{normalize as normalize_setting, Config, ConfigError, Setting, SETTINGS};
+pub use exec_args::{parse_exec, ExecArgs, EXEC_USAGE};
 pub use error::{HostError, ScriptError, ScriptErrorKind};
 pub use execution::{Execution, Outcome, Registry, Status};
 pub use executor::{run_plan, RunContext, RunOutput, StepStat};

@@ -1,1 +1,112 @@
-//! stdlib
+//! The script-facing API of Gears, defined once and bound by every language through
+//! `engine::Natives`: `GB()` plan builders with their steps, and the globals `execute`,
+//! `atomic`, `log`, `configGet`, `hashtag`, `shardId`.
+
+mod args;
+mod builder;
+mod globals;
+
+pub use builder::{METHODS as BUILDER_METHODS, READERS};
+
+use builder::Builder;
+use engine::{Api, LockedHost, Natives, ObjRef, RunApi, RunEnv, RunOutput, ScriptCalls, ScriptError, Value};
+use std::cell::{Cell, RefCell};
+
+pub const GLOBALS: &[&str] = &["GB", "execute", "atomic", "log", "configGet", "hashtag", "shardId"];
+
+/// Object kind of plan builders.
+pub const BUILDER: &str = "GB";
+
+/// The stdlib as the engine's `Api`.
+#[derive(Default)]
+pub struct Stdlib;
+
+impl Api for Stdlib {
+    fn begin_run(&self, env: RunEnv) -> Box<dyn RunApi> {
+        Box::new(ScriptRun { env, builders: RefCell::new(Vec::new()), output: RefCell::new(None), ran: Cell::new(false), locked: Cell::new(None) })
+    }
+}
+
+/// The natives of one script run.
+pub struct ScriptRun {
+    env: RunEnv,
+    builders: RefCell<Vec<Builder>>,
+    output: RefCell<Option<RunOutput>>,
+    ran: Cell<bool>,
+    /// The data lock while `atomic()` holds it, so `execute()` inside reuses it.
+    locked: Cell<Option<*const dyn LockedHost>>,
+}
+
+impl ScriptRun {
+    fn builder_ref(&self, id: u32) -> ObjRef {
+        ObjRef { kind: BUILDER, id }
+    }
+}
+
+impl Natives for ScriptRun {
+    fn globals(&self) -> &'static [&'static str] {
+        GLOBALS
+    }
+
+    fn methods(&self, kind: &str) -> &'static [&'static str] {
+        if kind == BUILDER {
+            builder::METHODS
+        } else {
+            &[]
+        }
+    }
+
+    fn call_global(&self, name: &str, args: Vec<Value>, script: &dyn ScriptCalls) -> Result<Value, ScriptError> {
+        match name {
+            "GB" => {
+                let b = builder::new_builder(&args)?;
+                let mut builders = self.builders.borrow_mut();
+                builders.push(b);
+                Ok(Value::Object(self.builder_ref(builders.len() as u32 - 1)))
+            }
+            "execute" => globals::execute(self, &args),
+            "atomic" => globals::atomic(self, &args, script),
+            "log" => globals::log(&self.env, &args),
+            "configGet" => globals::config_get(&self.env, &args),
+            "hashtag" => Ok(Value::str(globals::hashtag())),
+            "shardId" => Ok(Value::String(self.env.host.shard_id())),
+            other => Err(ScriptError::usage(format!("unknown function '{other}'"))),
+        }
+    }
+
+    fn call_method(&self, obj: ObjRef, name: &str, args: Vec<Value>, script: &dyn ScriptCalls) -> Result<Value, ScriptError> {
+        if obj.kind != BUILDER {
+            return Err(ScriptError::usage(format!("unknown object kind '{}'", obj.kind)));
+        }
+        if name == "run" {
+            let plan = {
+                let builders = self.builders.borrow();
+                let b = builders.get(obj.id as usize).ok_or_else(|| ScriptError::usage("run: unknown builder"))?;
+                b.plan(&args)?
+            };
+            if self.ran.replace(true) {
+                return Err(ScriptError::usage("run: this script already called run(); one RG.EXEC runs one execution"));
+            }
+            if self.locked.get().is_some() {
+                return Err(ScriptError::usage("run: cannot be called inside atomic()"));
+            }
+            let batch = self.env.config.get_i64("keys-batch-size").max(1) as usize;
+            let cx = engine::RunContext { host: &*self.env.host, calls: script, abort: &self.env.execution.abort, batch_size: batch };
+            self.env.execution.set_plan_info(plan.reader.name(), Vec::new());
+            let out = engine::run_plan(&plan, &cx)?;
+            self.env.execution.set_plan_info(plan.reader.name(), out.step_stats.clone());
+            *self.output.borrow_mut() = Some(out);
+            return Ok(Value::Nil);
+        }
+        let mut builders = self.builders.borrow_mut();
+        let b = builders.get_mut(obj.id as usize).ok_or_else(|| ScriptError::usage(format!("{name}: unknown builder")))?;
+        b.add(name, &args)?;
+        Ok(Value::Object(obj))
+    }
+}
+
+impl RunApi for ScriptRun {
+    fn take_output(&self) -> Option<RunOutput> {
+        self.output.borrow_mut().take()
+    }
+}

@@ -1,0 +1,48 @@
+//! RG.CONFIGGET and RG.CONFIGSET.
+
+use super::{guarded, replied, text};
+use crate::{engine, reply};
+use engine::{Config, Value};
+use redis_module::{Context, RedisError, RedisResult, RedisString, RedisValue};
+
+/// RG.CONFIGGET name [name ...]: one value per name (an error entry for unknown names).
+pub fn config_get(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+    guarded(ctx, || {
+        if args.len() < 2 {
+            return Err(RedisError::Str("ERR wrong number of arguments; usage: RG.CONFIGGET <name> [<name> ...]"));
+        }
+        let cfg = &engine().config;
+        let mut out = Vec::new();
+        for a in &args[1..] {
+            let name = text(a, "the setting name")?;
+            out.push(match Config::setting(&name) {
+                Some(_) => cfg.get(&name).map(Value::String).unwrap_or(Value::Nil),
+                None => Value::Error(format!("ERR {}", engine::ConfigError::Unknown(name))),
+            });
+        }
+        reply::reply(ctx, &Value::Array(out));
+        replied()
+    })
+}
+
+/// RG.CONFIGSET name value [name value ...]: all or nothing.
+pub fn config_set(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+    guarded(ctx, || {
+        if args.len() < 3 || args.len() % 2 == 0 {
+            return Err(RedisError::Str("ERR wrong number of arguments; usage: RG.CONFIGSET <name> <value> [<name> <value> ...]"));
+        }
+        let engine = engine();
+        let mut checked = Vec::new();
+        for pair in args[1..].chunks(2) {
+            let (name, value) = (text(&pair[0], "the setting name")?, text(&pair[1], "the value")?);
+            checked.push(Config::validate(&name, &value, false).map_err(|e| RedisError::String(format!("ERR {e}")))?);
+        }
+        for (name, value) in checked {
+            engine.config.set(&name, &value, false).map_err(|e| RedisError::String(format!("ERR {e}")))?;
+            if name == "max-executions" {
+                engine.registry.set_max(engine.config.get_i64("max-executions") as u64);
+            }
+        }
+        Ok(RedisValue::SimpleStringStatic("OK"))
+    })
+}

@@ -1,0 +1,97 @@
+//! `RedisHost`: the engine's `Host` on top of the Redis Module API.
+
+use crate::reply;
+use engine::{Host, HostError, LockedHost, LogLevel, Value};
+use redis_module::{raw, CallOptionResp, CallOptions, CallOptionsBuilder, Context, ContextGuard, DetachedFromClient, ThreadSafeContext};
+use std::os::raw::c_char;
+
+pub struct RedisHost {
+    shard_id: String,
+    options: CallOptions,
+}
+
+// SAFETY: CallOptions is an immutable C string built once.
+unsafe impl Send for RedisHost {}
+unsafe impl Sync for RedisHost {}
+
+impl RedisHost {
+    pub fn new(shard_id: String) -> RedisHost {
+        // Replicated (writes reach replicas and the AOF), RESP3 replies, errors as replies,
+        // and script mode: commands that must not run from scripts are refused.
+        let options = CallOptionsBuilder::new().replicate().errors_as_replies().script_mode().resp(CallOptionResp::Resp3).build();
+        RedisHost { shard_id, options }
+    }
+}
+
+struct Locked<'a> {
+    // Field order matters: the guard (lock) is released before the context is freed.
+    guard: ContextGuard,
+    _tsc: ThreadSafeContext<DetachedFromClient>,
+    host: &'a RedisHost,
+}
+
+impl Host for RedisHost {
+    fn lock(&self) -> Box<dyn LockedHost + '_> {
+        let tsc = ThreadSafeContext::new();
+        let guard = tsc.lock();
+        Box::new(Locked { guard, _tsc: tsc, host: self })
+    }
+
+    fn shard_id(&self) -> String {
+        self.shard_id.clone()
+    }
+
+    fn log(&self, level: LogLevel, message: &str) {
+        let level = match level {
+            LogLevel::Debug => redis_module::logging::RedisLogLevel::Debug,
+            LogLevel::Verbose => redis_module::logging::RedisLogLevel::Verbose,
+            LogLevel::Notice => redis_module::logging::RedisLogLevel::Notice,
+            LogLevel::Warning => redis_module::logging::RedisLogLevel::Warning,
+        };
+        redis_module::logging::log(level, message);
+    }
+}
+
+impl LockedHost for Locked<'_> {
+    fn call(&self, user: Option<&str>, args: &[&[u8]]) -> Result<Value, HostError> {
+        let ctx: &Context = &self.guard;
+        if let Some(user) = user {
+            check_acl(ctx, user, args)?;
+        }
+        let Some((cmd, rest)) = args.split_first() else {
+            return Err(HostError::Command("ERR empty command".into()));
+        };
+        let cmd = std::str::from_utf8(cmd).map_err(|_| HostError::Command("ERR command name is not valid UTF-8".into()))?;
+        let r: redis_module::CallResult = ctx.call_ext(cmd, &self.host.options, rest);
+        reply::from_call(&r).map_err(HostError::Command)
+    }
+}
+
+/// Checks that `user` may run the command with these keys (ACL command, key and channel
+/// rules), using the Module API available since Redis 7.0.
+fn check_acl(ctx: &Context, user: &str, args: &[&[u8]]) -> Result<(), HostError> {
+    // SAFETY: called with the GIL held (we are inside a locked context); every string
+    // and the user object created here are freed before returning.
+    unsafe {
+        let name = raw::RedisModule_CreateString.unwrap()(ctx.ctx, user.as_ptr() as *const c_char, user.len());
+        let u = raw::RedisModule_GetModuleUserFromUserName.unwrap()(name);
+        raw::RedisModule_FreeString.unwrap()(ctx.ctx, name);
+        if u.is_null() {
+            return Err(HostError::NoPermission(format!("user '{user}' does not exist or is disabled")));
+        }
+        let mut argv: Vec<*mut raw::RedisModuleString> =
+            args.iter().map(|a| raw::RedisModule_CreateString.unwrap()(ctx.ctx, a.as_ptr() as *const c_char, a.len())).collect();
+        let status = raw::RedisModule_ACLCheckCommandPermissions.unwrap()(u, argv.as_mut_ptr(), argv.len() as i32);
+        for s in argv {
+            raw::RedisModule_FreeString.unwrap()(ctx.ctx, s);
+        }
+        raw::RedisModule_FreeModuleUser.unwrap()(u);
+        if status != raw::REDISMODULE_OK as i32 {
+            let cmd = String::from_utf8_lossy(args.first().copied().unwrap_or_default()).to_ascii_lowercase();
+            return Err(HostError::NoPermission(format!(
+                "User {user} has no permissions to run the '{cmd}' command or to access its keys"
+            )));
+        }
+    }
+    Ok(())
+}

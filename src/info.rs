@@ -1,0 +1,29 @@
+//! The `INFO rg` section.
+
+use crate::ENGINE;
+use redis_module::InfoContext;
+
+pub fn rg_info(ctx: &InfoContext, _for_crash_report: bool) {
+    let Some(engine) = ENGINE.get() else { return };
+    let c = engine.registry.counts();
+    let mut b = ctx.builder().add_section("rg");
+    let fields: Vec<(String, String)> = vec![
+        ("executions_created".into(), c.created.to_string()),
+        ("executions_running".into(), c.running.to_string()),
+        ("executions_done".into(), c.done.to_string()),
+        ("executions_aborted".into(), c.aborted.to_string()),
+        ("execution_threads".into(), engine.config.get_i64("execution-threads").to_string()),
+    ]
+    .into_iter()
+    .chain(engine.language_names().into_iter().map(|l| (format!("{l}_memory_bytes"), engine.memory_used(l).to_string())))
+    .collect();
+    for (k, v) in &fields {
+        b = match b.field(k, v.as_str()) {
+            Ok(b) => b,
+            Err(_) => return,
+        };
+    }
+    if let Ok(b) = b.build_section() {
+        let _ = b.build_info();
+    }
+}

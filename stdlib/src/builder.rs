@@ -1,0 +1,231 @@
+//! `GB(reader)`: the plan builder and its steps. Composite steps (`count`, `countBy`,
+//! `aggregate`, ...) are defined here once, as sequences of primitive steps.
+
+use crate::args::{self, func, opt_func, opt_usize, wrong};
+use engine::{Func, GroupMode, NativeOp, Plan, Reader, ScriptError, Step, Value};
+
+pub const READERS: &[&str] = &["KeysReader", "KeysOnlyReader", "StreamReader", "ShardsIDReader"];
+
+pub const METHODS: &[&str] = &[
+    "map", "flatmap", "filter", "foreach", "accumulate", "localGroupBy", "limit", "collect", "repartition",
+    "aggregate", "aggregateBy", "groupBy", "batchGroupBy", "count", "countBy", "distinct", "avg", "sort",
+    "run",
+];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReaderKind {
+    Keys,
+    KeysOnly,
+    Stream,
+    ShardsId,
+}
+
+pub struct Builder {
+    pub reader: ReaderKind,
+    pub steps: Vec<Step>,
+}
+
+pub fn new_builder(args: &[Value]) -> Result<Builder, ScriptError> {
+    args::at_most(args, 1, "GB", "GB([reader])")?;
+    let name = args::opt_string(args, 0, "GB")?.unwrap_or_else(|| "KeysReader".into());
+    let reader = match name.as_str() {
+        "KeysReader" => ReaderKind::Keys,
+        "KeysOnlyReader" => ReaderKind::KeysOnly,
+        "StreamReader" => ReaderKind::Stream,
+        "ShardsIDReader" => ReaderKind::ShardsId,
+        other => {
+            return Err(ScriptError::usage(format!("GB: unknown reader '{other}'; expected one of {}", READERS.join(", "))))
+        }
+    };
+    Ok(Builder { reader, steps: Vec::new() })
+}
+
+fn native(op: NativeOp) -> Func {
+    Func::Native(op)
+}
+
+fn zero_int() -> Value {
+    Value::Int(0)
+}
+
+impl Builder {
+    /// Adds the steps of `method` (anything but `run`).
+    pub fn add(&mut self, method: &str, a: &[Value]) -> Result<(), ScriptError> {
+        let usage = |u: &str| args::at_most(a, u.matches(',').count() + usize::from(!u.ends_with("()")), method, u);
+        let steps: Vec<Step> = match method {
+            "map" => {
+                usage("map(fn)")?;
+                vec![Step::Map(func(a, 0, method)?)]
+            }
+            "flatmap" => {
+                usage("flatmap(fn)")?;
+                vec![Step::FlatMap(func(a, 0, method)?)]
+            }
+            "filter" => {
+                usage("filter(fn)")?;
+                vec![Step::Filter(func(a, 0, method)?)]
+            }
+            "foreach" => {
+                usage("foreach(fn)")?;
+                vec![Step::ForEach(func(a, 0, method)?)]
+            }
+            "accumulate" => {
+                usage("accumulate(fn)")?;
+                vec![Step::Accumulate { f: func(a, 0, method)?, zero: Value::Nil }]
+            }
+            "localGroupBy" => {
+                usage("localGroupBy(extractor, reducer)")?;
+                vec![Step::LocalGroupBy { extractor: func(a, 0, method)?, reducer: func(a, 1, method)?, zero: Value::Nil, mode: GroupMode::Records }]
+            }
+            "limit" => {
+                usage("limit(length, offset)")?;
+                let len = opt_usize(a, 0, method)?.ok_or_else(|| wrong(method, 0, "a non-negative integer", a.first()))?;
+                let offset = opt_usize(a, 1, method)?.unwrap_or(0);
+                vec![Step::Limit { offset, len }]
+            }
+            "collect" => {
+                usage("collect()")?;
+                vec![Step::Collect]
+            }
+            "repartition" => {
+                usage("repartition(extractor)")?;
+                vec![Step::Repartition(func(a, 0, method)?)]
+            }
+            "aggregate" => {
+                usage("aggregate(zero, seqOp, combOp)")?;
+                let zero = a.first().cloned().unwrap_or(Value::Nil);
+                let (seq, comb) = (func(a, 1, method)?, func(a, 2, method)?);
+                vec![Step::Accumulate { f: seq, zero: zero.clone() }, Step::Collect, Step::Accumulate { f: comb, zero }]
+            }
+            "aggregateBy" => {
+                usage("aggregateBy(extractor, zero, seqOp, combOp)")?;
+                let extractor = func(a, 0, method)?;
+                let zero = a.get(1).cloned().unwrap_or(Value::Nil);
+                let (seq, comb) = (func(a, 2, method)?, func(a, 3, method)?);
+                vec![
+                    Step::LocalGroupBy { extractor, reducer: seq, zero: zero.clone(), mode: GroupMode::Records },
+                    Step::Repartition(native(NativeOp::RecordKey)),
+                    Step::LocalGroupBy { extractor: native(NativeOp::RecordKey), reducer: comb, zero, mode: GroupMode::Values },
+                ]
+            }
+            "groupBy" => {
+                usage("groupBy(extractor, reducer)")?;
+                let (extractor, reducer) = (func(a, 0, method)?, func(a, 1, method)?);
+                vec![
+                    Step::Repartition(extractor.clone()),
+                    Step::LocalGroupBy { extractor, reducer, zero: Value::Nil, mode: GroupMode::Records },
+                ]
+            }
+            "batchGroupBy" => {
+                usage("batchGroupBy(extractor, batchReducer)")?;
+                let (extractor, reducer) = (func(a, 0, method)?, func(a, 1, method)?);
+                vec![
+                    Step::Repartition(extractor.clone()),
+                    Step::LocalGroupBy { extractor, reducer, zero: Value::Nil, mode: GroupMode::Batch },
+                ]
+            }
+            "count" => {
+                usage("count()")?;
+                vec![
+                    Step::Accumulate { f: native(NativeOp::Count), zero: zero_int() },
+                    Step::Collect,
+                    Step::Accumulate { f: native(NativeOp::Sum), zero: zero_int() },
+                ]
+            }
+            "countBy" => {
+                usage("countBy(extractor)")?;
+                let extractor = opt_func(a, 0, method)?.unwrap_or(native(NativeOp::Identity));
+                vec![
+                    Step::LocalGroupBy { extractor, reducer: native(NativeOp::Count), zero: zero_int(), mode: GroupMode::Records },
+                    Step::Repartition(native(NativeOp::RecordKey)),
+                    Step::LocalGroupBy { extractor: native(NativeOp::RecordKey), reducer: native(NativeOp::Sum), zero: zero_int(), mode: GroupMode::Values },
+                ]
+            }
+            "distinct" => {
+                usage("distinct()")?;
+                let list = || Step::Accumulate { f: native(NativeOp::Push), zero: Value::Array(vec![]) };
+                vec![list(), Step::FlatMap(native(NativeOp::Distinct)), Step::Collect, list(), Step::FlatMap(native(NativeOp::Distinct))]
+            }
+            "avg" => {
+                usage("avg(extractor)")?;
+                let mut v = Vec::new();
+                if let Some(f) = opt_func(a, 0, method)? {
+                    v.push(Step::Map(f));
+                }
+                v.extend([
+                    Step::Accumulate { f: native(NativeOp::SumCount), zero: Value::Nil },
+                    Step::Collect,
+                    Step::Accumulate { f: native(NativeOp::MergeSumCount), zero: Value::Nil },
+                    Step::Map(native(NativeOp::Average)),
+                ]);
+                v
+            }
+            "sort" => {
+                usage("sort(reverse)")?;
+                let reverse = args::opt_bool(a, 0, method)?.unwrap_or(false);
+                vec![
+                    Step::Accumulate { f: native(NativeOp::Push), zero: Value::Array(vec![]) },
+                    Step::Collect,
+                    Step::Accumulate { f: native(NativeOp::Concat), zero: Value::Array(vec![]) },
+                    Step::FlatMap(native(NativeOp::Sort { reverse })),
+                ]
+            }
+            other => {
+                return Err(ScriptError::usage(format!("unknown step '{other}'; expected one of {}", METHODS.join(", "))))
+            }
+        };
+        self.steps.extend(steps);
+        Ok(())
+    }
+
+    /// Builds the plan for `run(arg, options)`.
+    pub fn plan(&self, a: &[Value]) -> Result<Plan, ScriptError> {
+        let reader = match self.reader {
+            ReaderKind::Keys | ReaderKind::KeysOnly => {
+                args::at_most(a, 2, "run", "run([pattern], [options])")?;
+                let pattern = args::opt_bytes(a, 0, "run")?.unwrap_or_else(|| b"*".to_vec());
+                run_options(a, 1)?;
+                Reader::Keys { pattern, read_value: self.reader == ReaderKind::Keys }
+            }
+            ReaderKind::Stream => {
+                args::at_most(a, 3, "run", "run(stream, [fromId], [options])")?;
+                let stream = args::opt_bytes(a, 0, "run")?.ok_or_else(|| wrong("run", 0, "a stream key", a.first()))?;
+                // run(stream, options) or run(stream, fromId, options)
+                let (from_id, opts_at) = match a.get(1) {
+                    Some(Value::Map(_)) => (None, 1),
+                    _ => (args::opt_string(a, 1, "run")?, 2),
+                };
+                run_options(a, opts_at)?;
+                let from_id = from_id.unwrap_or_else(|| "-".into());
+                if from_id != "-" && !valid_stream_id(&from_id) {
+                    return Err(ScriptError::usage(format!("run: '{from_id}' is not a stream id; expected '<ms>-<seq>', '<ms>' or '-'")));
+                }
+                Reader::Stream { stream, from_id }
+            }
+            ReaderKind::ShardsId => {
+                args::at_most(a, 1, "run", "run([options])")?;
+                run_options(a, 0)?;
+                Reader::ShardsId
+            }
+        };
+        Ok(Plan { reader, steps: self.steps.clone() })
+    }
+}
+
+fn valid_stream_id(s: &str) -> bool {
+    let (ms, seq) = s.split_once('-').unwrap_or((s, "0"));
+    ms.parse::<u64>().is_ok() && seq.parse::<u64>().is_ok()
+}
+
+/// `{mode = 'async' | 'async_local'}`. On a single shard both run the same way.
+fn run_options(a: &[Value], i: usize) -> Result<(), ScriptError> {
+    for (name, v) in args::options(a, i, "run", &["mode"])? {
+        if name == "mode" {
+            let m = v.as_str_lossy().unwrap_or_default();
+            if !matches!(m.as_str(), "async" | "async_local") {
+                return Err(ScriptError::usage(format!("run: mode must be 'async' or 'async_local', got '{m}'")));
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,80 @@
+//! The global functions: `execute`, `atomic`, `log`, `configGet`, `hashtag`.
+
+use crate::args;
+use crate::ScriptRun;
+use engine::{LockedHost, LogLevel, RunEnv, ScriptCalls, ScriptError, Value};
+
+/// `execute(command, ...)`: runs a Redis command as the ACL user of the run.
+pub fn execute(run: &ScriptRun, a: &[Value]) -> Result<Value, ScriptError> {
+    if a.is_empty() {
+        return Err(ScriptError::usage("execute: expected a command and its arguments, e.g. execute('HGET', key, field)"));
+    }
+    let mut parts: Vec<std::borrow::Cow<[u8]>> = Vec::with_capacity(a.len());
+    for (i, v) in a.iter().enumerate() {
+        match v {
+            Value::String(_) | Value::Bytes(_) | Value::Int(_) | Value::Double(_) => parts.push(v.as_bytes().expect("string-like")),
+            other => return Err(args::wrong("execute", i, "a string or a number", Some(other))),
+        }
+    }
+    let argv: Vec<&[u8]> = parts.iter().map(|p| &**p).collect();
+    let user = run.env.user.as_deref();
+    let reply = match run.locked.get() {
+        // SAFETY: the pointer is set by `atomic` for the duration of its callback only, and
+        // the guard it points into outlives that callback (see `atomic`).
+        Some(l) => unsafe { &*l }.call(user, &argv),
+        None => run.env.host.lock().call(user, &argv),
+    };
+    reply.map_err(ScriptError::from)
+}
+
+/// `atomic(fn)`: runs `fn` while holding the data lock, so its `execute()` calls form one
+/// atomic block (replicated as MULTI/EXEC).
+pub fn atomic(run: &ScriptRun, a: &[Value], script: &dyn ScriptCalls) -> Result<Value, ScriptError> {
+    args::at_most(a, 1, "atomic", "atomic(fn)")?;
+    let engine::Func::Script(f) = args::func(a, 0, "atomic")? else { unreachable!("args::func gives script functions") };
+    if run.locked.get().is_some() {
+        // Already atomic: nesting is a no-op.
+        return script.call(f, vec![]);
+    }
+    let guard = run.env.host.lock();
+    let ptr: *const (dyn LockedHost + '_) = &*guard;
+    // SAFETY: erases the guard's lifetime; the pointer is cleared below before `guard` drops.
+    let ptr: *const dyn LockedHost = unsafe { std::mem::transmute(ptr) };
+    run.locked.set(Some(ptr));
+    let r = script.call(f, vec![]);
+    run.locked.set(None);
+    drop(guard);
+    r
+}
+
+/// `log(message, [level])`: writes to the Redis log (levels debug, verbose, notice, warning).
+pub fn log(env: &RunEnv, a: &[Value]) -> Result<Value, ScriptError> {
+    args::at_most(a, 2, "log", "log(message, [level])")?;
+    let msg = match a.first() {
+        Some(v @ (Value::String(_) | Value::Bytes(_) | Value::Int(_) | Value::Double(_) | Value::Bool(_))) => v.to_string(),
+        other => return Err(args::wrong("log", 0, "a string", other)),
+    };
+    let level = match args::opt_string(a, 1, "log")? {
+        None => LogLevel::Notice,
+        Some(l) => LogLevel::parse(&l).ok_or_else(|| ScriptError::usage(format!("log: unknown level '{l}'; expected debug, verbose, notice or warning")))?,
+    };
+    env.host.log(level, &msg);
+    Ok(Value::Nil)
+}
+
+/// `configGet(name)`: a setting's value, or nil.
+pub fn config_get(env: &RunEnv, a: &[Value]) -> Result<Value, ScriptError> {
+    args::at_most(a, 1, "configGet", "configGet(name)")?;
+    let name = args::opt_string(a, 0, "configGet")?.ok_or_else(|| args::wrong("configGet", 0, "a string", a.first()))?;
+    if engine::normalize_setting(&name).starts_with("connection.") {
+        // Connection strings carry secrets: scripts refer to them by name only.
+        return Err(ScriptError::usage(format!("configGet: '{name}' is a secret and cannot be read by scripts")));
+    }
+    Ok(env.config.get(&name).map(Value::String).unwrap_or(Value::Nil))
+}
+
+/// A hashtag that maps to a slot of this shard. On a single Redis every slot is local;
+/// `{06S}` is the tag of slot 0.
+pub fn hashtag() -> &'static str {
+    "06S"
+}
