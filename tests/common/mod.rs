@@ -1,0 +1,162 @@
+//! Test harness: starts real `redis-server` processes with the module on free loopback
+//! ports and stops them on drop. No mocks.
+#![allow(dead_code)]
+
+pub mod canon;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The module under test: `RG_MODULE`, else the library cargo built for this profile.
+pub fn module_path() -> PathBuf {
+    if let Ok(p) = std::env::var("RG_MODULE") {
+        return PathBuf::from(p);
+    }
+    let profile = if cfg!(debug_assertions) { "debug" } else { "release" };
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or(root.join("target"));
+    let p = target.join(profile).join("librg.so");
+    assert!(p.exists(), "module not built: {} (run cargo build{} first)", p.display(), if profile == "release" { " --release" } else { "" });
+    p
+}
+
+/// `REDIS_SERVER` (e.g. valkey-server), else redis-server.
+pub fn server_binary() -> String {
+    std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".into())
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+pub struct Server {
+    child: Option<Child>,
+    pub port: u16,
+    pub dir: PathBuf,
+    extra: Vec<String>,
+    module_args: Vec<String>,
+}
+
+impl Server {
+    /// A server with the module loaded and `module_args` as its arguments.
+    pub fn start(module_args: &[&str]) -> Server {
+        Self::start_with(module_args, &[])
+    }
+
+    /// `extra` are redis-server options like `["--appendonly", "yes"]`.
+    pub fn start_with(module_args: &[&str], extra: &[&str]) -> Server {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("rg-test-{}-{}", std::process::id(), port));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let mut s = Server {
+            child: None,
+            port,
+            dir,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            module_args: module_args.iter().map(|s| s.to_string()).collect(),
+        };
+        s.spawn();
+        s
+    }
+
+    fn spawn(&mut self) {
+        let mut load = vec![module_path().display().to_string()];
+        load.extend(self.module_args.iter().cloned());
+        let mut cmd = Command::new(server_binary());
+        cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .args(["--logfile", "server.log", "--enable-module-command", "yes", "--enable-debug-command", "yes"])
+            .arg("--loadmodule")
+            .args(&load)
+            .args(&self.extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {}: {e}", server_binary()));
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(mut c) = self.try_conn() {
+                if redis::cmd("PING").query::<String>(&mut c).is_ok() {
+                    return;
+                }
+            }
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!("redis-server exited at start ({status}); log:\n{}", self.log());
+            }
+            assert!(Instant::now() < deadline, "redis-server did not answer PING; log:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
+    }
+
+    fn try_conn(&self) -> redis::RedisResult<redis::Connection> {
+        redis::Client::open(format!("redis://127.0.0.1:{}/", self.port))?.get_connection_with_timeout(Duration::from_secs(2))
+    }
+
+    /// A RESP2 connection.
+    pub fn conn(&self) -> redis::Connection {
+        let c = self.try_conn().expect("connect");
+        c.set_read_timeout(Some(Duration::from_secs(120))).expect("timeout");
+        c
+    }
+
+    /// A RESP3 connection.
+    pub fn conn3(&self) -> redis::Connection {
+        let c = redis::Client::open(format!("redis://127.0.0.1:{}/?protocol=resp3", self.port)).expect("client").get_connection().expect("connect");
+        c.set_read_timeout(Some(Duration::from_secs(120))).expect("timeout");
+        c
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// True if the process is still running.
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Runs a command given as words.
+pub fn cmd(c: &mut redis::Connection, words: &[&str]) -> redis::Value {
+    let mut q = redis::cmd(words[0]);
+    for w in &words[1..] {
+        q.arg(*w);
+    }
+    q.query::<redis::Value>(c).unwrap_or_else(|e| redis::Value::ServerError(to_server_error(e)))
+}
+
+fn to_server_error(e: redis::RedisError) -> redis::ServerError {
+    // Keep the whole message text (code + detail) for assertions.
+    redis::ServerError::ExtensionError { code: e.code().unwrap_or("ERR").to_string(), detail: e.detail().map(str::to_string) }
+}
+
+/// RG.EXEC <lang> <code> [extra...], as canonical text.
+pub fn exec(c: &mut redis::Connection, lang: &str, code: &str, extra: &[&str]) -> String {
+    let mut q = redis::cmd("RG.EXEC");
+    q.arg(lang).arg(code);
+    for e in extra {
+        q.arg(*e);
+    }
+    let v = q.query::<redis::Value>(c).unwrap_or_else(|e| redis::Value::ServerError(to_server_error(e)));
+    canon::fmt(&v)
+}
