@@ -11,7 +11,7 @@ use std::time::Duration;
 fn canon(v: &Value) -> String {
     match v {
         Value::Nil => "nil".into(),
-        Value::Bool(b) => if *b { "1".into() } else { "nil".into() },
+        Value::Bool(b) => if *b { "1".into() } else { "0".into() },
         Value::Int(i) => i.to_string(),
         Value::Double(d) => format!("\"{}\"", engine::format_double(*d)),
         Value::String(_) | Value::Bytes(_) => format!("{:?}", v.as_str_lossy().unwrap_or_default()),

@@ -1,0 +1,149 @@
+//! Turning JS exceptions into `ScriptError`s and `ScriptError`s into JS exceptions.
+//!
+//! Mapping an exception may read its properties (getters are user code), so callers do it
+//! while the script clock guard of the call is still alive.
+
+use crate::state::State;
+use engine::{ScriptError, ScriptErrorKind};
+use rquickjs::{qjs, Ctx, Exception, Persistent, Type, Value as JsValue};
+
+/// Where an exception came from: compiling the source, or running it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    Compile,
+    Run,
+}
+
+/// Turns an rquickjs error into a `ScriptError`, taking the pending exception if any.
+pub(crate) fn from_js_error(ctx: &Ctx<'_>, state: &State, err: rquickjs::Error, phase: Phase) -> ScriptError {
+    match err {
+        rquickjs::Error::Exception => from_exception(ctx, state, &ctx.catch(), phase),
+        rquickjs::Error::Allocation => ScriptError::memory(state.memory.limit()),
+        other => ScriptError::runtime(other.to_string()),
+    }
+}
+
+/// Turns a thrown JS value into a `ScriptError`.
+pub(crate) fn from_exception<'js>(ctx: &Ctx<'js>, state: &State, exc: &JsValue<'js>, phase: Phase) -> ScriptError {
+    // An error a native returned keeps its kind and message.
+    if let Some(e) = native_error(ctx, state, exc) {
+        return e;
+    }
+    // The interrupt handler stopped the script: say why.
+    if exc.is_uncatchable_error() {
+        if let Some(e) = state.interrupt.take() {
+            return e;
+        }
+    }
+    let limit = state.memory.limit();
+    if exc.is_error() {
+        let obj = exc.as_object();
+        let name = obj.and_then(|o| string_prop(o, "name")).unwrap_or_else(|| "Error".into());
+        let message = obj.and_then(|o| string_prop(o, "message")).unwrap_or_default();
+        if name == "InternalError" && message == "out of memory" {
+            return ScriptError::memory(limit);
+        }
+        let kind = if phase == Phase::Compile { ScriptErrorKind::Syntax } else { ScriptErrorKind::Runtime };
+        let mut text = format!("{name}: {message}");
+        if let Some(loc) = obj.and_then(|o| string_prop(o, "stack")).and_then(|s| location(&s)) {
+            text.push_str(" at ");
+            text.push_str(&loc);
+        }
+        return ScriptError::new(kind, text);
+    }
+    // When even the error object cannot be allocated, QuickJS throws null.
+    if (exc.is_null() || exc.type_of() == Type::Uninitialized) && state.memory.refused() {
+        return ScriptError::memory(limit);
+    }
+    ScriptError::runtime(format!("uncaught exception: {}", describe(exc)))
+}
+
+/// The error of a native, if `exc` is the value thrown for it.
+fn native_error<'js>(ctx: &Ctx<'js>, state: &State, exc: &JsValue<'js>) -> Option<ScriptError> {
+    let (err, thrown) = state.native_error.borrow().as_ref().map(|(e, p)| (e.clone(), p.clone()))?;
+    let thrown = thrown.restore(ctx).ok()?;
+    (thrown == *exc).then_some(err)
+}
+
+/// Throws `err` into the script (from a native function). Fatal errors (timeout, memory,
+/// abort) are made uncatchable so that a script cannot swallow them.
+pub(crate) fn throw(ctx: &Ctx<'_>, state: &State, err: ScriptError) -> rquickjs::Error {
+    let value = match Exception::from_message(ctx.clone(), &err.message) {
+        Ok(e) => e.into_value(),
+        Err(_) => {
+            // Out of memory: drop whatever is pending and throw null.
+            let _ = ctx.catch();
+            JsValue::new_null(ctx.clone())
+        }
+    };
+    if err.is_fatal() {
+        // SAFETY: `ctx` is a live context and `value` a live value of it (only Error
+        // objects are affected; anything else is ignored by QuickJS).
+        unsafe { qjs::JS_SetUncatchableError(ctx.as_raw().as_ptr(), value.as_raw()) };
+    }
+    let saved = Persistent::save(ctx, value.clone());
+    // Replace (and free) the previous one outside of the borrow.
+    let old = state.native_error.borrow_mut().replace((err, saved));
+    drop(old);
+    ctx.throw(value)
+}
+
+/// A string property, without failing: a throwing getter leaves no pending exception.
+fn string_prop(obj: &rquickjs::Object<'_>, key: &str) -> Option<String> {
+    match obj.get::<_, JsValue>(key) {
+        Ok(v) => v.as_string().map(crate::convert::js_string),
+        Err(_) => {
+            let _ = obj.ctx().catch();
+            None
+        }
+    }
+}
+
+/// `script:LINE` of the first frame of a stack trace that is in the script.
+fn location(stack: &str) -> Option<String> {
+    const FILE: &str = "script:";
+    let mut rest = stack;
+    while let Some(i) = rest.find(FILE) {
+        rest = &rest[i + FILE.len()..];
+        let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+        if !digits.is_empty() {
+            return Some(format!("{FILE}{digits}"));
+        }
+    }
+    None
+}
+
+/// A short text for a thrown value that is not an Error (no user code is run).
+fn describe(v: &JsValue<'_>) -> String {
+    if let Some(s) = v.as_string() {
+        return crate::convert::js_string(s);
+    }
+    if let Some(n) = v.as_number() {
+        return engine::format_double(n);
+    }
+    if let Some(b) = v.as_bool() {
+        return b.to_string();
+    }
+    match v.type_of() {
+        Type::Null => "null".into(),
+        Type::Undefined | Type::Uninitialized => "undefined".into(),
+        Type::Object => match v.as_object().and_then(|o| string_prop(o, "message")) {
+            Some(m) => m,
+            None => "[object]".into(),
+        },
+        t => format!("[{}]", t.as_str()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::location;
+
+    #[test]
+    fn locations() {
+        assert_eq!(location("    at f (script:3:9)\n    at <eval> (script:5:1)\n").as_deref(), Some("script:3"));
+        assert_eq!(location("    at script:12:4\n").as_deref(), Some("script:12"));
+        assert_eq!(location("    at echo (native)\n    at <eval> (script:2:1)\n").as_deref(), Some("script:2"));
+        assert_eq!(location("    at <eval> (native)\n"), None);
+    }
+}

@@ -1,0 +1,242 @@
+//! `JsInstance`: one QuickJS runtime reused for many runs, a fresh context per run.
+
+use crate::bridge::{call_raw, native_function, prime_function_prototype, Target};
+use crate::convert::{ToJs, ToValue};
+use crate::error::{from_js_error, Phase};
+use crate::memory::Counting;
+use crate::state::{NativesGuard, State};
+use engine::{CallClock, FnRef, Instance, Limits, Natives, ScriptError, Value};
+use rquickjs::context::intrinsic;
+use rquickjs::{qjs, Array, Context, Ctx, Runtime, Value as JsValue};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::rc::Rc;
+
+/// Most promise jobs flushed (and interrupted) when a run ends.
+const MAX_LEFTOVER_JOBS: usize = 100_000;
+
+/// A JS interpreter instance. Not `Send`: it lives on the thread that created it.
+pub struct JsInstance {
+    /// The current run's context (globals), if a run is active.
+    context: Option<Context>,
+    state: Rc<State>,
+    /// Declared last: dropped after everything that lives in its heap.
+    runtime: Runtime,
+}
+
+impl JsInstance {
+    pub fn new(limits: Limits) -> Result<Self, ScriptError> {
+        let state = Rc::new(State::default());
+        let runtime = Runtime::new_with_alloc(Counting(state.memory.clone()))
+            .map_err(|e| ScriptError::runtime(format!("cannot create a JS runtime: {e}")))?;
+        prime_function_prototype(&runtime)
+            .map_err(|e| ScriptError::runtime(format!("cannot create a JS runtime: {e}")))?;
+        let hook = state.clone();
+        runtime.set_interrupt_handler(Some(Box::new(move || interrupt(&hook))));
+        let mut instance = JsInstance { context: None, state, runtime };
+        instance.set_limits(limits);
+        Ok(instance)
+    }
+
+    fn run_inner(&mut self, source: &str, args: &[Vec<u8>], natives: &dyn Natives) -> Result<Value, ScriptError> {
+        let context = Context::full(&self.runtime).map_err(|e| self.context_error(e))?;
+        self.context = Some(context.clone());
+        let state = self.state.clone();
+        let _natives = NativesGuard::bind(&state, natives);
+        state.interrupt.set(None);
+        state.memory.clear_refused();
+        context.with(|ctx| {
+            let _script = state.clock.enter_script();
+            install_globals(&ctx, &state, args, natives.globals())?;
+            let compiled = compile(&ctx, source).map_err(|e| from_js_error(&ctx, &state, e, Phase::Compile))?;
+            let result = execute(&ctx, compiled).map_err(|e| from_js_error(&ctx, &state, e, Phase::Run))?;
+            drain_jobs(&ctx, &state)?;
+            ToValue::new(&ctx, &state).convert(&result, 0)
+        })
+    }
+
+    fn call_inner(&mut self, f: FnRef, args: Vec<Value>, natives: &dyn Natives) -> Result<Value, ScriptError> {
+        let context = self.context.clone().ok_or_else(|| ScriptError::runtime("no script is running"))?;
+        let state = self.state.clone();
+        let _natives = NativesGuard::bind(&state, natives);
+        state.interrupt.set(None);
+        state.memory.clear_refused();
+        context.with(|ctx| {
+            let _script = state.clock.enter_script();
+            let result = call_raw(&ctx, &state, f, args)?;
+            drain_jobs(&ctx, &state)?;
+            ToValue::new(&ctx, &state).convert(&result, 0)
+        })
+    }
+
+    fn context_error(&self, e: rquickjs::Error) -> ScriptError {
+        match e {
+            rquickjs::Error::Allocation => ScriptError::memory(self.state.memory.limit()),
+            e => ScriptError::runtime(format!("cannot create a JS context: {e}")),
+        }
+    }
+
+    /// Runs `f`, turning a panic into an error and resetting the run.
+    fn guarded(&mut self, f: impl FnOnce(&mut Self) -> Result<Value, ScriptError>) -> Result<Value, ScriptError> {
+        match catch_unwind(AssertUnwindSafe(|| f(self))) {
+            Ok(r) => r,
+            Err(_) => {
+                self.end_run();
+                Err(ScriptError::runtime("internal error: the JS engine panicked"))
+            }
+        }
+    }
+}
+
+/// The interrupt handler: stops the script when the clock says so, remembering why.
+fn interrupt(state: &State) -> bool {
+    if state.draining.get() {
+        return true;
+    }
+    match state.clock.check() {
+        Ok(()) => false,
+        Err(e) => {
+            state.interrupt.set(Some(e));
+            true
+        }
+    }
+}
+
+/// `ARGS` and one global function per native global.
+fn install_globals<'js>(
+    ctx: &Ctx<'js>,
+    state: &Rc<State>,
+    args: &[Vec<u8>],
+    names: &'static [&'static str],
+) -> Result<(), ScriptError> {
+    let err = |e| from_js_error(ctx, state, e, Phase::Run);
+    let globals = ctx.globals();
+    let to_js = ToJs::new(ctx, state);
+    let arr = Array::new(ctx.clone()).map_err(err)?;
+    for (i, a) in args.iter().enumerate() {
+        arr.set(i, to_js.convert(&Value::from_bytes(a.clone()), 0)?).map_err(err)?;
+    }
+    globals.set("ARGS", arr).map_err(err)?;
+    for &name in names {
+        let f = native_function(ctx, state, Target::Global(name)).map_err(err)?;
+        globals.set(name, f).map_err(err)?;
+    }
+    Ok(())
+}
+
+/// Compiles `source` as a global (non-module, sloppy mode) script named "script".
+fn compile<'js>(ctx: &Ctx<'js>, source: &str) -> rquickjs::Result<JsValue<'js>> {
+    let mut buf = Vec::with_capacity(source.len() + 1);
+    buf.extend_from_slice(source.as_bytes());
+    buf.push(0);
+    let flags = (qjs::JS_EVAL_TYPE_GLOBAL | qjs::JS_EVAL_FLAG_COMPILE_ONLY) as i32;
+    // SAFETY: `buf` is NUL-terminated after `source.len()` bytes as JS_Eval requires, the
+    // file name is a C string literal, and `ctx` is live. The result is owned by us.
+    let v = unsafe {
+        qjs::JS_Eval(ctx.as_raw().as_ptr(), buf.as_ptr().cast(), source.len() as _, c"script".as_ptr(), flags)
+    };
+    owned(ctx, v)
+}
+
+/// Runs a compiled script; returns the value of its last expression statement.
+fn execute<'js>(ctx: &Ctx<'js>, compiled: JsValue<'js>) -> rquickjs::Result<JsValue<'js>> {
+    // SAFETY: JS_EvalFunction takes ownership of its argument, so it gets its own
+    // reference; `compiled` keeps (and frees) the one it holds.
+    let v = unsafe {
+        let fun = qjs::JS_DupValue(ctx.as_raw().as_ptr(), compiled.as_raw());
+        qjs::JS_EvalFunction(ctx.as_raw().as_ptr(), fun)
+    };
+    owned(ctx, v)
+}
+
+/// Wraps an owned raw value, or reports the pending exception.
+fn owned<'js>(ctx: &Ctx<'js>, v: qjs::JSValue) -> rquickjs::Result<JsValue<'js>> {
+    // SAFETY: `v` was just returned (owned) by QuickJS for `ctx`.
+    unsafe {
+        if qjs::JS_IsException(v) {
+            return Err(rquickjs::Error::Exception);
+        }
+        Ok(JsValue::from_raw(ctx.clone(), v))
+    }
+}
+
+/// Runs promise jobs (`then` callbacks, async functions) until none is left.
+fn drain_jobs(ctx: &Ctx<'_>, state: &State) -> Result<(), ScriptError> {
+    loop {
+        state.clock.check()?;
+        if !ctx.execute_pending_job() {
+            break;
+        }
+        if let Some(e) = state.interrupt.take() {
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+impl Instance for JsInstance {
+    fn check(&mut self, source: &str) -> Result<(), ScriptError> {
+        let state = self.state.clone();
+        let runtime = &self.runtime;
+        let r = catch_unwind(AssertUnwindSafe(|| {
+            let context = Context::custom::<intrinsic::Eval>(runtime).map_err(|e| ScriptError::runtime(e.to_string()))?;
+            context.with(|ctx| {
+                let _script = state.clock.enter_script();
+                compile(&ctx, source).map(drop).map_err(|e| from_js_error(&ctx, &state, e, Phase::Compile))
+            })
+        }));
+        r.unwrap_or_else(|_| Err(ScriptError::runtime("internal error: the JS engine panicked")))
+    }
+
+    fn run(&mut self, source: &str, args: &[Vec<u8>], natives: &dyn Natives) -> Result<Value, ScriptError> {
+        self.end_run();
+        self.guarded(|this| this.run_inner(source, args, natives))
+    }
+
+    fn call(&mut self, f: FnRef, args: Vec<Value>, natives: &dyn Natives) -> Result<Value, ScriptError> {
+        self.guarded(|this| this.call_inner(f, args, natives))
+    }
+
+    fn end_run(&mut self) {
+        let state = self.state.clone();
+        let context = self.context.take();
+        let _ = catch_unwind(AssertUnwindSafe(|| {
+            if let Some(context) = &context {
+                // Leftover promise jobs hold the context: run them, interrupted at once.
+                state.draining.set(true);
+                context.with(|ctx| {
+                    for _ in 0..MAX_LEFTOVER_JOBS {
+                        if !ctx.execute_pending_job() {
+                            break;
+                        }
+                    }
+                });
+                state.draining.set(false);
+            }
+            state.clear_run();
+            drop(context);
+            self.runtime.run_gc();
+        }));
+        state.draining.set(false);
+    }
+
+    fn memory_used(&self) -> usize {
+        self.state.memory.used()
+    }
+
+    fn clock(&self) -> &CallClock {
+        &self.state.clock
+    }
+
+    fn set_limits(&mut self, limits: Limits) {
+        // Enforced by the runtime's allocator (see memory.rs), not JS_SetMemoryLimit.
+        self.state.memory.set_limit(limits.memory_bytes);
+        self.state.clock.set_timeout(limits.timeout);
+    }
+}
+
+impl Drop for JsInstance {
+    fn drop(&mut self) {
+        // Free everything the run holds before the runtime goes.
+        self.end_run();
+    }
+}

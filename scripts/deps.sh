@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs what building and testing Gears needs on Debian 12 (bookworm), if missing:
+# a C toolchain, libclang (bindgen of redis-module), redis-server 7.0 from Debian, and
+# valkey-server 8 (a 7.2-compatible server) from bookworm-backports.
+set -euo pipefail
+SUDO=""
+if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+
+need=()
+command -v redis-server >/dev/null || need+=(redis-server)
+command -v redis-cli >/dev/null || need+=(redis-tools)
+command -v cc >/dev/null || need+=(build-essential)
+[ -e /usr/lib/llvm-14/lib/libclang.so ] || ls /usr/lib/llvm-*/lib/libclang*.so >/dev/null 2>&1 || need+=(libclang-dev)
+command -v python3 >/dev/null || need+=(python3)
+
+if ! command -v valkey-server >/dev/null; then
+  if ! grep -rqs bookworm-backports /etc/apt/sources.list /etc/apt/sources.list.d/; then
+    $SUDO tee /etc/apt/sources.list.d/backports.sources >/dev/null <<'SRC'
+Types: deb
+URIs: http://deb.debian.org/debian
+Suites: bookworm-backports
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+  fi
+  need_valkey=1
+fi
+
+if [ ${#need[@]} -gt 0 ] || [ -n "${need_valkey:-}" ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  if [ ${#need[@]} -gt 0 ]; then $SUDO apt-get install -y -qq "${need[@]}"; fi
+  if [ -n "${need_valkey:-}" ]; then $SUDO apt-get install -y -qq -t bookworm-backports valkey-server; fi
+fi
+
+command -v cargo >/dev/null || { echo "cargo (Rust stable) is required: https://rustup.rs" >&2; exit 1; }
