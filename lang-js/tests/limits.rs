@@ -98,6 +98,7 @@ fn set_limits_changes_both() {
     assert_eq!(i.clock().timeout(), Duration::from_millis(100));
     let e = i.run("while (true) {}", &[], &fake).unwrap_err();
     assert_eq!(e.kind, ScriptErrorKind::Timeout);
+    i.set_limits(Limits { memory_bytes: 8 << 20, timeout: Duration::from_secs(20) });
     let e = i.run("let a = []; while (true) a.push('x'.repeat(1000))", &[], &fake).unwrap_err();
     assert_eq!(e.kind, ScriptErrorKind::Memory);
     i.set_limits(Limits::default());
