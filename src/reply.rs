@@ -66,10 +66,6 @@ pub fn error(ctx: &Context, msg: &str) {
     }
 }
 
-pub fn simple(ctx: &Context, s: &str) {
-    ctx.reply_simple_string(s);
-}
-
 /// Converts the result of `call_ext` (RESP3) to a Value; an error reply becomes Err.
 pub fn from_call(r: &CallResult) -> Result<Value, String> {
     match r {

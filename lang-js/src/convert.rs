@@ -6,8 +6,8 @@ use crate::state::State;
 use engine::{FnRef, ObjRef, ScriptError, Value};
 use rquickjs::object::Property;
 use rquickjs::{
-    promise::PromiseState, qjs, Array, BigInt, Ctx, Exception, Function, Object,
-    Persistent, Promise, Type, TypedArray, Value as JsValue,
+    promise::PromiseState, qjs, Array, BigInt, Ctx, Exception, Function, Object, Persistent, Promise, Type, TypedArray,
+    Value as JsValue,
 };
 use std::rc::Rc;
 
@@ -66,9 +66,8 @@ impl<'a, 'js> ToValue<'a, 'js> {
 
     fn spend(&mut self, bytes: usize) -> Result<(), ScriptError> {
         let bytes = bytes.saturating_add(std::mem::size_of::<Value>());
-        self.budget = self.budget.checked_sub(bytes).ok_or_else(|| {
-            ScriptError::runtime("value too large to convert")
-        })?;
+        self.budget =
+            self.budget.checked_sub(bytes).ok_or_else(|| ScriptError::runtime("value too large to convert"))?;
         Ok(())
     }
 
@@ -100,10 +99,7 @@ impl<'a, 'js> ToValue<'a, 'js> {
             },
             Type::Array => self.array(v, depth)?,
             Type::Exception => {
-                let message = v
-                    .as_exception()
-                    .and_then(Exception::message)
-                    .unwrap_or_default();
+                let message = v.as_exception().and_then(Exception::message).unwrap_or_default();
                 Value::Error(message)
             }
             Type::Promise => self.promise(v, depth)?,
@@ -225,8 +221,8 @@ fn function_ref<'js>(ctx: &Ctx<'js>, state: &State, f: &Function<'js>) -> Result
     if let Some(i) = untagged.into_iter().find(|&i| same(i)) {
         return Ok(FnRef(i));
     }
-    let index = u32::try_from(state.functions.borrow().len())
-        .map_err(|_| ScriptError::runtime("too many functions"))?;
+    let index =
+        u32::try_from(state.functions.borrow().len()).map_err(|_| ScriptError::runtime("too many functions"))?;
     state.functions.borrow_mut().push(Persistent::save(ctx, f.clone()));
     if f.prop(FN_KEY, Property::from(index)).is_err() {
         let _ = ctx.catch();
@@ -308,27 +304,26 @@ impl<'a, 'js> ToJs<'a, 'js> {
 
     /// The JS object of a host object: one per `ObjRef` in a run, with the kind's methods.
     fn host_object(&self, r: ObjRef) -> Result<JsValue<'js>, ScriptError> {
-        let known = self.state.objects.borrow().iter().position(|(o, _)| *o == r);
+        let known = self.state.object_index.borrow().get(&r).copied();
         if let Some(i) = known {
             let saved = self.state.objects.borrow().get(i).map(|(_, p)| p.clone());
             if let Some(obj) = saved.and_then(|p| p.restore(self.ctx).ok()) {
                 return Ok(obj.into_value());
             }
         }
-        let natives = self
-            .state
-            .natives()
-            .ok_or_else(|| ScriptError::runtime("host objects are only available during a run"))?;
+        let natives =
+            self.state.natives().ok_or_else(|| ScriptError::runtime("host objects are only available during a run"))?;
         let methods = natives.methods(r.kind);
         let obj = Object::new(self.ctx.clone()).map_err(|e| self.js_err(e))?;
         for &name in methods {
             let f = native_function(self.ctx, self.state, Target::Method(r, name)).map_err(|e| self.js_err(e))?;
             obj.prop(name, Property::from(f).writable().configurable()).map_err(|e| self.js_err(e))?;
         }
-        let index = u32::try_from(self.state.objects.borrow().len())
-            .map_err(|_| ScriptError::runtime("too many objects"))?;
+        let index =
+            u32::try_from(self.state.objects.borrow().len()).map_err(|_| ScriptError::runtime("too many objects"))?;
         obj.prop(OBJ_KEY, Property::from(index)).map_err(|e| self.js_err(e))?;
         self.state.objects.borrow_mut().push((r, Persistent::save(self.ctx, obj.clone())));
+        self.state.object_index.borrow_mut().insert(r, index as usize);
         Ok(obj.into_value())
     }
 }

@@ -30,11 +30,15 @@ pub(crate) fn from_exception<'js>(ctx: &Ctx<'js>, state: &State, exc: &JsValue<'
         return e;
     }
     // The interrupt handler stopped the script: say why.
-    if exc.is_uncatchable_error() {
-        if let Some(e) = state.interrupt.take() {
-            return e;
-        }
+    if let Some(e) = state.interrupt.take() {
+        return e;
     }
+    let err = describe_exception(state, exc, phase);
+    // Reading the exception's properties runs getters, which may have been interrupted.
+    state.interrupt.take().unwrap_or(err)
+}
+
+fn describe_exception(state: &State, exc: &JsValue<'_>, phase: Phase) -> ScriptError {
     let limit = state.memory.limit();
     if exc.is_error() {
         let obj = exc.as_object();
@@ -80,6 +84,7 @@ pub(crate) fn throw(ctx: &Ctx<'_>, state: &State, err: ScriptError) -> rquickjs:
         // SAFETY: `ctx` is a live context and `value` a live value of it (only Error
         // objects are affected; anything else is ignored by QuickJS).
         unsafe { qjs::JS_SetUncatchableError(ctx.as_raw().as_ptr(), value.as_raw()) };
+        state.fatal.set(Some(err.clone()));
     }
     let saved = Persistent::save(ctx, value.clone());
     // Replace (and free) the previous one outside of the borrow.
@@ -113,7 +118,8 @@ fn location(stack: &str) -> Option<String> {
     None
 }
 
-/// A short text for a thrown value that is not an Error (no user code is run).
+/// A short text for a thrown value that is not an Error (no `toString` is called: of an
+/// object, only its `message` is read).
 fn describe(v: &JsValue<'_>) -> String {
     if let Some(s) = v.as_string() {
         return crate::convert::js_string(s);

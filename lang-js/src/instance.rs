@@ -42,12 +42,11 @@ impl JsInstance {
         self.context = Some(context.clone());
         let state = self.state.clone();
         let _natives = NativesGuard::bind(&state, natives);
-        state.interrupt.set(None);
-        state.memory.clear_refused();
+        state.start_call();
         context.with(|ctx| {
             let _script = state.clock.enter_script();
             install_globals(&ctx, &state, args, natives.globals())?;
-            let compiled = compile(&ctx, source).map_err(|e| from_js_error(&ctx, &state, e, Phase::Compile))?;
+            let compiled = compile(&ctx, source).map_err(|e| compile_error(&ctx, &state, e, source))?;
             let result = execute(&ctx, compiled).map_err(|e| from_js_error(&ctx, &state, e, Phase::Run))?;
             drain_jobs(&ctx, &state)?;
             ToValue::new(&ctx, &state).convert(&result, 0)
@@ -58,8 +57,7 @@ impl JsInstance {
         let context = self.context.clone().ok_or_else(|| ScriptError::runtime("no script is running"))?;
         let state = self.state.clone();
         let _natives = NativesGuard::bind(&state, natives);
-        state.interrupt.set(None);
-        state.memory.clear_refused();
+        state.start_call();
         context.with(|ctx| {
             let _script = state.clock.enter_script();
             let result = call_raw(&ctx, &state, f, args)?;
@@ -137,6 +135,19 @@ fn compile<'js>(ctx: &Ctx<'js>, source: &str) -> rquickjs::Result<JsValue<'js>> 
     owned(ctx, v)
 }
 
+/// A compile error, with a hint when the source looks like a module.
+fn compile_error(ctx: &Ctx<'_>, state: &State, e: rquickjs::Error, source: &str) -> ScriptError {
+    let mut err = from_js_error(ctx, state, e, Phase::Compile);
+    let module_like = source
+        .lines()
+        .map(str::trim_start)
+        .any(|l| ["import ", "import{", "import*", "export "].iter().any(|p| l.starts_with(p)));
+    if err.kind == engine::ScriptErrorKind::Syntax && module_like {
+        err.message.push_str(" (import and export are not supported: scripts are not modules)");
+    }
+    err
+}
+
 /// Runs a compiled script; returns the value of its last expression statement.
 fn execute<'js>(ctx: &Ctx<'js>, compiled: JsValue<'js>) -> rquickjs::Result<JsValue<'js>> {
     // SAFETY: JS_EvalFunction takes ownership of its argument, so it gets its own
@@ -159,18 +170,18 @@ fn owned<'js>(ctx: &Ctx<'js>, v: qjs::JSValue) -> rquickjs::Result<JsValue<'js>>
     }
 }
 
-/// Runs promise jobs (`then` callbacks, async functions) until none is left.
+/// Runs promise jobs (`then` callbacks, async functions) until none is left. A job's
+/// exception is dropped (it rejects its promise), unless it is fatal.
 fn drain_jobs(ctx: &Ctx<'_>, state: &State) -> Result<(), ScriptError> {
     loop {
-        state.clock.check()?;
-        if !ctx.execute_pending_job() {
-            break;
-        }
-        if let Some(e) = state.interrupt.take() {
+        if let Some(e) = state.interrupt.take().or_else(|| state.fatal.take()) {
             return Err(e);
         }
+        state.clock.check()?;
+        if !ctx.execute_pending_job() {
+            return Ok(());
+        }
     }
-    Ok(())
 }
 
 impl Instance for JsInstance {
@@ -178,10 +189,11 @@ impl Instance for JsInstance {
         let state = self.state.clone();
         let runtime = &self.runtime;
         let r = catch_unwind(AssertUnwindSafe(|| {
-            let context = Context::custom::<intrinsic::Eval>(runtime).map_err(|e| ScriptError::runtime(e.to_string()))?;
+            let context =
+                Context::custom::<intrinsic::Eval>(runtime).map_err(|e| ScriptError::runtime(e.to_string()))?;
             context.with(|ctx| {
                 let _script = state.clock.enter_script();
-                compile(&ctx, source).map(drop).map_err(|e| from_js_error(&ctx, &state, e, Phase::Compile))
+                compile(&ctx, source).map(drop).map_err(|e| compile_error(&ctx, &state, e, source))
             })
         }));
         r.unwrap_or_else(|_| Err(ScriptError::runtime("internal error: the JS engine panicked")))

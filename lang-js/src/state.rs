@@ -9,9 +9,10 @@ use crate::memory::Budget;
 use engine::{CallClock, Natives, ObjRef, ScriptError};
 use rquickjs::{Function, Object, Persistent, Value as JsValue};
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::marker::PhantomData;
-use std::rc::Rc;
 use std::ptr::NonNull;
+use std::rc::Rc;
 
 /// The natives of the current `run`/`call`, with their lifetime erased.
 type NativesPtr = NonNull<dyn Natives + 'static>;
@@ -23,6 +24,9 @@ pub(crate) struct State {
     pub memory: Rc<Budget>,
     /// Why the interrupt handler stopped the script (Timeout or Aborted).
     pub interrupt: Cell<Option<ScriptError>>,
+    /// A fatal error (timeout, memory, abort) a native returned during this call: it ends
+    /// the call even if the script got past it (a promise job swallows its exception).
+    pub fatal: Cell<Option<ScriptError>>,
     /// Set while end_run() flushes leftover promise jobs: interrupt them at once.
     pub draining: Cell<bool>,
     natives: Cell<Option<NativesPtr>>,
@@ -32,6 +36,8 @@ pub(crate) struct State {
     pub untagged_functions: RefCell<Vec<u32>>,
     /// The run's host objects, indexed by the hidden property they carry.
     pub objects: RefCell<Vec<(ObjRef, Persistent<Object<'static>>)>>,
+    /// Where each host object is in `objects`.
+    pub object_index: RefCell<HashMap<ObjRef, usize>>,
     /// The last error a native returned, with the JS value thrown for it, so that the
     /// error keeps its kind when it comes out of the script uncaught.
     pub native_error: RefCell<Option<(ScriptError, Persistent<JsValue<'static>>)>>,
@@ -56,10 +62,19 @@ impl State {
         let objects = std::mem::take(&mut *self.objects.borrow_mut());
         let native_error = self.native_error.borrow_mut().take();
         self.untagged_functions.borrow_mut().clear();
+        self.object_index.borrow_mut().clear();
         drop(functions);
         drop(objects);
         drop(native_error);
         self.interrupt.set(None);
+        self.fatal.set(None);
+    }
+
+    /// Forgets what stopped the previous top-level call.
+    pub fn start_call(&self) {
+        self.interrupt.set(None);
+        self.fatal.set(None);
+        self.memory.clear_refused();
     }
 }
 

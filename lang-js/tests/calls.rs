@@ -8,9 +8,8 @@ use support::{instance, run, s, Fake};
 fn function_refs_are_numbered_in_order_of_first_conversion() {
     let mut i = instance();
     let fake = Fake::default();
-    let v = i
-        .run("const f = (x) => x * 2; const g = function () { return 'g' }; echo(f, g, f, [g])", &[], &fake)
-        .unwrap();
+    let v =
+        i.run("const f = (x) => x * 2; const g = function () { return 'g' }; echo(f, g, f, [g])", &[], &fake).unwrap();
     let (f, g) = (Value::Function(FnRef(0)), Value::Function(FnRef(1)));
     assert_eq!(v, Value::Array(vec![f.clone(), g.clone(), f, Value::Array(vec![g])]));
     assert_eq!(i.call(FnRef(0), vec![Value::Int(21)], &fake).unwrap(), Value::Int(42));
@@ -45,7 +44,17 @@ fn callbacks_and_nested_calls() {
     let v = run("const rec = (n) => n == 0 ? 'done' : apply(rec, n - 1); rec(20)").unwrap();
     assert_eq!(v, s("done"));
     // Callbacks see the run's globals and closures.
-    assert_eq!(run("let total = 0; [1, 2, 3].forEach(x => apply(y => { total += y }, x)); total").unwrap(), Value::Int(6));
+    assert_eq!(
+        run("let total = 0; [1, 2, 3].forEach(x => apply(y => { total += y }, x)); total").unwrap(),
+        Value::Int(6)
+    );
+}
+
+#[test]
+fn runaway_nesting_is_a_stack_overflow() {
+    let e = run("const rec = (n) => apply(rec, n + 1); rec(0)").unwrap_err();
+    assert_eq!(e.kind, ScriptErrorKind::Runtime);
+    assert!(e.message.contains("stack"), "{e:?}");
 }
 
 #[test]
@@ -77,6 +86,10 @@ fn native_errors_keep_their_kind() {
 fn fatal_native_errors_cannot_be_caught() {
     let e = run("try { fatal() } catch (e) { 'swallowed' }").unwrap_err();
     assert_eq!(e.kind, ScriptErrorKind::Timeout);
+    // Not even by a promise job, whose exceptions are otherwise dropped.
+    let e = run("Promise.resolve().then(() => fatal()); 'done'").unwrap_err();
+    assert_eq!(e.kind, ScriptErrorKind::Timeout);
+    assert_eq!(run("Promise.resolve().then(() => fail('x')); 'done'").unwrap(), s("done"));
 }
 
 #[test]
@@ -86,7 +99,9 @@ fn host_objects_and_chaining() {
     let v = i.run("obj().add(1).add('two', [3]).get()", &[], &fake).unwrap();
     assert_eq!(v, Value::Array(vec![Value::Int(1), s("two"), Value::Array(vec![Value::Int(3)])]));
     i.end_run();
-    let v = i.run("const o = obj(); const p = o.add(1); [o === p, echo(o), typeof o.add, Object.keys(o).length]", &[], &fake).unwrap();
+    let v = i
+        .run("const o = obj(); const p = o.add(1); [o === p, echo(o), typeof o.add, Object.keys(o).length]", &[], &fake)
+        .unwrap();
     let o = Value::Object(ObjRef { kind: "Counter", id: 1 });
     assert_eq!(v, Value::Array(vec![Value::Bool(true), Value::Array(vec![o.clone()]), s("function"), Value::Int(0)]));
     // Returned from the run: the same object.
@@ -94,7 +109,9 @@ fn host_objects_and_chaining() {
     // Methods with a callback.
     assert_eq!(i.run("obj().add(x => x).get().length", &[], &fake).unwrap(), Value::Int(1));
     // A look-alike is a plain object.
-    let v = i.run("const fake = {}; Object.defineProperty(fake, '__gears_object__', {value: 0}); echo(fake)", &[], &fake).unwrap();
+    let v = i
+        .run("const fake = {}; Object.defineProperty(fake, '__gears_object__', {value: 0}); echo(fake)", &[], &fake)
+        .unwrap();
     assert_eq!(v, Value::Array(vec![Value::Map(vec![])]));
 }
 
@@ -116,7 +133,8 @@ fn each_run_has_fresh_globals() {
 fn native_functions_belong_to_their_run() {
     let mut i = instance();
     let fake = Fake::default();
-    i.run("Function.prototype.evil = 1; Object.getPrototypeOf(echo).evil2 = 2; obj().add.evil3 = 3", &[], &fake).unwrap();
+    i.run("Function.prototype.evil = 1; Object.getPrototypeOf(echo).evil2 = 2; obj().add.evil3 = 3", &[], &fake)
+        .unwrap();
     i.end_run();
     let v = i.run("const o = obj(); [echo.evil, echo.evil2, o.add.evil3, echo instanceof Function, o.add instanceof Function]", &[], &fake).unwrap();
     assert_eq!(v, Value::Array(vec![Value::Nil, Value::Nil, Value::Nil, Value::Bool(true), Value::Bool(true)]));
@@ -148,7 +166,11 @@ fn leftover_promise_jobs_do_not_run_forever() {
     let fake = Fake::default();
     // A job that never settles and loops: the run ends when the limit... here, the
     // run's result does not depend on it, but its jobs run before the result is taken.
-    let v = i.run("let n = 0; const tick = () => { n++; if (n < 1000) Promise.resolve().then(tick) }; tick(); 'ok'", &[], &fake);
+    let v = i.run(
+        "let n = 0; const tick = () => { n++; if (n < 1000) Promise.resolve().then(tick) }; tick(); 'ok'",
+        &[],
+        &fake,
+    );
     assert_eq!(v.unwrap(), s("ok"));
     i.end_run();
     assert_eq!(i.run("1", &[], &fake).unwrap(), Value::Int(1));

@@ -39,12 +39,12 @@ fn timeouts_cannot_be_caught() {
 
 #[test]
 fn each_call_gets_its_own_time() {
-    let mut i = instance_with(timed(300));
+    let mut i = instance_with(timed(800));
     let fake = Fake::default();
     i.run("(n) => { const end = Date.now() + n; while (Date.now() < end) {} return n }", &[], &fake).unwrap();
-    // Three calls of 150 ms: each within the limit.
+    // Three calls of 300 ms: more than the limit together, each within it.
     for _ in 0..3 {
-        assert_eq!(i.call(FnRef(0), vec![Value::Int(150)], &fake).unwrap(), Value::Int(150));
+        assert_eq!(i.call(FnRef(0), vec![Value::Int(300)], &fake).unwrap(), Value::Int(300));
     }
     let e = i.call(FnRef(0), vec![Value::Int(100_000)], &fake).unwrap_err();
     assert_eq!(e.kind, ScriptErrorKind::Timeout);
@@ -124,4 +124,23 @@ fn abort_flag_stops_the_script() {
     i.clock().reset_abort_flag();
     i.end_run();
     assert_eq!(i.run("'again'", &[], &fake).unwrap(), s("again"));
+}
+
+#[test]
+fn user_code_run_by_conversions_is_timed_too() {
+    let mut i = instance_with(timed(100));
+    let fake = Fake::default();
+    let e = i
+        .run(
+            "const e = new Error('x'); Object.defineProperty(e, 'stack', {get() { while (true) {} }}); throw e",
+            &[],
+            &fake,
+        )
+        .unwrap_err();
+    assert_eq!(e.kind, ScriptErrorKind::Timeout, "{e:?}");
+    let e = i.run("new Proxy({}, {ownKeys() { while (true) {} }})", &[], &fake).unwrap_err();
+    assert_eq!(e.kind, ScriptErrorKind::Timeout, "{e:?}");
+    let e = i.run("echo({get a() { while (true) {} }})", &[], &fake).unwrap_err();
+    assert_eq!(e.kind, ScriptErrorKind::Timeout, "{e:?}");
+    assert_eq!(i.run("'still fine'", &[], &fake).unwrap(), s("still fine"));
 }

@@ -40,7 +40,10 @@ fn large_ints_go_to_js_as_bigint() {
     assert_eq!(i.call(FnRef(0), vec![big.clone()], &fake).unwrap(), Value::Array(vec![s("bigint"), big]));
     let small = Value::Int(1 << 40);
     assert_eq!(i.call(FnRef(0), vec![small.clone()], &fake).unwrap(), Value::Array(vec![s("number"), small]));
-    assert_eq!(i.call(FnRef(0), vec![Value::Double(1.5)], &fake).unwrap(), Value::Array(vec![s("number"), Value::Double(1.5)]));
+    assert_eq!(
+        i.call(FnRef(0), vec![Value::Double(1.5)], &fake).unwrap(),
+        Value::Array(vec![s("number"), Value::Double(1.5)])
+    );
 }
 
 #[test]
@@ -50,12 +53,18 @@ fn arrays_and_objects() {
     let expected = map(&[
         ("2", s("two")),
         ("b", Value::Int(1)),
-        ("a", Value::Array(vec![Value::Int(1), s("x"), Value::Array(vec![Value::Nil, map(&[("c", Value::Bool(true))])])])),
+        (
+            "a",
+            Value::Array(vec![Value::Int(1), s("x"), Value::Array(vec![Value::Nil, map(&[("c", Value::Bool(true))])])]),
+        ),
     ]);
     assert_eq!(v, expected);
     // Holes are nil; non-enumerable properties are skipped.
     assert_eq!(run("[1,,3]").unwrap(), Value::Array(vec![Value::Int(1), Value::Nil, Value::Int(3)]));
-    assert_eq!(run("const o = {a: 1}; Object.defineProperty(o, 'h', {value: 2}); o").unwrap(), map(&[("a", Value::Int(1))]));
+    assert_eq!(
+        run("const o = {a: 1}; Object.defineProperty(o, 'h', {value: 2}); o").unwrap(),
+        map(&[("a", Value::Int(1))])
+    );
 }
 
 #[test]
@@ -95,9 +104,8 @@ fn binary_values() {
 fn args_are_strings_or_bytes() {
     let mut i = instance();
     let args = vec![b"key".to_vec(), vec![0xff, 0x00, 0x61], "é".as_bytes().to_vec()];
-    let v = i
-        .run("[ARGS.length, typeof ARGS[0], ARGS[1] instanceof Uint8Array, ARGS]", &args, &Fake::default())
-        .unwrap();
+    let v =
+        i.run("[ARGS.length, typeof ARGS[0], ARGS[1] instanceof Uint8Array, ARGS]", &args, &Fake::default()).unwrap();
     assert_eq!(
         v,
         Value::Array(vec![

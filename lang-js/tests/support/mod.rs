@@ -59,11 +59,15 @@ impl engine::Natives for Fake {
         }
     }
 
-    fn call_method(&self, obj: ObjRef, name: &str, args: Vec<Value>, _script: &dyn ScriptCalls) -> Result<Value, ScriptError> {
+    fn call_method(
+        &self,
+        obj: ObjRef,
+        name: &str,
+        args: Vec<Value>,
+        _script: &dyn ScriptCalls,
+    ) -> Result<Value, ScriptError> {
         let mut counters = self.counters.borrow_mut();
-        let items = counters
-            .get_mut(obj.id as usize)
-            .ok_or_else(|| ScriptError::usage("no such object"))?;
+        let items = counters.get_mut(obj.id as usize).ok_or_else(|| ScriptError::usage("no such object"))?;
         match name {
             "add" => {
                 items.extend(args);
