@@ -8,8 +8,10 @@ use std::sync::Arc;
 
 /// What the blocked client is sent once the execution is done.
 pub enum Answer {
-    /// `[results, errors]`, or the script's return value (nil -> OK), or an error.
+    /// `[results, errors]`, or the script's return value, or an error.
     Exec(Result<Value, String>),
+    /// The script returned nothing and did not call `run()`.
+    Ok,
 }
 
 struct BlockedClient(*mut raw::RedisModuleBlockedClient);
@@ -18,16 +20,19 @@ unsafe impl Send for BlockedClient {}
 
 /// The reply RG.EXEC and RG.GETRESULTS(BLOCKING) give for an outcome.
 pub fn answer(o: &Outcome) -> Answer {
-    Answer::Exec(outcome_value(o).map(|v| match v {
-        Value::Nil => Value::String("OK".into()),
-        v => v,
-    }))
+    match outcome_value(o) {
+        Ok(Value::Nil) => Answer::Ok,
+        r => Answer::Exec(r),
+    }
 }
 
 pub fn send(ctx: &Context, a: &Answer) {
     match a {
         Answer::Exec(Ok(v)) => reply::reply(ctx, v),
         Answer::Exec(Err(e)) => reply::error(ctx, e),
+        Answer::Ok => {
+            ctx.reply_simple_string("OK");
+        }
     }
 }
 

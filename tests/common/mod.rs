@@ -142,12 +142,17 @@ pub fn cmd(c: &mut redis::Connection, words: &[&str]) -> redis::Value {
     for w in &words[1..] {
         q.arg(*w);
     }
-    q.query::<redis::Value>(c).unwrap_or_else(|e| redis::Value::ServerError(to_server_error(e)))
+    q.query::<redis::Value>(c).unwrap_or_else(error_value)
 }
 
-fn to_server_error(e: redis::RedisError) -> redis::ServerError {
-    // Keep the whole message text (code + detail) for assertions.
-    redis::ServerError::ExtensionError { code: e.code().unwrap_or("ERR").to_string(), detail: e.detail().map(str::to_string) }
+/// An error reply as the text value `(error) CODE detail`, for assertions.
+pub fn error_value(e: redis::RedisError) -> redis::Value {
+    let text = match (e.code(), e.detail()) {
+        (Some(code), Some(detail)) => format!("{code} {detail}"),
+        (Some(code), None) => code.to_string(),
+        _ => e.to_string(),
+    };
+    redis::Value::SimpleString(format!("(error) {text}"))
 }
 
 /// RG.EXEC <lang> <code> [extra...], as canonical text.
@@ -157,6 +162,6 @@ pub fn exec(c: &mut redis::Connection, lang: &str, code: &str, extra: &[&str]) -
     for e in extra {
         q.arg(*e);
     }
-    let v = q.query::<redis::Value>(c).unwrap_or_else(|e| redis::Value::ServerError(to_server_error(e)));
+    let v = q.query::<redis::Value>(c).unwrap_or_else(error_value);
     canon::fmt(&v)
 }
