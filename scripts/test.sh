@@ -2,7 +2,7 @@
 # Runs the whole test suite: unit and property tests of every crate, the same scripts
 # in Lua and JavaScript on the in-memory host, integration tests against real
 # redis-server 7.0 and valkey-server 8 processes, the docs' examples, and a build of
-# the fuzz targets. The module is built once (release) and shared by all tests.
+# short runs of the fuzz targets. The module is built once (release) and shared by all tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/deps.sh
@@ -15,5 +15,6 @@ if command -v valkey-server >/dev/null; then
   REDIS_SERVER=valkey-server cargo test --release -p rg --test '*'
 fi
 
-echo "== fuzz targets build"
-cargo build --release --manifest-path fuzz/Cargo.toml --target-dir target/fuzz
+echo "== fuzz targets: coverage-guided build on stable, 15 s each"
+fuzz/run.sh exec_args 15
+fuzz/run.sh value_codec 15
