@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: unit and property tests of every crate, the same scripts
 # in Lua and JavaScript on the in-memory host, integration tests against real
-# redis-server 7.0 and valkey-server 8 processes, the docs' examples, and a build of
+# redis-server 7.0 and valkey-server 8 processes, the docs' examples, and
 # short runs of the fuzz targets. The module is built once (release) and shared by all tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
