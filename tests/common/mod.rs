@@ -17,7 +17,17 @@ pub fn module_path() -> PathBuf {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or(root.join("target"));
     let p = target.join(profile).join("librg.so");
-    assert!(p.exists(), "module not built: {} (run cargo build{} first)", p.display(), if profile == "release" { " --release" } else { "" });
+    let build = if profile == "release" { "cargo build --release" } else { "cargo build" };
+    assert!(p.exists(), "module not built: {} (run {build} first)", p.display());
+    // `cargo test` does not rebuild the cdylib: refuse to test an old one.
+    let built = std::fs::metadata(&p).and_then(|m| m.modified()).expect("module mtime");
+    for dir in ["src", "engine/src", "stdlib/src", "lang-lua/src", "lang-js/src"] {
+        for entry in std::fs::read_dir(root.join(dir)).into_iter().flatten().flatten() {
+            if entry.metadata().and_then(|m| m.modified()).is_ok_and(|t| t > built) {
+                panic!("{} is newer than {}: run {build} first", entry.path().display(), p.display());
+            }
+        }
+    }
     p
 }
 
