@@ -21,9 +21,12 @@ pub fn module_path() -> PathBuf {
     assert!(p.exists(), "module not built: {} (run {build} first)", p.display());
     // `cargo test` does not rebuild the cdylib: refuse to test an old one.
     let built = std::fs::metadata(&p).and_then(|m| m.modified()).expect("module mtime");
-    for dir in ["src", "engine/src", "stdlib/src", "lang-lua/src", "lang-js/src"] {
-        for entry in std::fs::read_dir(root.join(dir)).into_iter().flatten().flatten() {
-            if entry.metadata().and_then(|m| m.modified()).is_ok_and(|t| t > built) {
+    let mut dirs: Vec<PathBuf> = ["src", "engine/src", "stdlib/src", "lang-lua/src", "lang-js/src"].iter().map(|d| root.join(d)).collect();
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                dirs.push(entry.path());
+            } else if entry.metadata().and_then(|m| m.modified()).is_ok_and(|t| t > built) {
                 panic!("{} is newer than {}: run {build} first", entry.path().display(), p.display());
             }
         }
