@@ -8,6 +8,8 @@ use std::os::raw::c_char;
 pub struct RedisHost {
     shard_id: String,
     options: CallOptions,
+    /// `options` plus ACL verification of the context's user (used with SetContextUser).
+    options_acl: CallOptions,
 }
 
 // SAFETY: CallOptions is an immutable C string built once.
@@ -18,8 +20,8 @@ impl RedisHost {
     pub fn new(shard_id: String) -> RedisHost {
         // Replicated (writes reach replicas and the AOF), RESP3 replies, errors as replies,
         // and script mode: commands that must not run from scripts are refused.
-        let options = CallOptionsBuilder::new().replicate().errors_as_replies().script_mode().resp(CallOptionResp::Resp3).build();
-        RedisHost { shard_id, options }
+        let base = || CallOptionsBuilder::new().replicate().errors_as_replies().script_mode().resp(CallOptionResp::Resp3);
+        RedisHost { shard_id, options: base().build(), options_acl: base().verify_acl().build() }
     }
 }
 
@@ -55,23 +57,53 @@ impl Host for RedisHost {
 impl LockedHost for Locked<'_> {
     fn call(&self, user: Option<&str>, args: &[&[u8]]) -> Result<Value, HostError> {
         let ctx: &Context = &self.guard;
-        if let Some(user) = user {
-            check_acl(ctx, user, args)?;
-        }
         let Some((cmd, rest)) = args.split_first() else {
             return Err(HostError::Command("ERR empty command".into()));
         };
         let cmd = std::str::from_utf8(cmd).map_err(|_| HostError::Command("ERR command name is not valid UTF-8".into()))?;
-        let r: redis_module::CallResult = ctx.call_ext(cmd, &self.host.options, rest);
-        reply::from_call(&r).map_err(HostError::Command)
+        let Some(user) = user else {
+            let r: redis_module::CallResult = ctx.call_ext(cmd, &self.host.options, rest);
+            return reply::from_call(&r).map_err(HostError::Command);
+        };
+        // Where the server has SetContextUser (checked at run time) the call runs as the
+        // user itself; older servers get the permissions checked first with
+        // ACLCheckCommandPermissions.
+        // SAFETY: reading a function pointer the server filled in at module load.
+        let has_context_user = unsafe { raw::RedisModule_SetContextUser }.is_some();
+        if !has_context_user {
+            check_acl(ctx, user, args)?;
+            let r: redis_module::CallResult = ctx.call_ext(cmd, &self.host.options, rest);
+            return reply::from_call(&r).map_err(HostError::Command);
+        }
+        let u = module_user(ctx, user)?;
+        // SAFETY: GIL held; the user is detached from the context and freed before return.
+        unsafe { raw::RedisModule_SetContextUser.unwrap()(ctx.ctx, u) };
+        let r: redis_module::CallResult = ctx.call_ext(cmd, &self.host.options_acl, rest);
+        let out = reply::from_call(&r).map_err(|e| permission_error(user, e));
+        drop(r);
+        unsafe {
+            raw::RedisModule_SetContextUser.unwrap()(ctx.ctx, std::ptr::null_mut());
+            raw::RedisModule_FreeModuleUser.unwrap()(u);
+        }
+        out
     }
 }
 
-/// Checks that `user` may run the command with these keys (ACL command, key and channel
-/// rules), using the Module API available since Redis 7.0.
-fn check_acl(ctx: &Context, user: &str, args: &[&[u8]]) -> Result<(), HostError> {
-    // SAFETY: called with the GIL held (we are inside a locked context); every string
-    // and the user object created here are freed before returning.
+/// ACL refusals read `NOPERM ...` (7.2+) or `ERR acl verification failed, ...` (7.0):
+/// both become `HostError::NoPermission`, naming the user.
+fn permission_error(user: &str, e: String) -> HostError {
+    if let Some(rest) = e.strip_prefix("NOPERM ") {
+        HostError::NoPermission(format!("{rest} (user {user})"))
+    } else if let Some(rest) = e.strip_prefix("ERR acl verification failed, ") {
+        HostError::NoPermission(format!("User {user} {rest}"))
+    } else {
+        HostError::Command(e)
+    }
+}
+
+/// The ACL user object for a name (to be freed with FreeModuleUser).
+fn module_user(ctx: &Context, user: &str) -> Result<*mut raw::RedisModuleUser, HostError> {
+    // SAFETY: GIL held; the name string is freed right after the lookup.
     unsafe {
         let name = raw::RedisModule_CreateString.unwrap()(ctx.ctx, user.as_ptr() as *const c_char, user.len());
         let u = raw::RedisModule_GetModuleUserFromUserName.unwrap()(name);
@@ -79,6 +111,17 @@ fn check_acl(ctx: &Context, user: &str, args: &[&[u8]]) -> Result<(), HostError>
         if u.is_null() {
             return Err(HostError::NoPermission(format!("user '{user}' does not exist or is disabled")));
         }
+        Ok(u)
+    }
+}
+
+/// Checks that `user` may run the command with these keys (ACL command, key and channel
+/// rules), using the Module API available since Redis 7.0.
+fn check_acl(ctx: &Context, user: &str, args: &[&[u8]]) -> Result<(), HostError> {
+    let u = module_user(ctx, user)?;
+    // SAFETY: called with the GIL held (we are inside a locked context); every string
+    // and the user object used here are freed before returning.
+    unsafe {
         let mut argv: Vec<*mut raw::RedisModuleString> =
             args.iter().map(|a| raw::RedisModule_CreateString.unwrap()(ctx.ctx, a.as_ptr() as *const c_char, a.len())).collect();
         let status = raw::RedisModule_ACLCheckCommandPermissions.unwrap()(u, argv.as_mut_ptr(), argv.len() as i32);

@@ -12,6 +12,7 @@ fn timed(ms: u64) -> Box<dyn engine::Instance> {
 }
 
 fn assert_times_out(inst: &mut Box<dyn engine::Instance>, source: &str) {
+    eprintln!("RUN {source}");
     let start = Instant::now();
     let e = run(inst, source).unwrap_err();
     assert_kind(&e, ScriptErrorKind::Timeout);
