@@ -33,9 +33,11 @@ struct Locked<'a> {
 }
 
 impl Host for RedisHost {
-    fn lock(&self) -> Box<dyn LockedHost + '_> {
+    fn lock(&self, db: u32) -> Box<dyn LockedHost + '_> {
         let tsc = ThreadSafeContext::new();
         let guard = tsc.lock();
+        // SAFETY: the GIL is held; SelectDb only changes this context's database.
+        unsafe { raw::RedisModule_SelectDb.unwrap()(guard.ctx, db as i32) };
         Box::new(Locked { guard, _tsc: tsc, host: self })
     }
 

@@ -6,7 +6,7 @@ use redis_module::InfoContext;
 pub fn rg_info(ctx: &InfoContext, _for_crash_report: bool) {
     let Some(engine) = ENGINE.get() else { return };
     let c = engine.registry.counts();
-    let mut b = ctx.builder().add_section("rg");
+    let mut b = ctx.builder().add_section("");
     let fields: Vec<(String, String)> = vec![
         ("executions_created".into(), c.created.to_string()),
         ("executions_running".into(), c.running.to_string()),

@@ -56,11 +56,11 @@ fn init(ctx: &Context, args: &[RedisString]) -> Status {
     Status::Ok
 }
 
-fn deinit(_ctx: &Context) -> Status {
-    if let Some(e) = ENGINE.get() {
-        e.shutdown();
-    }
-    Status::Ok
+/// MODULE UNLOAD is refused: worker threads and blocked clients hold pointers into the
+/// module's code for as long as the server runs.
+fn deinit(ctx: &Context) -> Status {
+    ctx.log_warning("rg: the module cannot be unloaded; restart the server without it instead");
+    Status::Err
 }
 
 redis_module! {

@@ -132,6 +132,7 @@ fn info_section() {
     exec(&mut c, "lua", "return 1", &[]);
     exec(&mut c, "js", "1", &[]);
     let info: String = redis::cmd("INFO").arg("rg").query(&mut c).unwrap();
+    assert!(info.contains("# rg\r\n"), "section name: {info}");
     for field in ["executions_done:2", "executions_running:0", "execution_threads:2", "lua_memory_bytes:", "js_memory_bytes:"] {
         assert!(info.contains(field), "{field} missing:\n{info}");
     }
@@ -211,4 +212,42 @@ fn binary_safe_values() {
         let v: Vec<u8> = redis::cmd("GET").arg(k).query(&mut c).unwrap();
         assert_eq!(v, bin, "{k}");
     }
+}
+
+#[test]
+fn module_is_listed_as_rg_and_refuses_to_unload() {
+    let s = Server::start(&[]);
+    let mut c = s.conn();
+    assert!(fmt(&cmd(&mut c, &["MODULE", "LIST"])).contains("\"name\", \"rg\""));
+    assert!(fmt(&cmd(&mut c, &["MODULE", "UNLOAD", "rg"])).starts_with("(error)"));
+    assert_eq!(exec(&mut c, "lua", "return 'still loaded'", &[]), r#""still loaded""#);
+}
+
+#[test]
+fn scripts_use_the_database_the_client_selected() {
+    let s = Server::start(&[]);
+    let mut c = s.conn();
+    cmd(&mut c, &["SET", "where", "db0"]);
+    cmd(&mut c, &["SELECT", "3"]);
+    cmd(&mut c, &["SET", "where", "db3"]);
+    assert_eq!(exec(&mut c, "lua", "return execute('GET', 'where')", &[]), r#""db3""#);
+    assert_eq!(exec(&mut c, "js", "GB().map(r => r.value).run('where')", &[]), r#"[["db3"], []]"#);
+    exec(&mut c, "js", "execute('SET', 'written', '1')", &[]);
+    assert_eq!(fmt(&cmd(&mut c, &["EXISTS", "written"])), "1");
+    cmd(&mut c, &["SELECT", "0"]);
+    assert_eq!(fmt(&cmd(&mut c, &["EXISTS", "written"])), "0");
+}
+
+#[test]
+fn run_inside_atomic_is_refused_and_does_not_use_up_the_run() {
+    let s = Server::start(&[]);
+    let mut c = s.conn();
+    cmd(&mut c, &["SET", "k", "v"]);
+    for (lang, code) in [
+        ("lua", "local ok, e = pcall(function() atomic(function() GB():count():run('*') end) end) GB():count():run('*')"),
+        ("js", "try { atomic(() => GB().count().run('*')) } catch (e) {} GB().count().run('*')"),
+    ] {
+        assert_eq!(exec(&mut c, lang, code, &[]), "[[1], []]", "{lang}");
+    }
+    assert!(exec(&mut c, "js", "atomic(() => GB().count().run('*'))", &[]).contains("run: cannot be called inside atomic()"));
 }

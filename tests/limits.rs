@@ -110,6 +110,14 @@ fn execute_runs_as_the_calling_acl_user() {
         let got = exec(&mut app, lang, denied_cmd, &[]);
         assert!(got.contains("NOPERM"), "{lang}: {got}");
     }
+    // Readers read with the caller's permissions too: keys it may not read are errors.
+    for (lang, code) in [
+        ("lua", "GB():map(function(r) return r.value end):run('*')"),
+        ("js", "GB().map(r => r.value).run('*')"),
+    ] {
+        let got = exec(&mut app, lang, code, &[]);
+        assert!(got.starts_with(r#"[["p"], ["secret:1: NOPERM"#), "{lang}: {got}");
+    }
     // The denied FLUSHALL did nothing; the admin user still may.
     assert_eq!(fmt(&cmd(&mut admin, &["EXISTS", "secret:1"])), "1");
     assert_eq!(exec(&mut admin, "lua", "return execute('GET', 'secret:1')", &[]), r#""s""#);

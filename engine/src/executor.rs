@@ -30,6 +30,10 @@ pub struct RunContext<'a> {
     pub abort: &'a AtomicBool,
     /// Keys (or stream entries) read per lock acquisition.
     pub batch_size: usize,
+    /// The database the run reads.
+    pub db: u32,
+    /// Reads are made with this ACL user's permissions (None = unchecked).
+    pub user: Option<&'a str>,
 }
 
 enum State {
@@ -227,15 +231,19 @@ pub fn run_plan(plan: &Plan, cx: &RunContext) -> Result<RunOutput, ScriptError> 
             loop {
                 check_abort(cx)?;
                 let (next, records) = {
-                    let locked = cx.host.lock();
-                    let (next, keys) = scan(&*locked, cursor, pattern, batch)?;
+                    let locked = cx.host.lock(cx.db);
+                    let (next, keys) = scan(&*locked, cx.user, cursor, pattern, batch)?;
                     let mut records = Vec::with_capacity(keys.len());
                     for k in keys {
                         if !seen.insert(k.clone()) {
                             continue;
                         }
-                        if let Some(rec) = read_key(&*locked, &k, *read_value)? {
-                            records.push(rec.into_value());
+                        // A key the user may not read (or that changed type while being
+                        // read) is an error of that record; the run goes on.
+                        match read_key(&*locked, cx.user, &k, *read_value) {
+                            Ok(Some(rec)) => records.push(rec.into_value()),
+                            Ok(None) => {}
+                            Err(e) => p.out.errors.push(format!("{}: {e}", String::from_utf8_lossy(&k))),
                         }
                     }
                     (next, records)
@@ -258,8 +266,8 @@ pub fn run_plan(plan: &Plan, cx: &RunContext) -> Result<RunOutput, ScriptError> 
             loop {
                 check_abort(cx)?;
                 let entries = {
-                    let locked = cx.host.lock();
-                    read_stream(&*locked, stream, &start, exclusive, batch)?
+                    let locked = cx.host.lock(cx.db);
+                    read_stream(&*locked, cx.user, stream, &start, exclusive, batch)?
                 };
                 let n = entries.len();
                 for (id, fields) in entries {
@@ -294,6 +302,7 @@ pub fn run_plan(plan: &Plan, cx: &RunContext) -> Result<RunOutput, ScriptError> 
 /// Reads up to `count` entries of `stream` from `start` (exclusive when `exclusive`).
 pub fn read_stream(
     h: &dyn LockedHost,
+    user: Option<&str>,
     stream: &[u8],
     start: &str,
     exclusive: bool,
@@ -301,7 +310,7 @@ pub fn read_stream(
 ) -> Result<Vec<(String, Value)>, crate::HostError> {
     let from = if exclusive { format!("({start}") } else { start.to_string() };
     let n = count.to_string();
-    let reply = h.call(None, &[b"XRANGE", stream, from.as_bytes(), b"+", b"COUNT", n.as_bytes()])?;
+    let reply = h.call(user, &[b"XRANGE", stream, from.as_bytes(), b"+", b"COUNT", n.as_bytes()])?;
     let mut out = Vec::new();
     if let Value::Array(entries) = reply {
         for e in entries {

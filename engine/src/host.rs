@@ -25,9 +25,10 @@ impl LogLevel {
 
 /// The environment of scripts. Shared by all threads.
 pub trait Host: Send + Sync {
-    /// Takes the data lock (Redis's GIL). Everything done through the guard is atomic with
-    /// respect to other clients. The lock is not re-entrant: callers hold at most one.
-    fn lock(&self) -> Box<dyn LockedHost + '_>;
+    /// Takes the data lock (Redis's GIL) with database `db` selected. Everything done
+    /// through the guard is atomic with respect to other clients. The lock is not
+    /// re-entrant: callers hold at most one.
+    fn lock(&self, db: u32) -> Box<dyn LockedHost + '_>;
     /// This shard's id (40 hex characters on Redis).
     fn shard_id(&self) -> String;
     fn log(&self, level: LogLevel, message: &str);
@@ -61,8 +62,8 @@ impl KeyRecord {
     }
 }
 
-fn call_str(h: &dyn LockedHost, args: &[&[u8]]) -> Result<Value, HostError> {
-    h.call(None, args)
+fn call_str(h: &dyn LockedHost, user: Option<&str>, args: &[&[u8]]) -> Result<Value, HostError> {
+    h.call(user, args)
 }
 
 fn pairs_to_map(v: Value) -> Value {
@@ -79,10 +80,12 @@ fn pairs_to_map(v: Value) -> Value {
     }
 }
 
-/// Reads one key with its type, and its value if `read_value`. `None` if the key is gone.
+/// Reads one key with its type, and its value if `read_value`, with the permissions of
+/// `user` (a key the user may not read is a `NoPermission` error). `None` if the key is gone.
 /// Values per type: string -> string; hash -> map; list -> array; set -> array (sorted);
 /// zset -> array of [member, score] by score; stream -> array of [id, {field: value}].
-pub fn read_key(h: &dyn LockedHost, key: &[u8], read_value: bool) -> Result<Option<KeyRecord>, HostError> {
+pub fn read_key(h: &dyn LockedHost, user: Option<&str>, key: &[u8], read_value: bool) -> Result<Option<KeyRecord>, HostError> {
+    let call_str = |h: &dyn LockedHost, args: &[&[u8]]| call_str(h, user, args);
     let t = match call_str(h, &[b"TYPE", key])? {
         Value::String(s) => s,
         other => other.as_str_lossy().unwrap_or_default(),
@@ -157,10 +160,10 @@ fn normalize_score(mut pair: Vec<Value>) -> Vec<Value> {
 }
 
 /// One SCAN step: returns the next cursor and the keys of this step.
-pub fn scan(h: &dyn LockedHost, cursor: u64, pattern: &[u8], count: usize) -> Result<(u64, Vec<Vec<u8>>), HostError> {
+pub fn scan(h: &dyn LockedHost, user: Option<&str>, cursor: u64, pattern: &[u8], count: usize) -> Result<(u64, Vec<Vec<u8>>), HostError> {
     let c = cursor.to_string();
     let n = count.to_string();
-    let reply = call_str(h, &[b"SCAN", c.as_bytes(), b"MATCH", pattern, b"COUNT", n.as_bytes()])?;
+    let reply = call_str(h, user, &[b"SCAN", c.as_bytes(), b"MATCH", pattern, b"COUNT", n.as_bytes()])?;
     match reply {
         Value::Array(mut parts) if parts.len() == 2 => {
             let keys = parts.pop().unwrap();

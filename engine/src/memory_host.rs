@@ -43,7 +43,7 @@ impl MemoryHost {
     /// Runs a command outside any script (test setup).
     pub fn cmd(&self, args: &[&str]) -> Result<Value, HostError> {
         let a: Vec<&[u8]> = args.iter().map(|s| s.as_bytes()).collect();
-        self.lock().call(None, &a)
+        self.lock(0).call(None, &a)
     }
 }
 
@@ -53,7 +53,8 @@ struct Locked<'a> {
 }
 
 impl Host for MemoryHost {
-    fn lock(&self) -> Box<dyn LockedHost + '_> {
+    /// One keyspace: `db` is ignored.
+    fn lock(&self, _db: u32) -> Box<dyn LockedHost + '_> {
         Box::new(Locked { host: self, db: std::cell::RefCell::new(self.db.lock()) })
     }
     fn shard_id(&self) -> String {

@@ -16,8 +16,10 @@ pub struct RunEnv {
     pub host: Arc<dyn Host>,
     pub config: Arc<Config>,
     pub execution: Arc<Execution>,
-    /// The ACL user whose permissions `execute()` runs with (None = unchecked).
+    /// The ACL user whose permissions `execute()` and readers run with (None = unchecked).
     pub user: Option<String>,
+    /// The database selected by the client that started the run.
+    pub db: u32,
 }
 
 /// The script API (the stdlib) as the engine sees it.
@@ -38,6 +40,7 @@ pub struct ExecRequest {
     pub id: Option<String>,
     pub description: Option<String>,
     pub user: Option<String>,
+    pub db: u32,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -137,6 +140,7 @@ impl Engine {
             config: self.config.clone(),
             execution: exec.clone(),
             user: req.user.clone(),
+            db: req.db,
         });
         let result = inst.run(&req.source, &req.args, &*api as &dyn Natives);
         inst.end_run();

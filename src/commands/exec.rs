@@ -24,6 +24,8 @@ pub fn rg_exec(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
             return Err(RedisError::String(format!("ERR {e}")));
         }
         let user = ctx.get_current_user().to_string_lossy();
+        // SAFETY: the command's live context, on the main thread.
+        let db = unsafe { redis_module::raw::RedisModule_GetSelectedDb.unwrap()(ctx.ctx) }.max(0) as u32;
         let unblocking = parsed.unblocking;
         let exec = engine
             .submit(ExecRequest {
@@ -33,6 +35,7 @@ pub fn rg_exec(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
                 id: parsed.id,
                 description: parsed.description,
                 user: Some(user),
+                db,
             })
             .map_err(|e| RedisError::String(format!("ERR {e}")))?;
         if unblocking {

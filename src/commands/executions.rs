@@ -104,7 +104,7 @@ pub fn get_results(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         let e = find(&one_id(&args, "RG.GETRESULTS <id>")?)?;
         match e.outcome() {
             Some(o) => blocking::send(ctx, &blocking::answer(&o)),
-            None => reply::error(ctx, &format!("ERR execution '{}' is still {}: use RG.GETRESULTSBLOCKING to wait for it", e.id, e.status().as_str())),
+            None => reply::error(ctx, &format!("ERR execution '{}' has not finished (it is {}): use RG.GETRESULTSBLOCKING to wait for it", e.id, e.status().as_str())),
         }
         replied()
     })

@@ -22,7 +22,7 @@ pub fn execute(run: &ScriptRun, a: &[Value]) -> Result<Value, ScriptError> {
         // SAFETY: the pointer is set by `atomic` for the duration of its callback only, and
         // the guard it points into outlives that callback (see `atomic`).
         Some(l) => unsafe { &*l }.call(user, &argv),
-        None => run.env.host.lock().call(user, &argv),
+        None => run.env.host.lock(run.env.db).call(user, &argv),
     };
     reply.map_err(ScriptError::from)
 }
@@ -36,7 +36,7 @@ pub fn atomic(run: &ScriptRun, a: &[Value], script: &dyn ScriptCalls) -> Result<
         // Already atomic: nesting is a no-op.
         return script.call(f, vec![]);
     }
-    let guard = run.env.host.lock();
+    let guard = run.env.host.lock(run.env.db);
     let ptr: *const (dyn LockedHost + '_) = &*guard;
     // SAFETY: erases the guard's lifetime; the pointer is cleared below before `guard` drops.
     let ptr: *const dyn LockedHost = unsafe { std::mem::transmute(ptr) };

@@ -84,14 +84,21 @@ impl Natives for ScriptRun {
                 let b = builders.get(obj.id as usize).ok_or_else(|| ScriptError::usage("run: unknown builder"))?;
                 b.plan(&args)?
             };
-            if self.ran.replace(true) {
-                return Err(ScriptError::usage("run: this script already called run(); one RG.EXEC runs one execution"));
-            }
             if self.locked.get().is_some() {
                 return Err(ScriptError::usage("run: cannot be called inside atomic()"));
             }
+            if self.ran.replace(true) {
+                return Err(ScriptError::usage("run: this script already called run(); one RG.EXEC runs one execution"));
+            }
             let batch = self.env.config.get_i64("keys-batch-size").max(1) as usize;
-            let cx = engine::RunContext { host: &*self.env.host, calls: script, abort: &self.env.execution.abort, batch_size: batch };
+            let cx = engine::RunContext {
+                host: &*self.env.host,
+                calls: script,
+                abort: &self.env.execution.abort,
+                batch_size: batch,
+                db: self.env.db,
+                user: self.env.user.as_deref(),
+            };
             self.env.execution.set_plan_info(plan.reader.name(), Vec::new());
             let out = engine::run_plan(&plan, &cx)?;
             self.env.execution.set_plan_info(plan.reader.name(), out.step_stats.clone());
