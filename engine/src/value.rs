@@ -93,7 +93,7 @@ impl Value {
             Value::Nil => false,
             Value::Bool(b) => *b,
             Value::Int(i) => *i != 0,
-            Value::Double(d) => *d != 0.0,
+            Value::Double(d) => *d != 0.0 && !d.is_nan(),
             Value::String(s) => !s.is_empty(),
             Value::Bytes(b) => !b.is_empty(),
             _ => true,
