@@ -75,6 +75,7 @@ fn sandbox_escapes_are_refused() {
         ("lua", "local f, e = load('\\27Lua\\84\\0', 'x', 'b') if f then return 'loaded' end error(e)"),
         ("lua", "local f, e = load(string.char(27) .. 'Lua') if f then return 'loaded' end error(e)"),
         ("lua", "return debug.getinfo(1)"),
+        ("lua", "print('to the server stdout')"),
         ("lua", "return string.dump(function() end)"),
         ("lua", "return package.loadlib('libc.so.6', 'system')"),
         ("js", "import * as os from 'os'"),

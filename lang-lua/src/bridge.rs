@@ -22,10 +22,13 @@ pub(crate) fn call_native(
     f: impl FnOnce(&dyn Natives, Vec<Value>, &dyn ScriptCalls) -> Result<Value, ScriptError>,
 ) -> mlua::Result<LuaValue> {
     let ctx = Ctx::get(lua)?;
+    if let Some(e) = ctx.watch.fatal() {
+        return Err(mlua::Error::external(e));
+    }
     let natives = ctx.natives()?;
     let vals = to_values(lua, &ctx, args)?;
     let result = {
-        let _native = ctx.clock.enter_native();
+        let _native = ctx.clock().enter_native();
         f(natives, vals, &Calls { lua, ctx: &ctx })
     };
     match result {
@@ -53,10 +56,13 @@ pub(crate) fn call_function(
     f: FnRef,
     args: Vec<Value>,
 ) -> Result<Value, ScriptError> {
+    if let Some(e) = ctx.watch.fatal() {
+        return Err(e);
+    }
     let Some(_depth) = ctx.enter_call() else {
         return Err(ScriptError::runtime("script callbacks nested too deeply"));
     };
-    let _script = ctx.clock.enter_script();
+    let _script = ctx.clock().enter_script();
     let func = ctx.function(lua, f).map_err(|e| fail(ctx, &e))?;
     let largs = to_lua_multi(lua, ctx, &args).map_err(|e| fail(ctx, &e))?;
     call_lua(lua, ctx, &func, largs)
@@ -70,15 +76,21 @@ pub(crate) fn call_lua(
     args: MultiValue,
 ) -> Result<Value, ScriptError> {
     let results = func.call::<MultiValue>(args).map_err(|e| fail(ctx, &e))?;
+    // A fatal error the script caught (e.g. `return pcall(...)`) still ends the call.
+    if let Some(e) = ctx.watch.fatal() {
+        return Err(e);
+    }
     let first = results.into_iter().next().unwrap_or(LuaValue::Nil);
     to_value(lua, ctx, first).map_err(|e| fail(ctx, &e))
 }
 
-/// The `ScriptError` for a failed call. A passed deadline or the abort flag wins over the
-/// error that reached us: the script may have caught and rethrown it as a plain string.
+/// The `ScriptError` for a failed call. A fatal error (passed deadline, abort flag) wins over
+/// the error that reached us: the script may have caught it and thrown something else.
 pub(crate) fn fail(ctx: &Ctx, e: &mlua::Error) -> ScriptError {
-    if let Err(clock_err) = ctx.clock.check() {
-        return clock_err;
+    if let Err(fatal) = ctx.watch.check() {
+        return fatal;
     }
-    to_script_error(e, ctx.memory_limit.get())
+    let err = to_script_error(e, ctx.memory_limit.get());
+    ctx.watch.set_fatal(&err);
+    err
 }

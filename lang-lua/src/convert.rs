@@ -10,6 +10,9 @@ use mlua::{Function, Lua, MultiValue, Table, Value as LuaValue};
 pub(crate) const MAX_DEPTH: usize = 100;
 /// Most values (nodes) one conversion may produce (guards against shared-subtable blowup).
 const MAX_NODES: usize = 10_000_000;
+/// Most functions one conversion may hold before numbering them (each holds one of mlua's
+/// references, whose stack is bounded).
+const MAX_FUNCTIONS: usize = 100_000;
 /// Largest integer a double represents exactly: integral floats up to this become `Int`.
 const MAX_SAFE_INT: f64 = 9_007_199_254_740_992.0;
 
@@ -119,8 +122,10 @@ impl FromLua {
             LuaValue::String(s) => Value::from_bytes(s.as_bytes().to_vec()),
             LuaValue::Table(t) => self.table(t, depth)?,
             LuaValue::Function(f) => {
-                let i = u32::try_from(self.pending.len())
-                    .map_err(|_| mlua::Error::runtime("too many functions"))?;
+                if self.pending.len() >= MAX_FUNCTIONS {
+                    return Err(mlua::Error::runtime("too many functions in one value"));
+                }
+                let i = self.pending.len() as u32;
                 self.pending.push(f);
                 Value::Function(FnRef(i))
             }

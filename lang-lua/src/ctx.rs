@@ -6,6 +6,7 @@
 //! data, so that every Rust callback (globals, host object methods, `load`) can reach it.
 //! No `RefCell` borrow of it is ever held across a call into Lua.
 
+use crate::watch::Watch;
 use engine::{CallClock, FnRef, Natives};
 use mlua::{Function, Lua, RegistryKey, Table};
 use std::cell::{Cell, RefCell};
@@ -28,7 +29,7 @@ struct RunTables {
 }
 
 pub(crate) struct Ctx {
-    pub(crate) clock: Arc<CallClock>,
+    pub(crate) watch: Arc<Watch>,
     /// The `Natives` of the `run`/`call` in progress, with its lifetime erased.
     /// Set only by `NativesGuard`, which clears it before the borrow it came from ends.
     natives: Cell<Option<NonNull<dyn Natives>>>,
@@ -54,9 +55,9 @@ fn no_ctx() -> mlua::Error {
 }
 
 impl Ctx {
-    pub(crate) fn install(lua: &Lua, clock: Arc<CallClock>, memory_limit: usize) -> Rc<Ctx> {
+    pub(crate) fn install(lua: &Lua, watch: Arc<Watch>, memory_limit: usize) -> Rc<Ctx> {
         let ctx = Rc::new(Ctx {
-            clock,
+            watch,
             natives: Cell::new(None),
             run: RefCell::new(None),
             next_fn: Cell::new(0),
@@ -163,6 +164,15 @@ impl Ctx {
             lua.remove_registry_value(old)?;
         }
         Ok(())
+    }
+
+    pub(crate) fn clock(&self) -> &CallClock {
+        &self.watch.clock
+    }
+
+    /// True when no script code is running (the next call is a top-level one).
+    pub(crate) fn is_idle(&self) -> bool {
+        self.depth.get() == 0
     }
 
     // ----- call depth -----

@@ -2,6 +2,7 @@
 
 use crate::bridge::{self, call_function, call_lua, fail};
 use crate::ctx::{Ctx, NativesGuard};
+use crate::watch::Watch;
 use crate::{errors, sandbox};
 use engine::{CallClock, FnRef, Instance, Limits, Natives, ScriptError, Value};
 use mlua::{HookTriggers, Lua, VmState};
@@ -23,11 +24,11 @@ impl LuaInstance {
             ScriptError::runtime(format!("cannot create a Lua instance: {}", errors::message(&e)))
         };
         let lua = sandbox::new_state().map_err(setup)?;
-        let clock = Arc::new(CallClock::default());
-        clock.set_timeout(limits.timeout);
-        install_hook(&lua, clock.clone()).map_err(setup)?;
-        let ctx = Ctx::install(&lua, clock, limits.memory_bytes);
-        // Not available only in module mode, which we do not use.
+        let watch = Arc::new(Watch::default());
+        watch.clock.set_timeout(limits.timeout);
+        install_hook(&lua, watch.clone()).map_err(setup)?;
+        let ctx = Ctx::install(&lua, watch, limits.memory_bytes);
+        // Fails only in mlua module mode, which is not used here.
         let _ = lua.set_memory_limit(limits.memory_bytes);
         Ok(LuaInstance { lua, ctx })
     }
@@ -42,6 +43,7 @@ impl LuaInstance {
             self.end_run();
         }
         let (lua, ctx) = (&self.lua, &*self.ctx);
+        ctx.watch.reset();
         let _natives = NativesGuard::new(ctx, natives);
         let Some(_depth) = ctx.enter_call() else {
             return Err(ScriptError::runtime("script callbacks nested too deeply"));
@@ -54,7 +56,7 @@ impl LuaInstance {
         ctx.begin_run(lua, &env).map_err(|e| fail(ctx, &e))?;
         let func = sandbox::compile(lua, source, Some(env))
             .map_err(|e| errors::to_script_error(&e, ctx.memory_limit.get()))?;
-        let _script = ctx.clock.enter_script();
+        let _script = ctx.clock().enter_script();
         call_lua(lua, ctx, &func, mlua::MultiValue::new())
     }
 }
@@ -62,10 +64,10 @@ impl LuaInstance {
 /// Polls the clock from a count hook. Once the deadline has passed (or the run is aborted)
 /// the hook fires at every instruction, so an error caught by `pcall` is raised again by the
 /// very next instruction of the catching code, until the script ends.
-fn install_hook(lua: &Lua, clock: Arc<CallClock>) -> mlua::Result<()> {
+fn install_hook(lua: &Lua, watch: Arc<Watch>) -> mlua::Result<()> {
     let triggers = HookTriggers::new().every_nth_instruction(HOOK_EVERY as u32);
     lua.set_global_hook(triggers, move |lua, _debug| {
-        let result = clock.check();
+        let result = watch.check();
         let every = if result.is_ok() { HOOK_EVERY } else { 1 };
         let state = lua.state();
         // SAFETY: `state` is the thread running this hook (mlua sets it for the callback);
@@ -116,6 +118,9 @@ impl Instance for LuaInstance {
 
     fn call(&mut self, f: FnRef, args: Vec<Value>, natives: &dyn Natives) -> Result<Value, ScriptError> {
         guarded(|| {
+            if self.ctx.is_idle() {
+                self.ctx.watch.reset();
+            }
             let _natives = NativesGuard::new(&self.ctx, natives);
             call_function(&self.lua, &self.ctx, f, args)
         })
@@ -128,8 +133,9 @@ impl Instance for LuaInstance {
         }
         self.lua.expire_registry_values();
         // No script finalizers exist (`__gc` is refused), but keep any Lua code bounded.
-        let _script = self.ctx.clock.enter_script();
+        let _script = self.ctx.clock().enter_script();
         let _ = guarded(|| self.lua.gc_step().map(drop).map_err(|e| fail(&self.ctx, &e)));
+        self.ctx.watch.reset();
     }
 
     fn memory_used(&self) -> usize {
@@ -137,11 +143,11 @@ impl Instance for LuaInstance {
     }
 
     fn clock(&self) -> &CallClock {
-        &self.ctx.clock
+        self.ctx.clock()
     }
 
     fn set_limits(&mut self, limits: Limits) {
-        self.ctx.clock.set_timeout(limits.timeout);
+        self.ctx.clock().set_timeout(limits.timeout);
         self.ctx.memory_limit.set(limits.memory_bytes);
         let _ = self.lua.set_memory_limit(limits.memory_bytes);
     }

@@ -7,7 +7,7 @@
 //!
 //! Module map: `sandbox` (state, libraries, per-run environment, `load`), `convert`
 //! (`Value` <-> Lua), `objects` (host object userdata), `bridge` (script <-> natives calls),
-//! `ctx` (state shared with Rust callbacks), `errors` (mlua errors -> `ScriptError`),
+//! `ctx` (state shared with Rust callbacks), `watch` (clock and sticky fatal errors), `errors` (mlua errors -> `ScriptError`),
 //! `instance` (the `Instance` implementation, limits and the clock hook).
 
 mod bridge;
@@ -17,6 +17,7 @@ mod errors;
 mod instance;
 mod objects;
 mod sandbox;
+mod watch;
 
 pub use instance::LuaInstance;
 

@@ -18,7 +18,8 @@ local G, render = ...
 local type, rawget, tostring = type, rawget, tostring
 local raw_setmetatable, raw_getmetatable, raw_error = setmetatable, getmetatable, error
 
-G.dofile, G.loadfile, G.require, G.package, G.io, G.debug, G.warn = nil, nil, nil, nil, nil, nil, nil
+-- print and warn would write to the server's stdout/stderr: scripts log with log().
+G.dofile, G.loadfile, G.require, G.package, G.io, G.debug, G.warn, G.print = nil, nil, nil, nil, nil, nil, nil, nil
 local os = G.os
 G.os = { clock = os.clock, time = os.time }
 G.string.dump = nil
@@ -40,6 +41,23 @@ G.setmetatable = function(t, mt)
     raw_error("setmetatable: __gc metamethods are not allowed", 2)
   end
   return raw_setmetatable(t, mt)
+end
+
+-- Lua runs an xpcall message handler before unwinding; for an error raised by the clock
+-- hook that happens with hooks disabled, so a looping handler could never be stopped.
+-- Without the debug library a handler cannot inspect the failing stack anyway: call it
+-- after pcall instead.
+local raw_pcall, pack, unpack = pcall, G.table.pack, G.table.unpack
+G.xpcall = function(f, handler, ...)
+  if handler == nil then
+    raw_error("bad argument #2 to 'xpcall' (value expected)", 2)
+  end
+  local r = pack(raw_pcall(f, ...))
+  if r[1] then
+    return unpack(r, 1, r.n)
+  end
+  local _, v = raw_pcall(handler, r[2])
+  return false, v
 end
 
 -- error({...}) tables get a readable tostring (the message the caller sees).

@@ -12,7 +12,6 @@ fn timed(ms: u64) -> Box<dyn engine::Instance> {
 }
 
 fn assert_times_out(inst: &mut Box<dyn engine::Instance>, source: &str) {
-    eprintln!("RUN {source}");
     let start = Instant::now();
     let e = run(inst, source).unwrap_err();
     assert_kind(&e, ScriptErrorKind::Timeout);
@@ -35,6 +34,17 @@ fn infinite_loops_time_out() {
         "while true do coroutine.resume(coroutine.create(function() while true do end end)) end",
     );
     assert_times_out(&mut inst, "local function f() return f() end f()");
+    // the timeout is swallowed by a tail-called pcall: the run still fails
+    assert_times_out(&mut inst, "return pcall(function() while true do end end)");
+    assert_times_out(
+        &mut inst,
+        "error(setmetatable({}, {__tostring = function() while true do end end}))",
+    );
+    assert_times_out(&mut inst, "load(function() while true do end end)");
+    assert_times_out(
+        &mut inst,
+        "while true do pcall(coroutine.wrap(function() while true do end end)) end",
+    );
     assert_times_out(
         &mut inst,
         "local s = '' while true do local ok, e = pcall(function() while true do end end) s = tostring(e) end",
@@ -46,6 +56,15 @@ fn callbacks_time_out() {
     let mut inst = timed(100);
     assert_times_out(&mut inst, "apply(function() while true do end end)");
     assert_times_out(&mut inst, "while true do pcall(apply, function() while true do end end) end");
+    // a callback swallowing its own timeout does not let the caller go on
+    assert_times_out(
+        &mut inst,
+        "while true do apply(function() return pcall(function() while true do end end) end) end",
+    );
+    assert_times_out(
+        &mut inst,
+        "while true do pcall(obj():add(1).each, obj():add(1), function() while true do end end) end",
+    );
     // also through Instance::call
     let natives = FakeNatives::new();
     let f = inst.run("return function() while true do end end", &[], &natives).unwrap();
