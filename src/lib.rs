@@ -48,7 +48,7 @@ fn init(ctx: &Context, args: &[RedisString]) -> Status {
     }
     let host = Arc::new(host::RedisHost::new(new_shard_id()));
     let languages: Vec<Arc<dyn engine::Language>> = vec![Arc::new(lang_lua::LuaLanguage), Arc::new(lang_js::Js)];
-    let engine = Engine::new(host, config, languages, Arc::new(stdlib::Stdlib));
+    let engine = Engine::new(host, config, languages, Arc::new(stdlib::Stdlib::default()));
     if ENGINE.set(engine).is_err() {
         ctx.log_warning("rg: the module is already loaded");
         return Status::Err;

@@ -30,6 +30,10 @@ pub trait Api: Send + Sync + 'static {
 /// The natives of one run, plus what its `run()` produced.
 pub trait RunApi: Natives {
     fn take_output(&self) -> Option<RunOutput>;
+    /// In plan-building mode: the plan the script's `run()` recorded instead of running.
+    fn take_plan(&self) -> Option<crate::Plan> {
+        None
+    }
 }
 
 /// A request to run a script.

@@ -19,19 +19,42 @@ pub const BUILDER: &str = "GB";
 
 /// The stdlib as the engine's `Api`.
 #[derive(Default)]
-pub struct Stdlib;
+pub struct Stdlib {
+    building_plans: bool,
+}
+
+impl Stdlib {
+    /// Plan-building mode: running a script's source again records the plan of its
+    /// `run()` (with script functions named by position) instead of running it. This is how
+    /// another instance (another worker, shard, or the same one after a restart) gets the
+    /// plan from nothing but the source, language and arguments. Top-level code runs as
+    /// usual, like a library loaded again.
+    pub fn plan_building() -> Stdlib {
+        Stdlib { building_plans: true }
+    }
+}
 
 impl Api for Stdlib {
     fn begin_run(&self, env: RunEnv) -> Box<dyn RunApi> {
-        Box::new(ScriptRun { env, builders: RefCell::new(Vec::new()), output: RefCell::new(None), ran: Cell::new(false), locked: Cell::new(None) })
+        Box::new(ScriptRun {
+            env,
+            building_plans: self.building_plans,
+            builders: RefCell::new(Vec::new()),
+            output: RefCell::new(None),
+            plan: RefCell::new(None),
+            ran: Cell::new(false),
+            locked: Cell::new(None),
+        })
     }
 }
 
 /// The natives of one script run.
 pub struct ScriptRun {
     env: RunEnv,
+    building_plans: bool,
     builders: RefCell<Vec<Builder>>,
     output: RefCell<Option<RunOutput>>,
+    plan: RefCell<Option<engine::Plan>>,
     ran: Cell<bool>,
     /// The data lock while `atomic()` holds it, so `execute()` inside reuses it.
     locked: Cell<Option<*const dyn LockedHost>>,
@@ -90,6 +113,10 @@ impl Natives for ScriptRun {
             if self.ran.replace(true) {
                 return Err(ScriptError::usage("run: this script already called run(); one RG.EXEC runs one execution"));
             }
+            if self.building_plans {
+                *self.plan.borrow_mut() = Some(plan);
+                return Ok(Value::Nil);
+            }
             let batch = self.env.config.get_i64("keys-batch-size").max(1) as usize;
             let cx = engine::RunContext {
                 host: &*self.env.host,
@@ -115,5 +142,8 @@ impl Natives for ScriptRun {
 impl RunApi for ScriptRun {
     fn take_output(&self) -> Option<RunOutput> {
         self.output.borrow_mut().take()
+    }
+    fn take_plan(&self) -> Option<engine::Plan> {
+        self.plan.borrow_mut().take()
     }
 }

@@ -37,7 +37,7 @@ fn sort_results(v: Value) -> Value {
 fn engine_with_data() -> (Arc<Engine>, Arc<MemoryHost>) {
     let host = Arc::new(MemoryHost::new());
     let config = Arc::new(Config::default());
-    let engine = Engine::new(host.clone(), config, vec![Arc::new(lang_lua::LuaLanguage), Arc::new(lang_js::Js)], Arc::new(stdlib::Stdlib));
+    let engine = Engine::new(host.clone(), config, vec![Arc::new(lang_lua::LuaLanguage), Arc::new(lang_js::Js)], Arc::new(stdlib::Stdlib::default()));
     (engine, host)
 }
 
