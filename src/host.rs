@@ -26,6 +26,9 @@ impl RedisHost {
 }
 
 struct Locked<'a> {
+    /// The ACL user attached to the context (SetContextUser), kept for the whole lock so
+    /// a batch of reads looks the user up once.
+    user: std::cell::RefCell<Option<(String, *mut raw::RedisModuleUser)>>,
     // Field order matters: the guard (lock) is released before the context is freed.
     guard: ContextGuard,
     _tsc: ThreadSafeContext<DetachedFromClient>,
@@ -38,7 +41,7 @@ impl Host for RedisHost {
         let guard = tsc.lock();
         // SAFETY: the GIL is held; SelectDb only changes this context's database.
         unsafe { raw::RedisModule_SelectDb.unwrap()(guard.ctx, db as i32) };
-        Box::new(Locked { guard, _tsc: tsc, host: self })
+        Box::new(Locked { user: std::cell::RefCell::new(None), guard, _tsc: tsc, host: self })
     }
 
     fn shard_id(&self) -> String {
@@ -77,17 +80,42 @@ impl LockedHost for Locked<'_> {
             let r: redis_module::CallResult = ctx.call_ext(cmd, &self.host.options, rest);
             return reply::from_call(&r).map_err(HostError::Command);
         }
-        let u = module_user(ctx, user)?;
-        // SAFETY: GIL held; the user is detached from the context and freed before return.
-        unsafe { raw::RedisModule_SetContextUser.unwrap()(ctx.ctx, u) };
+        self.attach_user(ctx, user)?;
         let r: redis_module::CallResult = ctx.call_ext(cmd, &self.host.options_acl, rest);
-        let out = reply::from_call(&r).map_err(|e| permission_error(user, e));
-        drop(r);
-        unsafe {
-            raw::RedisModule_SetContextUser.unwrap()(ctx.ctx, std::ptr::null_mut());
-            raw::RedisModule_FreeModuleUser.unwrap()(u);
+        reply::from_call(&r).map_err(|e| permission_error(user, e))
+    }
+}
+
+impl Locked<'_> {
+    /// Makes `user` the context's user (a no-op if it already is).
+    fn attach_user(&self, ctx: &Context, user: &str) -> Result<(), HostError> {
+        let mut current = self.user.borrow_mut();
+        if current.as_ref().is_some_and(|(name, _)| name == user) {
+            return Ok(());
         }
-        out
+        let u = module_user(ctx, user)?;
+        // SAFETY: GIL held; the previous user object (if any) is no longer attached once
+        // the new one is, and is freed here; the last one is freed in Drop.
+        unsafe {
+            raw::RedisModule_SetContextUser.unwrap()(ctx.ctx, u);
+            if let Some((_, old)) = current.take() {
+                raw::RedisModule_FreeModuleUser.unwrap()(old);
+            }
+        }
+        *current = Some((user.to_string(), u));
+        Ok(())
+    }
+}
+
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        if let Some((_, u)) = self.user.borrow_mut().take() {
+            // SAFETY: runs before the guard field drops, so the GIL is still held.
+            unsafe {
+                raw::RedisModule_SetContextUser.unwrap()(self.guard.ctx, std::ptr::null_mut());
+                raw::RedisModule_FreeModuleUser.unwrap()(u);
+            }
+        }
     }
 }
 

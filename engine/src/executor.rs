@@ -4,6 +4,7 @@
 use crate::plan::{apply_native, Func, GroupMode, Plan, Reader, Step};
 use crate::{read_key, scan, Host, LockedHost, ScriptCalls, ScriptError, Value};
 use std::collections::{HashMap, HashSet};
+use std::hash::BuildHasherDefault;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -225,40 +226,27 @@ pub fn run_plan(plan: &Plan, cx: &RunContext) -> Result<RunOutput, ScriptError> 
     let batch = cx.batch_size.max(1);
     match &plan.reader {
         Reader::Keys { pattern, read_value } => {
-            let mut cursor = 0u64;
-            // SCAN may return a key twice; a key is one record.
-            let mut seen: HashSet<Vec<u8>> = HashSet::new();
-            loop {
-                check_abort(cx)?;
-                let (next, records) = {
-                    let locked = cx.host.lock(cx.db);
-                    let (next, keys) = scan(&*locked, cx.user, cursor, pattern, batch)?;
-                    let mut records = Vec::with_capacity(keys.len());
-                    for k in keys {
-                        if !seen.insert(k.clone()) {
-                            continue;
+            // Reading (under the lock) and the steps (outside it) overlap: a reader thread
+            // fetches the next batch while this one runs the script on the current one.
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<Result<Value, String>>, ScriptError>>(2);
+            let read_value = *read_value;
+            std::thread::scope(|scope| -> Result<(), ScriptError> {
+                let (host, abort, db, user) = (cx.host, cx.abort, cx.db, cx.user);
+                scope.spawn(move || read_keys(host, abort, db, user, pattern, read_value, batch, tx));
+                for records in rx.iter() {
+                    for r in records? {
+                        match r {
+                            Ok(r) => p.push(0, r)?,
+                            Err(e) => p.out.errors.push(e),
                         }
-                        // A key the user may not read (or that changed type while being
-                        // read) is an error of that record; the run goes on.
-                        match read_key(&*locked, cx.user, &k, *read_value) {
-                            Ok(Some(rec)) => records.push(rec.into_value()),
-                            Ok(None) => {}
-                            Err(e) => p.out.errors.push(format!("{}: {e}", String::from_utf8_lossy(&k))),
+                        if p.done {
+                            // Dropping the receiver stops the reader.
+                            return Ok(());
                         }
                     }
-                    (next, records)
-                };
-                for r in records {
-                    p.push(0, r)?;
-                    if p.done {
-                        break;
-                    }
                 }
-                cursor = next;
-                if cursor == 0 || p.done {
-                    break;
-                }
-            }
+                Ok(())
+            })?;
         }
         Reader::Stream { stream, from_id } => {
             let mut start = from_id.clone();
@@ -297,6 +285,78 @@ pub fn run_plan(plan: &Plan, cx: &RunContext) -> Result<RunOutput, ScriptError> 
     p.finish(0)?;
     p.out.step_stats = p.stats;
     Ok(p.out)
+}
+
+/// The KeysReader's reading side: SCANs `pattern` in batches of `batch` keys, each batch
+/// read under one lock acquisition, and sends the records (or per-key errors) on `tx` until
+/// the keyspace is done, the run is aborted, or the receiver is gone.
+#[allow(clippy::too_many_arguments)]
+fn read_keys(
+    host: &dyn Host,
+    abort: &AtomicBool,
+    db: u32,
+    user: Option<&str>,
+    pattern: &[u8],
+    read_value: bool,
+    batch: usize,
+    tx: std::sync::mpsc::SyncSender<Result<Vec<Result<Value, String>>, ScriptError>>,
+) {
+    let mut cursor = 0u64;
+    // SCAN may return a key twice (while the table rehashes); a key is one record.
+    let mut seen: HashSet<Vec<u8>, BuildHasherDefault<FastHasher>> = HashSet::default();
+    loop {
+        if abort.load(Ordering::Relaxed) {
+            let _ = tx.send(Err(ScriptError::aborted()));
+            return;
+        }
+        let step = {
+            let locked = host.lock(db);
+            scan(&*locked, user, cursor, pattern, batch).map(|(next, keys)| {
+                let records: Vec<Result<Value, String>> = keys
+                    .into_iter()
+                    .filter(|k| seen.insert(k.clone()))
+                    // A key the user may not read (or that changed type while being read) is
+                    // an error of that record; the run goes on.
+                    .filter_map(|k| match read_key(&*locked, user, &k, read_value) {
+                        Ok(rec) => rec.map(|r| Ok(r.into_value())),
+                        Err(e) => Some(Err(format!("{}: {e}", String::from_utf8_lossy(&k)))),
+                    })
+                    .collect();
+                (next, records)
+            })
+        };
+        match step {
+            Ok((next, records)) => {
+                if tx.send(Ok(records)).is_err() || next == 0 {
+                    return;
+                }
+                cursor = next;
+            }
+            Err(e) => {
+                let _ = tx.send(Err(e.into()));
+                return;
+            }
+        }
+    }
+}
+
+/// FNV-1a: keys seen by one run need no protection against crafted collisions, and
+/// SipHash showed up in profiles of million-key runs.
+#[derive(Default)]
+struct FastHasher(u64);
+
+impl std::hash::Hasher for FastHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 { 0xcbf29ce484222325 } else { self.0 };
+        for b in bytes {
+            h ^= *b as u64;
+            h = h.wrapping_mul(0x100000001b3);
+        }
+        self.0 = h;
+    }
 }
 
 /// Reads up to `count` entries of `stream` from `start` (exclusive when `exclusive`).

@@ -94,6 +94,7 @@ pub const CASES: &[Case] = &[
     case("limit_offset", "GB():map(function(r) return r.key end):sort():limit(1, 1):run('user:*')",
         "GB().map(r => r.key).sort().limit(1, 1).run('user:*')",
         r#"[["user:2"], []]"#),
+    case("limit_stops_reading_early", "GB():limit(2):count():run('*')", "GB().limit(2).count().run('*')", r#"[[2], []]"#),
     unordered("collect", "GB():map(function(r) return r.key end):collect():run('user:*')",
         "GB().map(r => r.key).collect().run('user:*')",
         r#"[["user:1", "user:2", "user:3"], []]"#),
