@@ -51,54 +51,53 @@ fn zero_int() -> Value {
 impl Builder {
     /// Adds the steps of `method` (anything but `run`).
     pub fn add(&mut self, method: &str, a: &[Value]) -> Result<(), ScriptError> {
-        let usage = |u: &str| args::at_most(a, u.matches(',').count() + usize::from(!u.ends_with("()")), method, u);
         let steps: Vec<Step> = match method {
             "map" => {
-                usage("map(fn)")?;
+                args::at_most(a, 1, method, "map(fn)")?;
                 vec![Step::Map(func(a, 0, method)?)]
             }
             "flatmap" => {
-                usage("flatmap(fn)")?;
+                args::at_most(a, 1, method, "flatmap(fn)")?;
                 vec![Step::FlatMap(func(a, 0, method)?)]
             }
             "filter" => {
-                usage("filter(fn)")?;
+                args::at_most(a, 1, method, "filter(fn)")?;
                 vec![Step::Filter(func(a, 0, method)?)]
             }
             "foreach" => {
-                usage("foreach(fn)")?;
+                args::at_most(a, 1, method, "foreach(fn)")?;
                 vec![Step::ForEach(func(a, 0, method)?)]
             }
             "accumulate" => {
-                usage("accumulate(fn)")?;
+                args::at_most(a, 1, method, "accumulate(fn)")?;
                 vec![Step::Accumulate { f: func(a, 0, method)?, zero: Value::Nil }]
             }
             "localGroupBy" => {
-                usage("localGroupBy(extractor, reducer)")?;
+                args::at_most(a, 2, method, "localGroupBy(extractor, reducer)")?;
                 vec![Step::LocalGroupBy { extractor: func(a, 0, method)?, reducer: func(a, 1, method)?, zero: Value::Nil, mode: GroupMode::Records }]
             }
             "limit" => {
-                usage("limit(length, offset)")?;
+                args::at_most(a, 2, method, "limit(length, offset)")?;
                 let len = opt_usize(a, 0, method)?.ok_or_else(|| wrong(method, 0, "a non-negative integer", a.first()))?;
                 let offset = opt_usize(a, 1, method)?.unwrap_or(0);
                 vec![Step::Limit { offset, len }]
             }
             "collect" => {
-                usage("collect()")?;
+                args::at_most(a, 0, method, "collect()")?;
                 vec![Step::Collect]
             }
             "repartition" => {
-                usage("repartition(extractor)")?;
+                args::at_most(a, 1, method, "repartition(extractor)")?;
                 vec![Step::Repartition(func(a, 0, method)?)]
             }
             "aggregate" => {
-                usage("aggregate(zero, seqOp, combOp)")?;
+                args::at_most(a, 3, method, "aggregate(zero, seqOp, combOp)")?;
                 let zero = a.first().cloned().unwrap_or(Value::Nil);
                 let (seq, comb) = (func(a, 1, method)?, func(a, 2, method)?);
                 vec![Step::Accumulate { f: seq, zero: zero.clone() }, Step::Collect, Step::Accumulate { f: comb, zero }]
             }
             "aggregateBy" => {
-                usage("aggregateBy(extractor, zero, seqOp, combOp)")?;
+                args::at_most(a, 4, method, "aggregateBy(extractor, zero, seqOp, combOp)")?;
                 let extractor = func(a, 0, method)?;
                 let zero = a.get(1).cloned().unwrap_or(Value::Nil);
                 let (seq, comb) = (func(a, 2, method)?, func(a, 3, method)?);
@@ -109,7 +108,7 @@ impl Builder {
                 ]
             }
             "groupBy" => {
-                usage("groupBy(extractor, reducer)")?;
+                args::at_most(a, 2, method, "groupBy(extractor, reducer)")?;
                 let (extractor, reducer) = (func(a, 0, method)?, func(a, 1, method)?);
                 vec![
                     Step::Repartition(extractor.clone()),
@@ -117,7 +116,7 @@ impl Builder {
                 ]
             }
             "batchGroupBy" => {
-                usage("batchGroupBy(extractor, batchReducer)")?;
+                args::at_most(a, 2, method, "batchGroupBy(extractor, batchReducer)")?;
                 let (extractor, reducer) = (func(a, 0, method)?, func(a, 1, method)?);
                 vec![
                     Step::Repartition(extractor.clone()),
@@ -125,7 +124,7 @@ impl Builder {
                 ]
             }
             "count" => {
-                usage("count()")?;
+                args::at_most(a, 0, method, "count()")?;
                 vec![
                     Step::Accumulate { f: native(NativeOp::Count), zero: zero_int() },
                     Step::Collect,
@@ -133,7 +132,7 @@ impl Builder {
                 ]
             }
             "countBy" => {
-                usage("countBy(extractor)")?;
+                args::at_most(a, 1, method, "countBy(extractor)")?;
                 let extractor = opt_func(a, 0, method)?.unwrap_or(native(NativeOp::Identity));
                 vec![
                     Step::LocalGroupBy { extractor, reducer: native(NativeOp::Count), zero: zero_int(), mode: GroupMode::Records },
@@ -142,12 +141,12 @@ impl Builder {
                 ]
             }
             "distinct" => {
-                usage("distinct()")?;
+                args::at_most(a, 0, method, "distinct()")?;
                 let list = || Step::Accumulate { f: native(NativeOp::Push), zero: Value::Array(vec![]) };
                 vec![list(), Step::FlatMap(native(NativeOp::Distinct)), Step::Collect, list(), Step::FlatMap(native(NativeOp::Distinct))]
             }
             "avg" => {
-                usage("avg(extractor)")?;
+                args::at_most(a, 1, method, "avg(extractor)")?;
                 let mut v = Vec::new();
                 if let Some(f) = opt_func(a, 0, method)? {
                     v.push(Step::Map(f));
@@ -161,7 +160,7 @@ impl Builder {
                 v
             }
             "sort" => {
-                usage("sort(reverse)")?;
+                args::at_most(a, 1, method, "sort(reverse)")?;
                 let reverse = args::opt_bool(a, 0, method)?.unwrap_or(false);
                 vec![
                     Step::Accumulate { f: native(NativeOp::Push), zero: Value::Array(vec![]) },
