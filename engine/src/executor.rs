@@ -45,7 +45,7 @@ enum State {
 }
 
 struct Pipeline<'p, 'c> {
-    plan: &'p Plan,
+    steps: &'p [Step],
     cx: &'p RunContext<'c>,
     states: Vec<State>,
     stats: Vec<StepStat>,
@@ -75,8 +75,8 @@ impl<'p, 'c> Pipeline<'p, 'c> {
     }
 
     fn push(&mut self, i: usize, r: Value) -> Result<(), ScriptError> {
-        let plan = self.plan;
-        let Some(step) = plan.steps.get(i) else {
+        let steps = self.steps;
+        let Some(step) = steps.get(i) else {
             self.out.results.push(r);
             return Ok(());
         };
@@ -161,7 +161,7 @@ impl<'p, 'c> Pipeline<'p, 'c> {
                 if seen >= *offset && seen < offset + len {
                     self.push(i + 1, r)?;
                 }
-                if seen + 1 >= offset + len && plan.steps[..i].iter().all(is_streaming) {
+                if seen + 1 >= offset + len && steps[..i].iter().all(is_streaming) {
                     self.done = true;
                 }
             }
@@ -172,8 +172,8 @@ impl<'p, 'c> Pipeline<'p, 'c> {
 
     /// Flushes stateful steps from `from` on, in order.
     fn finish(&mut self, from: usize) -> Result<(), ScriptError> {
-        for i in from..self.plan.steps.len() {
-            let emitted: Vec<Value> = match (&self.plan.steps[i], std::mem::replace(&mut self.states[i], State::None)) {
+        for i in from..self.steps.len() {
+            let emitted: Vec<Value> = match (&self.steps[i], std::mem::replace(&mut self.states[i], State::None)) {
                 (Step::Accumulate { .. }, State::Acc(Some(a))) => vec![a],
                 (Step::Accumulate { zero, .. }, _) if *zero != Value::Nil => vec![zero.clone()],
                 (Step::LocalGroupBy { reducer, mode, .. }, State::Groups { order, .. }) => {
@@ -213,16 +213,35 @@ fn check_abort(cx: &RunContext) -> Result<(), ScriptError> {
     }
 }
 
-/// Runs `plan` to the end and returns its records and per-record errors.
-pub fn run_plan(plan: &Plan, cx: &RunContext) -> Result<RunOutput, ScriptError> {
-    let mut p = Pipeline {
-        plan,
+/// A pipeline over `steps`, with empty state.
+fn pipeline<'p, 'c>(steps: &'p [Step], cx: &'p RunContext<'c>) -> Pipeline<'p, 'c> {
+    Pipeline {
+        steps,
         cx,
-        states: plan.steps.iter().map(|_| State::None).collect(),
-        stats: plan.steps.iter().map(|s| StepStat { name: s.name(), ..Default::default() }).collect(),
+        states: steps.iter().map(|_| State::None).collect(),
+        stats: steps.iter().map(|s| StepStat { name: s.name(), ..Default::default() }).collect(),
         out: RunOutput::default(),
         done: false,
-    };
+    }
+}
+
+/// Runs `steps` over records given by the caller (a trigger's event), not read by a reader.
+pub fn run_steps(steps: &[Step], records: Vec<Value>, cx: &RunContext) -> Result<RunOutput, ScriptError> {
+    let mut p = pipeline(steps, cx);
+    for r in records {
+        p.push(0, r)?;
+        if p.done {
+            break;
+        }
+    }
+    p.finish(0)?;
+    p.out.step_stats = p.stats;
+    Ok(p.out)
+}
+
+/// Runs `plan` to the end and returns its records and per-record errors.
+pub fn run_plan(plan: &Plan, cx: &RunContext) -> Result<RunOutput, ScriptError> {
+    let mut p = pipeline(&plan.steps, cx);
     let batch = cx.batch_size.max(1);
     match &plan.reader {
         Reader::Keys { pattern, read_value } => {

@@ -20,7 +20,7 @@ pub use config::{normalize as normalize_setting, Config, ConfigError, Setting, S
 pub use exec_args::{parse_exec, ExecArgs, EXEC_USAGE};
 pub use error::{HostError, ScriptError, ScriptErrorKind};
 pub use execution::{Execution, Outcome, Registry, Status};
-pub use executor::{run_plan, RunContext, RunOutput, StepStat};
+pub use executor::{run_plan, run_steps, RunContext, RunOutput, StepStat};
 pub use host::{read_key, scan, Host, KeyRecord, LockedHost, LogLevel};
 pub use language::{CallClock, ClockGuard, Instance, Language, Limits, Natives, ScriptCalls};
 pub use memory_host::{glob_match, MemoryHost};
