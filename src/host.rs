@@ -29,10 +29,43 @@ struct Locked<'a> {
     /// The ACL user attached to the context (SetContextUser), kept for the whole lock so
     /// a batch of reads looks the user up once.
     user: std::cell::RefCell<Option<(String, *mut raw::RedisModuleUser)>>,
-    // Field order matters: the guard (lock) is released before the context is freed.
-    guard: ContextGuard,
-    _tsc: ThreadSafeContext<DetachedFromClient>,
+    /// The context commands run in.
+    ctx: Context,
+    /// The lock taken for this guard (None when running in place, already locked).
+    // Field order matters: the guard (lock) is released before its context is freed.
+    guard: Option<(ContextGuard, ThreadSafeContext<DetachedFromClient>)>,
     host: &'a RedisHost,
+}
+
+/// The host of code that runs inside a command or a keyspace event (sync triggers): the
+/// server is already locked by this thread, so commands run in place in that context.
+pub struct InPlaceHost {
+    ctx: *mut raw::RedisModuleCtx,
+    host: std::sync::Arc<RedisHost>,
+}
+
+// SAFETY: an InPlaceHost lives only for the duration of the callback that made it, on that
+// callback's thread; the engine does not send it to other threads.
+unsafe impl Send for InPlaceHost {}
+unsafe impl Sync for InPlaceHost {}
+
+impl InPlaceHost {
+    pub fn new(ctx: *mut raw::RedisModuleCtx, host: std::sync::Arc<RedisHost>) -> InPlaceHost {
+        InPlaceHost { ctx, host }
+    }
+}
+
+impl Host for InPlaceHost {
+    /// Already locked: commands run in the event's context (and its database).
+    fn lock(&self, _db: u32) -> Box<dyn LockedHost + '_> {
+        Box::new(Locked { user: std::cell::RefCell::new(None), ctx: Context::new(self.ctx), guard: None, host: &self.host })
+    }
+    fn shard_id(&self) -> String {
+        self.host.shard_id()
+    }
+    fn log(&self, level: LogLevel, message: &str) {
+        self.host.log(level, message)
+    }
 }
 
 impl Host for RedisHost {
@@ -41,7 +74,8 @@ impl Host for RedisHost {
         let guard = tsc.lock();
         // SAFETY: the GIL is held; SelectDb only changes this context's database.
         unsafe { raw::RedisModule_SelectDb.unwrap()(guard.ctx, db as i32) };
-        Box::new(Locked { user: std::cell::RefCell::new(None), guard, _tsc: tsc, host: self })
+        let ctx = Context::new(guard.ctx);
+        Box::new(Locked { user: std::cell::RefCell::new(None), ctx, guard: Some((guard, tsc)), host: self })
     }
 
     fn shard_id(&self) -> String {
@@ -61,7 +95,7 @@ impl Host for RedisHost {
 
 impl LockedHost for Locked<'_> {
     fn call(&self, user: Option<&str>, args: &[&[u8]]) -> Result<Value, HostError> {
-        let ctx: &Context = &self.guard;
+        let ctx: &Context = &self.ctx;
         let Some((cmd, rest)) = args.split_first() else {
             return Err(HostError::Command("ERR empty command".into()));
         };
@@ -72,10 +106,12 @@ impl LockedHost for Locked<'_> {
         };
         // Where the server has SetContextUser (checked at run time) the call runs as the
         // user itself; older servers get the permissions checked first with
-        // ACLCheckCommandPermissions.
+        // ACLCheckCommandPermissions. In place (inside a command or keyspace event) the
+        // permissions are always checked first: Redis 7.0 crashes when an ACL-checked
+        // RM_Call is refused from a keyspace-event context.
         // SAFETY: reading a function pointer the server filled in at module load.
         let has_context_user = unsafe { raw::RedisModule_SetContextUser }.is_some();
-        if !has_context_user {
+        if !has_context_user || self.guard.is_none() {
             check_acl(ctx, user, args)?;
             let r: redis_module::CallResult = ctx.call_ext(cmd, &self.host.options, rest);
             return reply::from_call(&r).map_err(HostError::Command);
@@ -112,7 +148,7 @@ impl Drop for Locked<'_> {
         if let Some((_, u)) = self.user.borrow_mut().take() {
             // SAFETY: runs before the guard field drops, so the GIL is still held.
             unsafe {
-                raw::RedisModule_SetContextUser.unwrap()(self.guard.ctx, std::ptr::null_mut());
+                raw::RedisModule_SetContextUser.unwrap()(self.ctx.ctx, std::ptr::null_mut());
                 raw::RedisModule_FreeModuleUser.unwrap()(u);
             }
         }

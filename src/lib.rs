@@ -6,6 +6,7 @@ mod commands;
 mod host;
 mod info;
 mod reply;
+mod triggers;
 
 use engine::{Config, Engine};
 use info::rg_info;
@@ -13,6 +14,12 @@ use redis_module::{redis_module, Context, InfoContext, RedisResult, RedisString,
 use std::sync::{Arc, OnceLock};
 
 static ENGINE: OnceLock<Arc<Engine>> = OnceLock::new();
+static REDIS_HOST: OnceLock<Arc<host::RedisHost>> = OnceLock::new();
+
+/// The Module API host (also used to build in-place hosts for sync triggers).
+pub(crate) fn redis_host() -> &'static Arc<host::RedisHost> {
+    REDIS_HOST.get().expect("rg module initialised")
+}
 
 /// The engine, once the module is loaded.
 pub(crate) fn engine() -> &'static Arc<Engine> {
@@ -47,10 +54,15 @@ fn init(ctx: &Context, args: &[RedisString]) -> Status {
         }
     }
     let host = Arc::new(host::RedisHost::new(new_shard_id()));
+    let _ = REDIS_HOST.set(host.clone());
     let languages: Vec<Arc<dyn engine::Language>> = vec![Arc::new(lang_lua::LuaLanguage), Arc::new(lang_js::Js)];
     let engine = Engine::new(host, config, languages, Arc::new(stdlib::Stdlib::default()));
     if ENGINE.set(engine).is_err() {
         ctx.log_warning("rg: the module is already loaded");
+        return Status::Err;
+    }
+    if !triggers::subscribe(ctx) {
+        ctx.log_warning("rg: could not subscribe to keyspace events");
         return Status::Err;
     }
     Status::Ok
@@ -81,5 +93,13 @@ redis_module! {
         ["rg.abortexecution", commands::executions::abort_execution, "write deny-script", 0, 0, 0, ""],
         ["rg.configget", commands::config::config_get, "readonly deny-script", 0, 0, 0, ""],
         ["rg.configset", commands::config::config_set, "admin deny-script", 0, 0, 0, ""],
+        ["rg.trigger", triggers::rg_trigger, "write deny-oom deny-script", 0, 0, 0, ""],
+        ["rg.dumpregistrations", commands::registrations::dump_registrations, "readonly deny-script", 0, 0, 0, ""],
+        ["rg.unregister", commands::registrations::unregister, "write deny-script", 0, 0, 0, ""],
+        ["rg.pauseregistrations", commands::registrations::pause, "write deny-script", 0, 0, 0, ""],
+        ["rg.unpauseregistrations", commands::registrations::unpause, "write deny-script", 0, 0, 0, ""],
+        ["rg.clearregistrationsstats", commands::registrations::clear_stats, "write deny-script", 0, 0, 0, ""],
+        ["rg.dumpsessions", commands::registrations::dump_sessions, "readonly deny-script", 0, 0, 0, ""],
+        ["rg.dropsession", commands::registrations::drop_session, "write deny-script", 0, 0, 0, ""],
     ],
 }

@@ -49,7 +49,13 @@ fn named_execution_ids_are_unique() {
     let mut c = s.conn();
     assert_eq!(exec(&mut c, "lua", "return 1", &["UNBLOCKING", "ID", "job-1"]), r#""job-1""#);
     assert_eq!(fmt(&cmd(&mut c, &["RG.GETRESULTSBLOCKING", "job-1"])), "1");
-    assert_eq!(exec(&mut c, "js", "1", &["ID", "job-1"]), "(error) ERR an execution with id 'job-1' already exists");
+    // The name can be used again once the execution finished (it replaces it)...
+    assert_eq!(exec(&mut c, "js", "2", &["ID", "job-1"]), "2");
+    assert_eq!(fmt(&cmd(&mut c, &["RG.GETRESULTS", "job-1"])), "2");
+    // ...but not while it runs.
+    assert_eq!(exec(&mut c, "lua", "while true do end", &["ID", "job-2", "UNBLOCKING"]), r#""job-2""#);
+    assert_eq!(exec(&mut c, "js", "1", &["ID", "job-2"]), "(error) ERR an execution with id 'job-2' is still running");
+    cmd(&mut c, &["RG.ABORTEXECUTION", "job-2"]);
 }
 
 #[test]

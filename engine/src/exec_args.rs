@@ -6,12 +6,13 @@ pub struct ExecArgs {
     pub language: String,
     pub code: String,
     pub unblocking: bool,
+    pub upgrade: bool,
     pub id: Option<String>,
     pub description: Option<String>,
     pub args: Vec<Vec<u8>>,
 }
 
-pub const EXEC_USAGE: &str = "RG.EXEC lua|js <code> [UNBLOCKING] [ID <id>] [DESCRIPTION <text>] [ARGS arg ...]";
+pub const EXEC_USAGE: &str = "RG.EXEC lua|js <code> [UNBLOCKING] [ID <id>] [UPGRADE] [DESCRIPTION <text>] [ARGS arg ...]";
 
 fn text(b: &[u8], what: &str) -> Result<String, String> {
     String::from_utf8(b.to_vec()).map_err(|_| format!("{what} must be valid UTF-8"))
@@ -27,7 +28,7 @@ pub fn parse_exec(argv: &[&[u8]]) -> Result<ExecArgs, String> {
         return Err(format!("unknown language '{language}': expected 'lua' or 'js'"));
     }
     let code = text(argv[1], "the script")?;
-    let mut out = ExecArgs { language, code, unblocking: false, id: None, description: None, args: Vec::new() };
+    let mut out = ExecArgs { language, code, unblocking: false, upgrade: false, id: None, description: None, args: Vec::new() };
     let mut i = 2;
     while i < argv.len() {
         let opt = String::from_utf8_lossy(argv[i]).to_ascii_uppercase();
@@ -37,6 +38,12 @@ pub fn parse_exec(argv: &[&[u8]]) -> Result<ExecArgs, String> {
                     return Err("UNBLOCKING given twice".into());
                 }
                 out.unblocking = true;
+            }
+            "UPGRADE" => {
+                if out.upgrade {
+                    return Err("UPGRADE given twice".into());
+                }
+                out.upgrade = true;
             }
             "ID" | "DESCRIPTION" => {
                 let v = argv.get(i + 1).ok_or_else(|| format!("{opt} needs a value; usage: {EXEC_USAGE}"))?;
@@ -55,7 +62,7 @@ pub fn parse_exec(argv: &[&[u8]]) -> Result<ExecArgs, String> {
             }
             "ARGS" => {
                 out.args = argv[i + 1..].iter().map(|a| a.to_vec()).collect();
-                return Ok(out);
+                break;
             }
             _ => {
                 return Err(format!(
@@ -65,6 +72,9 @@ pub fn parse_exec(argv: &[&[u8]]) -> Result<ExecArgs, String> {
             }
         }
         i += 1;
+    }
+    if out.upgrade && out.id.is_none() {
+        return Err("UPGRADE needs the ID of the session to replace".into());
     }
     Ok(out)
 }
@@ -96,5 +106,7 @@ mod tests {
         assert!(p(&["js", "x", "BOGUS"]).unwrap_err().contains("unknown option 'BOGUS'"));
         assert!(p(&["js", "x", "UNBLOCKING", "UNBLOCKING"]).unwrap_err().contains("twice"));
         assert!(parse_exec(&[b"lua", b"\xff\xfe"]).unwrap_err().contains("UTF-8"));
+        assert!(p(&["js", "x", "UPGRADE"]).unwrap_err().contains("UPGRADE needs the ID"));
+        assert!(p(&["js", "x", "ID", "s", "UPGRADE"]).unwrap().upgrade);
     }
 }

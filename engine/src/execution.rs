@@ -170,7 +170,7 @@ pub enum RegistryError {
     NotFound(String),
     #[error("execution '{0}' is still running: abort it first (RG.ABORTEXECUTION) or wait for it")]
     StillRunning(String),
-    #[error("an execution with id '{0}' already exists")]
+    #[error("an execution with id '{0}' is still running")]
     Duplicate(String),
 }
 
@@ -205,8 +205,13 @@ impl Registry {
         let mut list = self.list.lock();
         let id = match id {
             Some(id) => {
-                if list.iter().any(|e| e.id == id) {
-                    return Err(RegistryError::Duplicate(id));
+                // A named execution replaces a finished one of the same name (a session's
+                // script is sent again with the same ID to upgrade it).
+                if let Some(pos) = list.iter().position(|e| e.id == id) {
+                    if !list[pos].status().is_finished() {
+                        return Err(RegistryError::Duplicate(id));
+                    }
+                    list.remove(pos);
                 }
                 id
             }

@@ -3,6 +3,7 @@
 
 use crate::execution::{Execution, Outcome, Registry};
 use crate::executor::RunOutput;
+
 use crate::workers::WorkerPool;
 use crate::{Config, Host, Instance, Language, Natives, ScriptError, ScriptErrorKind, Value};
 use std::cell::RefCell;
@@ -25,6 +26,9 @@ pub struct RunEnv {
 /// The script API (the stdlib) as the engine sees it.
 pub trait Api: Send + Sync + 'static {
     fn begin_run(&self, env: RunEnv) -> Box<dyn RunApi>;
+    /// A run in plan-building mode: `run()` records its plan instead of running it and
+    /// `register()` records its registration (see DESIGN: one mechanism for every instance).
+    fn begin_rebuild(&self, env: RunEnv) -> Box<dyn RunApi>;
 }
 
 /// The natives of one run, plus what its `run()` produced.
@@ -33,6 +37,10 @@ pub trait RunApi: Natives {
     /// In plan-building mode: the plan the script's `run()` recorded instead of running.
     fn take_plan(&self) -> Option<crate::Plan> {
         None
+    }
+    /// The registrations the script declared with `register()`, in order.
+    fn take_registrations(&self) -> Vec<crate::RegistrationSpec> {
+        Vec::new()
     }
 }
 
@@ -45,6 +53,8 @@ pub struct ExecRequest {
     pub description: Option<String>,
     pub user: Option<String>,
     pub db: u32,
+    /// Replace the session named by `id` (RG.EXEC ... UPGRADE).
+    pub upgrade: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -63,12 +73,40 @@ pub struct Engine {
     pub host: Arc<dyn Host>,
     pub config: Arc<Config>,
     pub registry: Registry,
+    pub sessions: crate::Sessions,
     languages: Arc<Vec<Arc<dyn Language>>>,
     api: Arc<dyn Api>,
     pool: WorkerPool,
 }
 
+/// One thread's instance of a session, with the functions its registrations use.
+struct SessionInstance {
+    version: u64,
+    instance: Box<dyn Instance>,
+}
+
+/// Is `session` running on this thread right now?
+fn session_busy(session: &str) -> bool {
+    SESSION_INSTANCES.with(|c| c.borrow().get(session).is_some_and(|s| s.try_borrow_mut().is_err()))
+}
+
+/// Lets steps call the functions of a session instance.
+struct InstanceCalls<'a> {
+    inst: std::cell::RefCell<&'a mut Box<dyn Instance>>,
+    natives: &'a dyn Natives,
+}
+
+impl crate::ScriptCalls for InstanceCalls<'_> {
+    fn call(&self, f: crate::FnRef, args: Vec<Value>) -> Result<Value, ScriptError> {
+        let mut inst = self.inst.try_borrow_mut().map_err(|_| ScriptError::usage("a step cannot call back into its own session"))?;
+        inst.call(f, args, self.natives)
+    }
+}
+
 thread_local! {
+    /// Each thread's instances of the sessions it has fired.
+    static SESSION_INSTANCES: RefCell<HashMap<String, std::rc::Rc<RefCell<SessionInstance>>>> = RefCell::new(HashMap::new());
+
     /// Instances used on the calling thread (the Redis main thread) for syntax checks.
     static CHECKERS: RefCell<HashMap<&'static str, Box<dyn Instance>>> = RefCell::new(HashMap::new());
 }
@@ -78,7 +116,7 @@ impl Engine {
         let languages = Arc::new(languages);
         let threads = config.get_i64("execution-threads").max(1) as usize;
         let registry = Registry::new(host.shard_id(), config.get_i64("max-executions").max(1) as u64);
-        Arc::new(Engine { pool: WorkerPool::new(threads, languages.clone()), host, config, registry, languages, api })
+        Arc::new(Engine { pool: WorkerPool::new(threads, languages.clone()), host, config, registry, sessions: Default::default(), languages, api })
     }
 
     pub fn language(&self, name: &str) -> Result<Arc<dyn Language>, EngineError> {
@@ -150,6 +188,26 @@ impl Engine {
         inst.end_run();
         inst.clock().reset_abort_flag();
         let aborted = exec.abort.load(Ordering::SeqCst);
+        let specs = api.take_registrations();
+        if result.is_ok() && (!specs.is_empty() || req.upgrade) {
+            // Installed under the data lock: no trigger fires while the old registrations
+            // give way to the new ones.
+            let _lock = self.host.lock(req.db);
+            let installed = self.sessions.install(
+                exec.id.clone(),
+                language,
+                req.source.clone(),
+                req.args.clone(),
+                req.user.clone(),
+                req.db,
+                req.description.clone(),
+                specs,
+                req.upgrade,
+            );
+            if let Err(e) = installed {
+                return (Outcome::Failed(e.to_string()), false);
+            }
+        }
         match result {
             Ok(v) => match api.take_output() {
                 Some(out) => (Outcome::Records { results: out.results, errors: out.errors }, aborted),
@@ -160,6 +218,85 @@ impl Engine {
                 (Outcome::Failed(e.message), aborted)
             }
         }
+    }
+
+    /// Runs a registration's steps over `records` in this thread, with this thread's
+    /// instance of the session (built on first use by running the session's source again
+    /// in plan-building mode). `host` is how its `execute()` calls reach the data: in place
+    /// for sync triggers, through the lock for async ones.
+    pub fn fire(&self, host: Arc<dyn Host>, session: &Arc<crate::Session>, reg: &crate::Registration, records: Vec<Value>) -> Result<RunOutput, ScriptError> {
+        if session_busy(&session.id) {
+            // The session's own trigger wrote this key: not fired again (no recursion).
+            return Ok(RunOutput::default());
+        }
+        let started = std::time::Instant::now();
+        let execution = Arc::new(Execution::new(reg.id.clone(), session.language, None));
+        let env = RunEnv { host: host.clone(), config: self.config.clone(), execution: execution.clone(), user: session.user.clone(), db: session.db };
+        let result = self.with_session_instance(session, env.clone(), |inst| {
+            let natives = self.api.begin_run(env);
+            let calls = InstanceCalls { inst: std::cell::RefCell::new(inst), natives: &*natives as &dyn Natives };
+            let batch = self.config.get_i64("keys-batch-size").max(1) as usize;
+            let cx = crate::RunContext { host: &*host, calls: &calls, abort: &execution.abort, batch_size: batch, db: session.db, user: session.user.as_deref() };
+            crate::run_steps(&reg.spec.steps, records, &cx)
+        });
+        let aborted = matches!(&result, Err(e) if e.kind == ScriptErrorKind::Aborted);
+        match &result {
+            Ok(out) => reg.record(started.elapsed(), Ok(&out.errors), false),
+            Err(e) => reg.record(started.elapsed(), Err(&e.message), aborted),
+        }
+        result
+    }
+
+    /// Queues a registration's firing on a worker; `done` gets the outcome there.
+    pub fn fire_async(self: &Arc<Self>, session: Arc<crate::Session>, reg: Arc<crate::Registration>, records: Vec<Value>, done: Option<Box<dyn FnOnce(Result<RunOutput, ScriptError>) + Send>>) -> bool {
+        let engine = self.clone();
+        self.pool.submit(Box::new(move |_worker| {
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| engine.fire(engine.host.clone(), &session, &reg, records.clone())))
+                .unwrap_or_else(|_| Err(ScriptError::runtime("internal error: a trigger's worker panicked")));
+            if let Some(done) = done {
+                done(r);
+            }
+        }))
+    }
+
+    /// Calls `f` with this thread's instance of `session`, building it if needed. A session
+    /// already running on this thread (its trigger wrote a key it listens to) is not entered
+    /// again: that is what keeps a trigger from firing itself without end.
+    fn with_session_instance<R>(&self, session: &Arc<crate::Session>, env: RunEnv, f: impl FnOnce(&mut Box<dyn Instance>) -> Result<R, ScriptError>) -> Result<R, ScriptError> {
+        let slot = SESSION_INSTANCES.with(|c| {
+            let mut c = c.borrow_mut();
+            // Forget instances of sessions that were dropped or upgraded.
+            c.retain(|id, s| self.sessions.get(id).is_some_and(|cur| cur.version == s.borrow().version) || s.try_borrow().is_err());
+            c.get(&session.id).cloned()
+        });
+        let slot = match slot {
+            Some(s) => s,
+            None => {
+                let built = self.build_session_instance(session, env)?;
+                let s = std::rc::Rc::new(std::cell::RefCell::new(built));
+                SESSION_INSTANCES.with(|c| c.borrow_mut().insert(session.id.clone(), s.clone()));
+                s
+            }
+        };
+        let mut guard = slot.try_borrow_mut().map_err(|_| ScriptError::usage(format!("session '{}' is already running on this thread: a trigger does not fire triggers of its own session", session.id)))?;
+        f(&mut guard.instance)
+    }
+
+    fn build_session_instance(&self, session: &Arc<crate::Session>, env: RunEnv) -> Result<SessionInstance, ScriptError> {
+        let lang = self.language(session.language).map_err(|e| ScriptError::usage(e.to_string()))?;
+        let mut instance = lang.new_instance(self.config.limits(lang.name()))?;
+        let natives = self.api.begin_rebuild(env);
+        instance.run(&session.source, &session.args, &*natives as &dyn Natives)?;
+        let specs = natives.take_registrations();
+        let same = specs.len() == session.registrations.len() && specs.iter().zip(&session.registrations).all(|(a, b)| a.steps == b.spec.steps);
+        if !same {
+            return Err(ScriptError::usage(format!(
+                "session '{}': running its script again registered something else; a script must register the same way every time it runs",
+                session.id
+            )));
+        }
+        // The run's functions stay alive: the registrations' steps refer to them.
+        Ok(SessionInstance { version: session.version, instance })
     }
 
     /// Memory used by all instances of a language on the workers.

@@ -36,6 +36,7 @@ pub fn rg_exec(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
                 description: parsed.description,
                 user: Some(user),
                 db,
+                upgrade: parsed.upgrade,
             })
             .map_err(|e| RedisError::String(format!("ERR {e}")))?;
         if unblocking {

@@ -2,14 +2,14 @@
 //! `aggregate`, ...) are defined here once, as sequences of primitive steps.
 
 use crate::args::{self, func, opt_func, opt_usize, wrong};
-use engine::{Func, GroupMode, NativeOp, Plan, Reader, ScriptError, Step, Value};
+use engine::{Func, GroupMode, Mode, NativeOp, Plan, Reader, RegistrationSpec, ScriptError, Step, Trigger, Value};
 
-pub const READERS: &[&str] = &["KeysReader", "KeysOnlyReader", "StreamReader", "ShardsIDReader"];
+pub const READERS: &[&str] = &["KeysReader", "KeysOnlyReader", "StreamReader", "ShardsIDReader", "CommandReader"];
 
 pub const METHODS: &[&str] = &[
     "map", "flatmap", "filter", "foreach", "accumulate", "localGroupBy", "limit", "collect", "repartition",
     "aggregate", "aggregateBy", "groupBy", "batchGroupBy", "count", "countBy", "distinct", "avg", "sort",
-    "run",
+    "run", "register",
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -18,6 +18,7 @@ pub enum ReaderKind {
     KeysOnly,
     Stream,
     ShardsId,
+    Command,
 }
 
 pub struct Builder {
@@ -33,6 +34,7 @@ pub fn new_builder(args: &[Value]) -> Result<Builder, ScriptError> {
         "KeysOnlyReader" => ReaderKind::KeysOnly,
         "StreamReader" => ReaderKind::Stream,
         "ShardsIDReader" => ReaderKind::ShardsId,
+        "CommandReader" => ReaderKind::Command,
         other => {
             return Err(ScriptError::usage(format!("GB: unknown reader '{other}'; expected one of {}", READERS.join(", "))))
         }
@@ -201,6 +203,9 @@ impl Builder {
                 }
                 Reader::Stream { stream, from_id }
             }
+            ReaderKind::Command => {
+                return Err(ScriptError::usage("run: a CommandReader has no data to run over; register() it with a trigger name and fire it with RG.TRIGGER"))
+            }
             ReaderKind::ShardsId => {
                 args::at_most(a, 1, "run", "run([options])")?;
                 run_options(a, 0)?;
@@ -208,6 +213,89 @@ impl Builder {
             }
         };
         Ok(Plan { reader, steps: self.steps.clone() })
+    }
+}
+
+const KEY_TYPES: &[&str] = &["string", "hash", "list", "set", "zset", "stream", "module"];
+
+/// Reads a list of strings option (`eventTypes`, `keyTypes`).
+fn string_list(name: &str, v: &Value) -> Result<Vec<String>, ScriptError> {
+    match v {
+        Value::Array(items) => items
+            .iter()
+            .map(|i| match i {
+                Value::String(s) => Ok(s.clone()),
+                other => Err(ScriptError::usage(format!("register: {name} must be a list of strings, found a {}", other.type_name()))),
+            })
+            .collect(),
+        other => Err(ScriptError::usage(format!("register: {name} must be a list of strings, got {}", other.type_name()))),
+    }
+}
+
+impl Builder {
+    /// Builds the registration for `register(options)`.
+    pub fn registration(&self, a: &[Value]) -> Result<RegistrationSpec, ScriptError> {
+        args::at_most(a, 1, "register", "register([options])")?;
+        let known: &[&str] = match self.reader {
+            ReaderKind::Keys | ReaderKind::KeysOnly => &["prefix", "eventTypes", "keyTypes", "readValue", "mode", "description"],
+            ReaderKind::Command => &["trigger", "mode", "description"],
+            ReaderKind::Stream | ReaderKind::ShardsId => {
+                return Err(ScriptError::usage(format!(
+                    "register: a {} cannot be registered yet; registrations are made with KeysReader, KeysOnlyReader or CommandReader",
+                    if self.reader == ReaderKind::Stream { "StreamReader" } else { "ShardsIDReader" }
+                )))
+            }
+        };
+        let opts = args::options(a, 0, "register", known)?;
+        let text = |name: &str, v: &Value| -> Result<String, ScriptError> {
+            match v {
+                Value::String(s) => Ok(s.clone()),
+                other => Err(ScriptError::usage(format!("register: {name} must be a string, got {}", other.type_name()))),
+            }
+        };
+        let (mut mode, mut description) = (Mode::Async, None);
+        let (mut prefix, mut event_types, mut key_types, mut read_value, mut trigger) =
+            (Vec::new(), None, None, self.reader == ReaderKind::Keys, None);
+        for (name, v) in opts {
+            match name.as_str() {
+                "mode" => {
+                    let m = text("mode", v)?;
+                    mode = Mode::parse(&m).ok_or_else(|| ScriptError::usage(format!("register: mode must be 'sync', 'async' or 'async_local', got '{m}'")))?;
+                }
+                "description" => description = Some(text("description", v)?),
+                "prefix" => {
+                    prefix = match v {
+                        Value::String(_) | Value::Bytes(_) => v.as_bytes().map(|b| b.into_owned()).unwrap_or_default(),
+                        other => return Err(ScriptError::usage(format!("register: prefix must be a string, got {}", other.type_name()))),
+                    }
+                }
+                "eventTypes" => event_types = Some(string_list("eventTypes", v)?),
+                "keyTypes" => {
+                    let types = string_list("keyTypes", v)?;
+                    if let Some(bad) = types.iter().find(|t| !KEY_TYPES.contains(&t.as_str())) {
+                        return Err(ScriptError::usage(format!("register: unknown key type '{bad}'; expected one of {}", KEY_TYPES.join(", "))));
+                    }
+                    key_types = Some(types);
+                }
+                "readValue" => match v {
+                    Value::Bool(b) => read_value = *b,
+                    other => return Err(ScriptError::usage(format!("register: readValue must be a boolean, got {}", other.type_name()))),
+                },
+                "trigger" => trigger = Some(text("trigger", v)?),
+                _ => {}
+            }
+        }
+        let trigger = match self.reader {
+            ReaderKind::Command => {
+                let name = trigger.ok_or_else(|| ScriptError::usage("register: a CommandReader needs a trigger name: register({trigger = 'name'})"))?;
+                if name.is_empty() {
+                    return Err(ScriptError::usage("register: the trigger name must not be empty"));
+                }
+                Trigger::Command { name }
+            }
+            _ => Trigger::Keys { prefix, event_types, key_types, read_value },
+        };
+        Ok(RegistrationSpec { trigger, mode, steps: self.steps.clone(), description })
     }
 }
 

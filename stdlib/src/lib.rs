@@ -36,12 +36,23 @@ impl Stdlib {
 
 impl Api for Stdlib {
     fn begin_run(&self, env: RunEnv) -> Box<dyn RunApi> {
+        self.run_with(env, self.building_plans)
+    }
+    fn begin_rebuild(&self, env: RunEnv) -> Box<dyn RunApi> {
+        self.run_with(env, true)
+    }
+}
+
+impl Stdlib {
+    fn run_with(&self, env: RunEnv, building_plans: bool) -> Box<dyn RunApi> {
         Box::new(ScriptRun {
             env,
-            building_plans: self.building_plans,
+            building_plans,
             builders: RefCell::new(Vec::new()),
             output: RefCell::new(None),
             plan: RefCell::new(None),
+            registrations: RefCell::new(Vec::new()),
+            running: Cell::new(false),
             ran: Cell::new(false),
             locked: Cell::new(None),
         })
@@ -55,6 +66,9 @@ pub struct ScriptRun {
     builders: RefCell<Vec<Builder>>,
     output: RefCell<Option<RunOutput>>,
     plan: RefCell<Option<engine::Plan>>,
+    registrations: RefCell<Vec<engine::RegistrationSpec>>,
+    /// Set while `run()` executes (register() is refused from its callbacks).
+    running: Cell<bool>,
     ran: Cell<bool>,
     /// The data lock while `atomic()` holds it, so `execute()` inside reuses it.
     locked: Cell<Option<*const dyn LockedHost>>,
@@ -127,9 +141,24 @@ impl Natives for ScriptRun {
                 user: self.env.user.as_deref(),
             };
             self.env.execution.set_plan_info(plan.reader.name(), Vec::new());
-            let out = engine::run_plan(&plan, &cx)?;
+            self.running.set(true);
+            let out = engine::run_plan(&plan, &cx);
+            self.running.set(false);
+            let out = out?;
             self.env.execution.set_plan_info(plan.reader.name(), out.step_stats.clone());
             *self.output.borrow_mut() = Some(out);
+            return Ok(Value::Nil);
+        }
+        if name == "register" {
+            if self.running.get() || self.locked.get().is_some() {
+                return Err(ScriptError::usage("register: cannot be called inside a run() or atomic(); call it from the script's top level"));
+            }
+            let spec = {
+                let builders = self.builders.borrow();
+                let b = builders.get(obj.id as usize).ok_or_else(|| ScriptError::usage("register: unknown builder"))?;
+                b.registration(&args)?
+            };
+            self.registrations.borrow_mut().push(spec);
             return Ok(Value::Nil);
         }
         let mut builders = self.builders.borrow_mut();
@@ -145,5 +174,8 @@ impl RunApi for ScriptRun {
     }
     fn take_plan(&self) -> Option<engine::Plan> {
         self.plan.borrow_mut().take()
+    }
+    fn take_registrations(&self) -> Vec<engine::RegistrationSpec> {
+        std::mem::take(&mut self.registrations.borrow_mut())
     }
 }

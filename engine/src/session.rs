@@ -1,0 +1,327 @@
+//! Sessions (the scripts that own registrations) and their registrations: what fires
+//! them, their steps, and their counters.
+
+use crate::{Step, Value};
+use parking_lot::{Mutex, RwLock};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Where a registration runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// In the thread that made the write, inside the command that caused the event: its
+    /// writes are part of that command (replicated and in the AOF with it).
+    Sync,
+    /// On a worker, after the command returned.
+    Async,
+    /// As `Async` (the difference appears with several shards).
+    AsyncLocal,
+}
+
+impl Mode {
+    pub fn parse(s: &str) -> Option<Mode> {
+        match s {
+            "sync" => Some(Mode::Sync),
+            "async" => Some(Mode::Async),
+            "async_local" => Some(Mode::AsyncLocal),
+            _ => None,
+        }
+    }
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Mode::Sync => "sync",
+            Mode::Async => "async",
+            Mode::AsyncLocal => "async_local",
+        }
+    }
+}
+
+/// What fires a registration.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Trigger {
+    /// Keyspace events on keys starting with `prefix`.
+    Keys {
+        prefix: Vec<u8>,
+        /// Event names (`hset`, `del`, `expired`, ...); None = every event.
+        event_types: Option<Vec<String>>,
+        /// Key types (`hash`, `string`, ...); None = every type.
+        key_types: Option<Vec<String>>,
+        read_value: bool,
+    },
+    /// `RG.TRIGGER <name> [args...]`.
+    Command { name: String },
+}
+
+impl Trigger {
+    pub fn reader(&self) -> &'static str {
+        match self {
+            Trigger::Keys { read_value: true, .. } => "KeysReader",
+            Trigger::Keys { read_value: false, .. } => "KeysOnlyReader",
+            Trigger::Command { .. } => "CommandReader",
+        }
+    }
+
+    /// Does a keyspace event on `key` of type `key_type` fire this trigger?
+    pub fn matches_key(&self, event: &str, key: &[u8], key_type: &str) -> bool {
+        match self {
+            Trigger::Keys { prefix, event_types, key_types, .. } => {
+                key.starts_with(prefix)
+                    && event_types.as_ref().is_none_or(|e| e.iter().any(|x| x == event))
+                    && key_types.as_ref().is_none_or(|t| t.iter().any(|x| x == key_type))
+            }
+            Trigger::Command { .. } => false,
+        }
+    }
+
+    /// The arguments as `RG.DUMPREGISTRATIONS` shows them.
+    pub fn args(&self) -> Value {
+        let list = |v: &Option<Vec<String>>| match v {
+            None => Value::Nil,
+            Some(v) => Value::Array(v.iter().map(|s| Value::String(s.clone())).collect()),
+        };
+        match self {
+            Trigger::Keys { prefix, event_types, key_types, read_value } => Value::Map(vec![
+                (Value::str("prefix"), Value::from_bytes(prefix.clone())),
+                (Value::str("eventTypes"), list(event_types)),
+                (Value::str("keyTypes"), list(key_types)),
+                (Value::str("readValue"), Value::Bool(*read_value)),
+            ]),
+            Trigger::Command { name } => Value::Map(vec![(Value::str("trigger"), Value::String(name.clone()))]),
+        }
+    }
+}
+
+/// A registration as a script declares it with `register()`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RegistrationSpec {
+    pub trigger: Trigger,
+    pub mode: Mode,
+    pub steps: Vec<Step>,
+    pub description: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Stats {
+    pub triggered: u64,
+    pub success: u64,
+    pub failures: u64,
+    pub aborted: u64,
+    pub last_error: Option<String>,
+    pub total_duration: Duration,
+    pub last_duration: Duration,
+}
+
+/// A live registration.
+pub struct Registration {
+    pub id: String,
+    pub session: String,
+    /// Position among the session's registrations (matches the order of `register()` calls).
+    pub index: usize,
+    pub spec: RegistrationSpec,
+    pub paused: AtomicBool,
+    stats: Mutex<Stats>,
+}
+
+impl Registration {
+    pub fn stats(&self) -> Stats {
+        self.stats.lock().clone()
+    }
+    pub fn clear_stats(&self) {
+        *self.stats.lock() = Stats::default();
+    }
+    /// Records one firing: `Ok(errors)` with the per-record errors, or the failure.
+    pub fn record(&self, duration: Duration, outcome: Result<&[String], &str>, aborted: bool) {
+        let mut s = self.stats.lock();
+        s.triggered += 1;
+        s.last_duration = duration;
+        s.total_duration += duration;
+        match outcome {
+            Ok([]) => s.success += 1,
+            Ok(errors) => {
+                s.failures += 1;
+                s.last_error = errors.last().cloned();
+            }
+            Err(e) => {
+                if aborted {
+                    s.aborted += 1;
+                } else {
+                    s.failures += 1;
+                }
+                s.last_error = Some(e.to_string());
+            }
+        }
+    }
+}
+
+/// A script that owns registrations.
+pub struct Session {
+    pub id: String,
+    pub language: &'static str,
+    pub source: String,
+    pub args: Vec<Vec<u8>>,
+    /// The ACL user whose permissions its triggers run with.
+    pub user: Option<String>,
+    pub db: u32,
+    pub description: Option<String>,
+    /// Changes on every upgrade: instances built for an older version are rebuilt.
+    pub version: u64,
+    pub registrations: Vec<Arc<Registration>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SessionError {
+    #[error("session '{0}' already exists: add UPGRADE to replace it")]
+    Exists(String),
+    #[error("no session '{0}' to upgrade")]
+    NoSuchSession(String),
+    #[error("no session '{0}'")]
+    NotFound(String),
+    #[error("no registration '{0}'")]
+    NoRegistration(String),
+    #[error("a registration for trigger '{0}' already exists (session '{1}')")]
+    TriggerTaken(String, String),
+}
+
+/// Every session of this shard, and an index of their registrations.
+#[derive(Default)]
+pub struct Sessions {
+    map: RwLock<BTreeMap<String, Arc<Session>>>,
+    versions: AtomicU64,
+    /// Registrations in all sessions; zero lets keyspace events return at once.
+    count: AtomicU64,
+}
+
+impl Sessions {
+    /// Installs a session built from `specs`, replacing the one with the same id only if
+    /// `upgrade` (then the old registrations are gone and the new ones live in one step).
+    pub fn install(
+        &self,
+        id: String,
+        language: &'static str,
+        source: String,
+        args: Vec<Vec<u8>>,
+        user: Option<String>,
+        db: u32,
+        description: Option<String>,
+        specs: Vec<RegistrationSpec>,
+        upgrade: bool,
+    ) -> Result<Arc<Session>, SessionError> {
+        let mut map = self.map.write();
+        match (map.contains_key(&id), upgrade) {
+            (true, false) => return Err(SessionError::Exists(id)),
+            (false, true) => return Err(SessionError::NoSuchSession(id)),
+            _ => {}
+        }
+        for spec in &specs {
+            if let Trigger::Command { name } = &spec.trigger {
+                for other in map.values().filter(|s| s.id != id) {
+                    if other.registrations.iter().any(|r| matches!(&r.spec.trigger, Trigger::Command { name: n } if n == name)) {
+                        return Err(SessionError::TriggerTaken(name.clone(), other.id.clone()));
+                    }
+                }
+            }
+        }
+        let version = self.versions.fetch_add(1, Ordering::Relaxed) + 1;
+        let registrations: Vec<Arc<Registration>> = specs
+            .into_iter()
+            .enumerate()
+            .map(|(index, spec)| {
+                Arc::new(Registration {
+                    id: format!("{id}/{index}"),
+                    session: id.clone(),
+                    index,
+                    spec,
+                    paused: AtomicBool::new(false),
+                    stats: Mutex::new(Stats::default()),
+                })
+            })
+            .collect();
+        let session = Arc::new(Session { id: id.clone(), language, source, args, user, db, description, version, registrations });
+        if let Some(old) = map.insert(id, session.clone()) {
+            self.count.fetch_sub(old.registrations.len() as u64, Ordering::Relaxed);
+        }
+        self.count.fetch_add(session.registrations.len() as u64, Ordering::Relaxed);
+        Ok(session)
+    }
+
+    pub fn drop_session(&self, id: &str) -> Result<Arc<Session>, SessionError> {
+        let old = self.map.write().remove(id).ok_or_else(|| SessionError::NotFound(id.to_string()))?;
+        self.count.fetch_sub(old.registrations.len() as u64, Ordering::Relaxed);
+        Ok(old)
+    }
+
+    /// Removes one registration (its session keeps the others).
+    pub fn unregister(&self, reg_id: &str) -> Result<(), SessionError> {
+        let mut map = self.map.write();
+        let session = map
+            .values()
+            .find(|s| s.registrations.iter().any(|r| r.id == reg_id))
+            .cloned()
+            .ok_or_else(|| SessionError::NoRegistration(reg_id.to_string()))?;
+        let kept: Vec<Arc<Registration>> = session.registrations.iter().filter(|r| r.id != reg_id).cloned().collect();
+        let updated = Session {
+            id: session.id.clone(),
+            language: session.language,
+            source: session.source.clone(),
+            args: session.args.clone(),
+            user: session.user.clone(),
+            db: session.db,
+            description: session.description.clone(),
+            version: session.version,
+            registrations: kept,
+        };
+        map.insert(session.id.clone(), Arc::new(updated));
+        self.count.fetch_sub(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    pub fn get(&self, id: &str) -> Option<Arc<Session>> {
+        self.map.read().get(id).cloned()
+    }
+
+    pub fn all(&self) -> Vec<Arc<Session>> {
+        self.map.read().values().cloned().collect()
+    }
+
+    pub fn registration(&self, reg_id: &str) -> Option<(Arc<Session>, Arc<Registration>)> {
+        self.map.read().values().find_map(|s| s.registrations.iter().find(|r| r.id == reg_id).map(|r| (s.clone(), r.clone())))
+    }
+
+    /// The registration fired by `RG.TRIGGER name`.
+    pub fn command_trigger(&self, name: &str) -> Option<(Arc<Session>, Arc<Registration>)> {
+        self.map.read().values().find_map(|s| {
+            s.registrations
+                .iter()
+                .find(|r| matches!(&r.spec.trigger, Trigger::Command { name: n } if n == name))
+                .map(|r| (s.clone(), r.clone()))
+        })
+    }
+
+    /// Registrations that a keyspace event fires, with their sessions.
+    pub fn keys_triggers(&self, event: &str, key: &[u8], key_type: impl Fn() -> String) -> Vec<(Arc<Session>, Arc<Registration>)> {
+        if self.count.load(Ordering::Relaxed) == 0 {
+            return Vec::new();
+        }
+        let map = self.map.read();
+        let mut key_type_cache: Option<String> = None;
+        let mut out = Vec::new();
+        for s in map.values() {
+            for r in &s.registrations {
+                if r.paused.load(Ordering::Relaxed) || !matches!(r.spec.trigger, Trigger::Keys { .. }) {
+                    continue;
+                }
+                let t = key_type_cache.get_or_insert_with(&key_type);
+                if r.spec.trigger.matches_key(event, key, t) {
+                    out.push((s.clone(), r.clone()));
+                }
+            }
+        }
+        out
+    }
+
+    pub fn registration_count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,149 @@
+//! Registrations and sessions: RG.DUMPREGISTRATIONS, RG.UNREGISTER,
+//! RG.PAUSEREGISTRATIONS, RG.UNPAUSEREGISTRATIONS, RG.CLEARREGISTRATIONSSTATS,
+//! RG.DUMPSESSIONS, RG.DROPSESSION.
+
+use super::{guarded, replied, text};
+use crate::{engine, reply};
+use engine::{Registration, Session, Value};
+use redis_module::{Context, RedisError, RedisResult, RedisString, RedisValue};
+use std::sync::atomic::Ordering;
+
+fn kv(k: &str, v: Value) -> (Value, Value) {
+    (Value::str(k), v)
+}
+
+fn opt(v: &Option<String>) -> Value {
+    v.clone().map(Value::String).unwrap_or(Value::Nil)
+}
+
+fn registration(r: &Registration) -> Value {
+    let s = r.stats();
+    let avg = if s.triggered == 0 { 0.0 } else { s.total_duration.as_secs_f64() * 1000.0 / s.triggered as f64 };
+    Value::Map(vec![
+        kv("id", Value::String(r.id.clone())),
+        kv("session", Value::String(r.session.clone())),
+        kv("reader", Value::str(r.spec.trigger.reader())),
+        kv("description", opt(&r.spec.description)),
+        kv("mode", Value::str(r.spec.mode.as_str())),
+        kv("args", r.spec.trigger.args()),
+        kv("status", Value::str(if r.paused.load(Ordering::Relaxed) { "paused" } else { "active" })),
+        kv("numTriggered", Value::Int(s.triggered as i64)),
+        kv("numSuccess", Value::Int(s.success as i64)),
+        kv("numFailures", Value::Int(s.failures as i64)),
+        kv("numAborted", Value::Int(s.aborted as i64)),
+        kv("lastError", opt(&s.last_error)),
+        kv("avgRunDurationMs", Value::Double(avg)),
+        kv("lastRunDurationMs", Value::Double(s.last_duration.as_secs_f64() * 1000.0)),
+    ])
+}
+
+/// RG.DUMPREGISTRATIONS
+pub fn dump_registrations(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+    guarded(ctx, || {
+        if args.len() != 1 {
+            return Err(RedisError::Str("ERR wrong number of arguments; usage: RG.DUMPREGISTRATIONS"));
+        }
+        let all: Vec<Value> = engine().sessions.all().iter().flat_map(|s| s.registrations.iter().map(|r| registration(r))).collect();
+        reply::reply(ctx, &Value::Array(all));
+        replied()
+    })
+}
+
+fn ids(args: &[RedisString], usage: &str) -> Result<Vec<String>, RedisError> {
+    if args.len() < 2 {
+        return Err(RedisError::String(format!("ERR wrong number of arguments; usage: {usage}")));
+    }
+    args[1..].iter().map(|a| text(a, "the registration id")).collect()
+}
+
+/// RG.UNREGISTER id
+pub fn unregister(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+    guarded(ctx, || {
+        if args.len() != 2 {
+            return Err(RedisError::Str("ERR wrong number of arguments; usage: RG.UNREGISTER <registration id>"));
+        }
+        let id = text(&args[1], "the registration id")?;
+        engine().sessions.unregister(&id).map_err(|e| RedisError::String(format!("ERR {e}")))?;
+        Ok(RedisValue::SimpleStringStatic("OK"))
+    })
+}
+
+fn set_paused(args: &[RedisString], paused: bool, usage: &str) -> RedisResult {
+    let ids = ids(args, usage)?;
+    let sessions = &engine().sessions;
+    // All or nothing: every id must exist before any is changed.
+    let regs = ids
+        .iter()
+        .map(|id| sessions.registration(id).map(|(_, r)| r).ok_or_else(|| RedisError::String(format!("ERR no registration '{id}'"))))
+        .collect::<Result<Vec<_>, _>>()?;
+    for r in regs {
+        r.paused.store(paused, Ordering::Relaxed);
+    }
+    Ok(RedisValue::SimpleStringStatic("OK"))
+}
+
+/// RG.PAUSEREGISTRATIONS id [id ...]
+pub fn pause(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+    guarded(ctx, || set_paused(&args, true, "RG.PAUSEREGISTRATIONS <id> [<id> ...]"))
+}
+
+/// RG.UNPAUSEREGISTRATIONS id [id ...]
+pub fn unpause(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+    guarded(ctx, || set_paused(&args, false, "RG.UNPAUSEREGISTRATIONS <id> [<id> ...]"))
+}
+
+/// RG.CLEARREGISTRATIONSSTATS
+pub fn clear_stats(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+    guarded(ctx, || {
+        if args.len() != 1 {
+            return Err(RedisError::Str("ERR wrong number of arguments; usage: RG.CLEARREGISTRATIONSSTATS"));
+        }
+        for s in engine().sessions.all() {
+            for r in &s.registrations {
+                r.clear_stats();
+            }
+        }
+        Ok(RedisValue::SimpleStringStatic("OK"))
+    })
+}
+
+fn session(s: &Session, verbose: bool) -> Value {
+    let mut m = vec![
+        kv("id", Value::String(s.id.clone())),
+        kv("language", Value::str(s.language)),
+        kv("description", opt(&s.description)),
+        kv("user", opt(&s.user)),
+        kv("registrations", Value::Array(s.registrations.iter().map(|r| Value::String(r.id.clone())).collect())),
+    ];
+    if verbose {
+        m.push(kv("source", Value::String(s.source.clone())));
+        m.push(kv("args", Value::Array(s.args.iter().map(|a| Value::from_bytes(a.clone())).collect())));
+    }
+    Value::Map(m)
+}
+
+/// RG.DUMPSESSIONS [VERBOSE]
+pub fn dump_sessions(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+    guarded(ctx, || {
+        let verbose = match args.len() {
+            1 => false,
+            2 if text(&args[1], "the option")?.eq_ignore_ascii_case("VERBOSE") => true,
+            _ => return Err(RedisError::Str("ERR wrong arguments; usage: RG.DUMPSESSIONS [VERBOSE]")),
+        };
+        let all: Vec<Value> = engine().sessions.all().iter().map(|s| session(s, verbose)).collect();
+        reply::reply(ctx, &Value::Array(all));
+        replied()
+    })
+}
+
+/// RG.DROPSESSION id
+pub fn drop_session(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+    guarded(ctx, || {
+        if args.len() != 2 {
+            return Err(RedisError::Str("ERR wrong number of arguments; usage: RG.DROPSESSION <session id>"));
+        }
+        let id = text(&args[1], "the session id")?;
+        engine().sessions.drop_session(&id).map_err(|e| RedisError::String(format!("ERR {e}")))?;
+        Ok(RedisValue::SimpleStringStatic("OK"))
+    })
+}

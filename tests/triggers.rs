@@ -1,0 +1,224 @@
+//! Registrations: keyspace triggers (sync and async), command triggers, sessions with
+//! UPGRADE, and the registration admin commands, in Lua and in JavaScript.
+
+mod common;
+
+use common::{canon::fmt, cmd, exec, Server};
+use std::time::{Duration, Instant};
+
+fn eventually(c: &mut redis::Connection, words: &[&str], expected: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = fmt(&cmd(c, words));
+        if got == expected {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{words:?}: expected {expected}, still {got}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// (language, script) pairs doing the same thing.
+fn both(lua: &str, js: &str) -> [(&'static str, String); 2] {
+    [("lua", lua.to_string()), ("js", js.to_string())]
+}
+
+#[test]
+fn sync_keyspace_trigger_writes_inside_the_command() {
+    let s = Server::start(&[]);
+    let mut c = s.conn();
+    for (lang, code) in both(
+        "GB():foreach(function(r) execute('HSET', 'audit:' .. r.key, 'event', r.event, 'name', r.value.name) end):register({prefix = 'user:', mode = 'sync', eventTypes = {'hset'}})",
+        "GB().foreach(r => execute('HSET', 'audit:' + r.key, 'event', r.event, 'name', r.value.name)).register({prefix: 'user:', mode: 'sync', eventTypes: ['hset']})",
+    ) {
+        cmd(&mut c, &["FLUSHALL"]);
+        assert_eq!(exec(&mut c, lang, &code, &["ID", &format!("audit-{lang}")]), "OK");
+        cmd(&mut c, &["HSET", "user:1", "name", "alice"]);
+        // No waiting: the trigger ran inside HSET.
+        assert_eq!(fmt(&cmd(&mut c, &["HGETALL", "audit:user:1"])), r#"["event", "hset", "name", "alice"]"#, "{lang}");
+        cmd(&mut c, &["SET", "other:1", "x"]);
+        cmd(&mut c, &["DEL", "user:1"]);
+        assert_eq!(fmt(&cmd(&mut c, &["KEYS", "audit:*"])), r#"["audit:user:1"]"#, "{lang}: only hset on user:* fires");
+        assert_eq!(fmt(&cmd(&mut c, &["RG.DROPSESSION", &format!("audit-{lang}")])), "OK");
+        cmd(&mut c, &["HSET", "user:2", "name", "bob"]);
+        assert_eq!(fmt(&cmd(&mut c, &["EXISTS", "audit:user:2"])), "0", "{lang}: dropped session still fires");
+    }
+}
+
+#[test]
+fn async_keyspace_trigger_and_key_type_filter() {
+    let s = Server::start(&[]);
+    let mut c = s.conn();
+    for (lang, code) in both(
+        "GB('KeysOnlyReader'):foreach(function(r) execute('INCR', 'seen:' .. r.type) end):register({keyTypes = {'hash'}})",
+        "GB('KeysOnlyReader').foreach(r => execute('INCR', 'seen:' + r.type)).register({keyTypes: ['hash']})",
+    ) {
+        cmd(&mut c, &["FLUSHALL"]);
+        exec(&mut c, lang, &code, &["ID", "counter", "UPGRADE"]).starts_with("(error) ERR no session").then(|| exec(&mut c, lang, &code, &["ID", "counter"]));
+        for i in 0..20 {
+            cmd(&mut c, &["HSET", &format!("h:{i}"), "f", "v"]);
+            cmd(&mut c, &["SET", &format!("s:{i}"), "v"]);
+        }
+        eventually(&mut c, &["GET", "seen:hash"], r#""20""#);
+        assert_eq!(fmt(&cmd(&mut c, &["EXISTS", "seen:string"])), "0", "{lang}");
+    }
+}
+
+#[test]
+fn a_trigger_does_not_fire_itself() {
+    let s = Server::start(&[]);
+    let mut c = s.conn();
+    for (lang, code) in both(
+        "GB():foreach(function(r) execute('HINCRBY', r.key, 'writes', 1) end):register({prefix = 'loop:', mode = 'sync'})",
+        "GB().foreach(r => execute('HINCRBY', r.key, 'writes', 1)).register({prefix: 'loop:', mode: 'sync'})",
+    ) {
+        cmd(&mut c, &["FLUSHALL"]);
+        exec(&mut c, lang, &code, &["ID", &format!("loop-{lang}")]);
+        cmd(&mut c, &["HSET", "loop:1", "a", "1"]);
+        assert_eq!(fmt(&cmd(&mut c, &["HGET", "loop:1", "writes"])), r#""1""#, "{lang}");
+        cmd(&mut c, &["RG.DROPSESSION", &format!("loop-{lang}")]);
+    }
+}
+
+#[test]
+fn command_triggers_sync_and_async() {
+    let s = Server::start(&[]);
+    let mut c = s.conn();
+    for mode in ["sync", "async"] {
+        for (lang, code) in both(
+            &format!("GB('CommandReader'):map(function(a) return table.concat(a, '+', 2) end):register({{trigger = 'join', mode = '{mode}'}})"),
+            &format!("GB('CommandReader').map(a => a.slice(1).join('+')).register({{trigger: 'join', mode: '{mode}'}})"),
+        ) {
+            assert_eq!(exec(&mut c, lang, &code, &["ID", "joiner"]), "OK");
+            assert_eq!(fmt(&cmd(&mut c, &["RG.TRIGGER", "join", "a", "b", "c"])), r#"["a+b+c"]"#, "{lang} {mode}");
+            assert_eq!(fmt(&cmd(&mut c, &["RG.DROPSESSION", "joiner"])), "OK");
+        }
+    }
+    assert!(fmt(&cmd(&mut c, &["RG.TRIGGER", "join"])).contains("no registration for trigger 'join'"));
+    assert!(fmt(&cmd(&mut c, &["RG.TRIGGER"])).contains("wrong number of arguments"));
+    // A step error is the command's error.
+    exec(&mut c, "js", "GB('CommandReader').map(a => { throw new Error('no ' + a[1]) }).register({trigger: 'fail'})", &["ID", "failing"]);
+    assert!(fmt(&cmd(&mut c, &["RG.TRIGGER", "fail", "way"])).contains("no way"));
+    // Trigger names are unique across sessions.
+    let got = exec(&mut c, "lua", "GB('CommandReader'):register({trigger = 'fail'})", &["ID", "other"]);
+    assert!(got.contains("a registration for trigger 'fail' already exists (session 'failing')"), "{got}");
+}
+
+#[test]
+fn sessions_upgrade_atomically_and_refuse_bad_upgrades() {
+    let s = Server::start(&[]);
+    let mut c = s.conn();
+    for (lang, v1, v2, broken) in [
+        ("lua", "GB('CommandReader'):map(function() return 'v1' end):register({trigger = 'version'})", "GB('CommandReader'):map(function() return 'v2' end):register({trigger = 'version'})", "GB('CommandReader'):register({trigger = 'version', mode = 'never'})"),
+        ("js", "GB('CommandReader').map(() => 'v1').register({trigger: 'version'})", "GB('CommandReader').map(() => 'v2').register({trigger: 'version'})", "GB('CommandReader').register({trigger: 'version', mode: 'never'})"),
+    ] {
+        assert_eq!(exec(&mut c, lang, v1, &["ID", "app"]), "OK");
+        assert_eq!(fmt(&cmd(&mut c, &["RG.TRIGGER", "version"])), r#"["v1"]"#);
+        assert!(exec(&mut c, lang, v2, &["ID", "app"]).contains("session 'app' already exists: add UPGRADE"));
+        assert_eq!(fmt(&cmd(&mut c, &["RG.TRIGGER", "version"])), r#"["v1"]"#);
+        // A failing new version changes nothing.
+        assert!(exec(&mut c, lang, broken, &["ID", "app", "UPGRADE"]).contains("mode must be"));
+        assert!(exec(&mut c, lang, "GB(", &["ID", "app", "UPGRADE"]).starts_with("(error)"));
+        assert_eq!(fmt(&cmd(&mut c, &["RG.TRIGGER", "version"])), r#"["v1"]"#);
+        assert_eq!(exec(&mut c, lang, v2, &["ID", "app", "UPGRADE"]), "OK");
+        assert_eq!(fmt(&cmd(&mut c, &["RG.TRIGGER", "version"])), r#"["v2"]"#);
+        assert!(exec(&mut c, lang, v2, &["ID", "missing", "UPGRADE"]).contains("no session 'missing' to upgrade"));
+        assert!(exec(&mut c, lang, v2, &["UPGRADE"]).contains("UPGRADE needs the ID"));
+        cmd(&mut c, &["RG.DROPSESSION", "app"]);
+    }
+}
+
+#[test]
+fn registration_admin_commands() {
+    let s = Server::start(&[]);
+    let mut c = s.conn();
+    exec(&mut c, "lua", "GB():foreach(function(r) if r.value.bad then error('bad value') end execute('INCR', 'n') end):register({prefix = 'k:', mode = 'sync', description = 'counts'})", &["ID", "s1", "DESCRIPTION", "session one"]);
+    cmd(&mut c, &["HSET", "k:1", "ok", "1"]);
+    cmd(&mut c, &["HSET", "k:2", "bad", "1"]);
+    let dump = fmt(&cmd(&mut c, &["RG.DUMPREGISTRATIONS"]));
+    for part in [r#""id", "s1/0""#, r#""session", "s1""#, r#""reader", "KeysReader""#, r#""description", "counts""#, r#""mode", "sync""#, r#""prefix", "k:""#, r#""numTriggered", 2"#, r#""numSuccess", 1"#, r#""numFailures", 1"#, r#""numAborted", 0"#, "bad value", r#""status", "active""#] {
+        assert!(dump.contains(part), "{part} missing in {dump}");
+    }
+    assert_eq!(fmt(&cmd(&mut c, &["RG.PAUSEREGISTRATIONS", "s1/0"])), "OK");
+    cmd(&mut c, &["HSET", "k:3", "ok", "1"]);
+    assert_eq!(fmt(&cmd(&mut c, &["GET", "n"])), r#""1""#);
+    assert!(fmt(&cmd(&mut c, &["RG.DUMPREGISTRATIONS"])).contains(r#""status", "paused""#));
+    assert!(fmt(&cmd(&mut c, &["RG.PAUSEREGISTRATIONS", "s1/0", "nope"])).contains("no registration 'nope'"));
+    assert_eq!(fmt(&cmd(&mut c, &["RG.UNPAUSEREGISTRATIONS", "s1/0"])), "OK");
+    cmd(&mut c, &["HSET", "k:4", "ok", "1"]);
+    assert_eq!(fmt(&cmd(&mut c, &["GET", "n"])), r#""2""#);
+    assert_eq!(fmt(&cmd(&mut c, &["RG.CLEARREGISTRATIONSSTATS"])), "OK");
+    assert!(fmt(&cmd(&mut c, &["RG.DUMPREGISTRATIONS"])).contains(r#""numTriggered", 0"#));
+    let sessions = fmt(&cmd(&mut c, &["RG.DUMPSESSIONS"]));
+    assert!(sessions.contains(r#""id", "s1", "language", "lua", "description", "session one", "user", "default", "registrations", ["s1/0"]"#), "{sessions}");
+    assert!(!sessions.contains("source"));
+    assert!(fmt(&cmd(&mut c, &["RG.DUMPSESSIONS", "VERBOSE"])).contains(r#""source", "GB():foreach"#));
+    assert_eq!(fmt(&cmd(&mut c, &["RG.UNREGISTER", "s1/0"])), "OK");
+    cmd(&mut c, &["HSET", "k:5", "ok", "1"]);
+    assert_eq!(fmt(&cmd(&mut c, &["GET", "n"])), r#""2""#);
+    assert!(fmt(&cmd(&mut c, &["RG.UNREGISTER", "s1/0"])).contains("no registration 's1/0'"));
+    assert_eq!(fmt(&cmd(&mut c, &["RG.DROPSESSION", "s1"])), "OK");
+    assert!(fmt(&cmd(&mut c, &["RG.DROPSESSION", "s1"])).contains("no session 's1'"));
+    assert_eq!(fmt(&cmd(&mut c, &["RG.DUMPSESSIONS"])), "[]");
+}
+
+#[test]
+fn register_bad_input() {
+    let s = Server::start(&[]);
+    let mut c = s.conn();
+    for (lang, code, expected) in [
+        ("lua", "GB():register({prefix = 1})", "register: prefix must be a string, got integer"),
+        ("js", "GB().register({prefix: 1})", "register: prefix must be a string, got integer"),
+        ("lua", "GB():register({bogus = 1})", "register: unknown option 'bogus'"),
+        ("js", "GB().register({bogus: 1})", "register: unknown option 'bogus'"),
+        ("lua", "GB():register({keyTypes = {'tree'}})", "register: unknown key type 'tree'"),
+        ("js", "GB().register({eventTypes: 'hset'})", "register: eventTypes must be a list of strings"),
+        ("lua", "GB():register({readValue = 'yes'})", "register: readValue must be a boolean"),
+        ("js", "GB('CommandReader').register({})", "register: a CommandReader needs a trigger name"),
+        ("lua", "GB('StreamReader'):register({})", "register: a StreamReader cannot be registered yet"),
+        ("js", "GB().register({mode: 'later'})", "register: mode must be 'sync', 'async' or 'async_local', got 'later'"),
+        ("lua", "atomic(function() GB():register() end)", "register: cannot be called inside a run() or atomic()"),
+        ("js", "GB('CommandReader').run()", "run: a CommandReader has no data to run over"),
+    ] {
+        let got = exec(&mut c, lang, code, &["ID", "bad"]);
+        assert!(got.contains(expected), "{lang} `{code}`: {got}");
+    }
+    // Nothing was half-registered.
+    assert_eq!(fmt(&cmd(&mut c, &["RG.DUMPREGISTRATIONS"])), "[]");
+}
+
+#[test]
+fn triggers_run_with_the_registering_users_permissions() {
+    let s = Server::start(&[]);
+    let mut admin = s.conn();
+    cmd(&mut admin, &["ACL", "SETUSER", "app", "on", ">pw", "~app:*", "+@all"]);
+    let mut app = s.conn();
+    cmd(&mut app, &["AUTH", "app", "pw"]);
+    exec(&mut app, "js", "GB().foreach(r => { execute('SET', 'app:copy', r.key); execute('SET', 'secret:copy', r.key) }).register({prefix: 'app:in', mode: 'sync'})", &["ID", "copier"]);
+    cmd(&mut admin, &["SET", "app:in", "1"]);
+    assert_eq!(fmt(&cmd(&mut admin, &["GET", "app:copy"])), r#""app:in""#);
+    assert_eq!(fmt(&cmd(&mut admin, &["EXISTS", "secret:copy"])), "0");
+    assert!(fmt(&cmd(&mut admin, &["RG.DUMPREGISTRATIONS"])).contains("NOPERM"));
+}
+
+#[test]
+fn sync_trigger_writes_reach_a_replica_which_fires_nothing() {
+    let primary = Server::start(&[]);
+    let replica = Server::start_with(&[], &["--replicaof", "127.0.0.1", &primary.port.to_string()]);
+    let mut p = primary.conn();
+    let mut r = replica.conn();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !fmt(&cmd(&mut r, &["INFO", "replication"])).contains("master_link_status:up") {
+        assert!(Instant::now() < deadline, "replica never connected");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The same session on both (registrations are not replicated yet): only the primary fires.
+    let code = "GB():foreach(function(r) execute('INCR', 'fired') end):register({prefix = 'user:', mode = 'sync'})";
+    exec(&mut p, "lua", code, &["ID", "s"]);
+    exec(&mut r, "lua", code, &["ID", "s"]);
+    cmd(&mut p, &["HSET", "user:1", "a", "1"]);
+    cmd(&mut p, &["WAIT", "1", "2000"]);
+    assert_eq!(fmt(&cmd(&mut p, &["GET", "fired"])), r#""1""#);
+    eventually(&mut r, &["GET", "fired"], r#""1""#);
+    assert_eq!(fmt(&cmd(&mut r, &["HGET", "user:1", "a"])), r#""1""#);
+}
