@@ -1,6 +1,7 @@
-//! Runs every example in docs/*.md against a real server (format in docs/README.md):
-//! `redis` blocks set data up, `lua`/`js` blocks are sent with RG.EXEC, and a `result`
-//! block holds the reply every script block since the previous result must give.
+//! Runs every example in docs/*.md against a real server: `redis` blocks run commands
+//! (a line `COMMAND args -> reply` also checks the reply), `lua`/`js` blocks are sent with
+//! RG.EXEC, and a `result` block holds the reply every script block since the previous
+//! result must give (`result unordered` sorts the results first).
 
 mod common;
 include!("common/cases.rs");
@@ -77,12 +78,24 @@ fn every_example_in_the_docs_runs() {
             let opts: Vec<&str> = info.collect();
             match kind {
                 "redis" => {
+                    // `COMMAND args -> reply` lines also check the reply.
                     for line in b.body.lines().filter(|l| !l.trim().is_empty()) {
-                        let w = words(line);
+                        let (command, expected) = match line.rsplit_once(" -> ") {
+                            Some((c, e)) => (c, Some(e.trim())),
+                            None => (line, None),
+                        };
+                        let w = words(command);
                         let refs: Vec<&str> = w.iter().map(String::as_str).collect();
                         let r = canon::fmt(&cmd(&mut c, &refs));
-                        if r.starts_with("(error)") {
-                            failures.push(format!("{name}:{}: setup `{line}` failed: {r}", b.line));
+                        match expected {
+                            Some(e) => {
+                                checked += 1;
+                                if !matches(&r, e) {
+                                    failures.push(format!("{name}:{}: `{command}`\n  expected: {e}\n  got:      {r}", b.line));
+                                }
+                            }
+                            None if r.starts_with("(error)") => failures.push(format!("{name}:{}: setup `{line}` failed: {r}", b.line)),
+                            None => {}
                         }
                     }
                 }
