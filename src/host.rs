@@ -120,9 +120,21 @@ impl LockedHost for Locked<'_> {
         let r: redis_module::CallResult = ctx.call_ext(cmd, &self.host.options_acl, rest);
         reply::from_call(&r).map_err(|e| permission_error(user, e))
     }
+
+    fn replicate(&self, args: &[&[u8]]) {
+        self.replicate_args(args)
+    }
 }
 
 impl Locked<'_> {
+    fn replicate_args(&self, args: &[&[u8]]) {
+        if let Some((cmd, rest)) = args.split_first() {
+            if let Ok(cmd) = std::str::from_utf8(cmd) {
+                self.ctx.replicate(cmd, rest);
+            }
+        }
+    }
+
     /// Makes `user` the context's user (a no-op if it already is).
     fn attach_user(&self, ctx: &Context, user: &str) -> Result<(), HostError> {
         let mut current = self.user.borrow_mut();

@@ -5,11 +5,13 @@ mod blocking;
 mod commands;
 mod host;
 mod info;
+mod persistence;
 mod reply;
 mod triggers;
 
 use engine::{Config, Engine};
 use info::rg_info;
+use persistence::SESSIONS_TYPE;
 use redis_module::{redis_module, Context, InfoContext, RedisResult, RedisString, Status};
 use std::sync::{Arc, OnceLock};
 
@@ -61,6 +63,10 @@ fn init(ctx: &Context, args: &[RedisString]) -> Status {
         ctx.log_warning("rg: the module is already loaded");
         return Status::Err;
     }
+    if !persistence::subscribe_loading(ctx) {
+        ctx.log_warning("rg: could not subscribe to loading events");
+        return Status::Err;
+    }
     if !triggers::subscribe(ctx) {
         ctx.log_warning("rg: could not subscribe to keyspace events");
         return Status::Err;
@@ -79,7 +85,7 @@ redis_module! {
     name: "rg",
     version: 1,
     allocator: (redis_module::alloc::RedisAlloc, redis_module::alloc::RedisAlloc),
-    data_types: [],
+    data_types: [SESSIONS_TYPE],
     init: init,
     deinit: deinit,
     info: rg_info,
@@ -101,5 +107,7 @@ redis_module! {
         ["rg.clearregistrationsstats", commands::registrations::clear_stats, "write deny-script", 0, 0, 0, ""],
         ["rg.dumpsessions", commands::registrations::dump_sessions, "readonly deny-script", 0, 0, 0, ""],
         ["rg.dropsession", commands::registrations::drop_session, "write deny-script", 0, 0, 0, ""],
+        ["rg.sessionload", persistence::session_load, "write deny-script", 0, 0, 0, ""],
+        ["rg.sessiondrop", persistence::session_drop, "write deny-script", 0, 0, 0, ""],
     ],
 }

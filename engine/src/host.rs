@@ -39,6 +39,37 @@ pub trait LockedHost {
     /// Runs a command. With `user`, the command is first checked against that ACL user's
     /// permissions (command and keys) and refused with `HostError::NoPermission`.
     fn call(&self, user: Option<&str>, args: &[&[u8]]) -> Result<Value, HostError>;
+
+    /// Sends a command to replicas and the AOF without running it here (how state that is
+    /// not in the keyspace, like sessions, reaches them). Hosts without replicas ignore it.
+    fn replicate(&self, _args: &[&[u8]]) {}
+}
+
+/// A host with no data: scripts rebuilt while the server loads (or on a replica applying
+/// the primary's sessions) must not run commands at their top level.
+pub struct NoDataHost {
+    pub shard_id: String,
+}
+
+struct NoData;
+
+impl LockedHost for NoData {
+    fn call(&self, _user: Option<&str>, args: &[&[u8]]) -> Result<Value, HostError> {
+        Err(HostError::Other(format!(
+            "'{}' cannot run while a session is being restored: a registering script's top-level code must not call execute()",
+            String::from_utf8_lossy(args.first().copied().unwrap_or_default())
+        )))
+    }
+}
+
+impl Host for NoDataHost {
+    fn lock(&self, _db: u32) -> Box<dyn LockedHost + '_> {
+        Box::new(NoData)
+    }
+    fn shard_id(&self) -> String {
+        self.shard_id.clone()
+    }
+    fn log(&self, _level: LogLevel, _message: &str) {}
 }
 
 /// A key with its type and (optionally) its value, as the KeysReader produces it.

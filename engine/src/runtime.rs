@@ -79,6 +79,9 @@ pub struct Engine {
     pool: WorkerPool,
 }
 
+/// The internal command that carries a session to replicas and the AOF.
+pub const SESSION_LOAD: &str = "RG.SESSIONLOAD";
+
 /// One thread's instance of a session, with the functions its registrations use.
 struct SessionInstance {
     version: u64,
@@ -192,20 +195,23 @@ impl Engine {
         if result.is_ok() && (!specs.is_empty() || req.upgrade) {
             // Installed under the data lock: no trigger fires while the old registrations
             // give way to the new ones.
-            let _lock = self.host.lock(req.db);
-            let installed = self.sessions.install(
-                exec.id.clone(),
-                language,
-                req.source.clone(),
-                req.args.clone(),
-                req.user.clone(),
-                req.db,
-                req.description.clone(),
-                specs,
-                req.upgrade,
-            );
-            if let Err(e) = installed {
-                return (Outcome::Failed(e.to_string()), false);
+            let locked = self.host.lock(req.db);
+            let def = crate::SessionDef {
+                id: exec.id.clone(),
+                language: language.to_string(),
+                source: req.source.clone(),
+                args: req.args.clone(),
+                user: req.user.clone(),
+                db: req.db,
+                description: req.description.clone(),
+                removed: Vec::new(),
+                paused: Vec::new(),
+            };
+            let replace = if req.upgrade { crate::Replace::Must } else { crate::Replace::No };
+            match self.sessions.install(&def, language, specs, replace) {
+                // Replicas and the AOF get the session as one command.
+                Ok(_) => locked.replicate(&[SESSION_LOAD.as_bytes(), &def.encode()]),
+                Err(e) => return (Outcome::Failed(e.to_string()), false),
             }
         }
         match result {
@@ -218,6 +224,21 @@ impl Engine {
                 (Outcome::Failed(e.message), aborted)
             }
         }
+    }
+
+    /// Installs (or replaces) a session from its definition, as when loading RDB/AOF or
+    /// applying the primary's: the script runs again on this thread in plan-building mode,
+    /// with `host` for its top-level code, to recover its registrations.
+    pub fn restore_session(&self, def: &crate::SessionDef, host: Arc<dyn Host>) -> Result<Arc<crate::Session>, String> {
+        let lang = self.language(&def.language).map_err(|e| e.to_string())?;
+        let mut instance = lang.new_instance(self.config.limits(lang.name())).map_err(|e| e.message)?;
+        let execution = Arc::new(Execution::new(def.id.clone(), lang.name(), None));
+        let natives = self.api.begin_rebuild(RunEnv { host, config: self.config.clone(), execution, user: def.user.clone(), db: def.db });
+        let r = instance.run(&def.source, &def.args, &*natives as &dyn Natives);
+        instance.end_run();
+        r.map_err(|e| format!("session '{}': {}", def.id, e.message))?;
+        let specs = natives.take_registrations();
+        self.sessions.install(def, lang.name(), specs, crate::Replace::Any).map_err(|e| e.to_string())
     }
 
     /// Runs a registration's steps over `records` in this thread, with this thread's
@@ -288,7 +309,7 @@ impl Engine {
         let natives = self.api.begin_rebuild(env);
         instance.run(&session.source, &session.args, &*natives as &dyn Natives)?;
         let specs = natives.take_registrations();
-        let same = specs.len() == session.registrations.len() && specs.iter().zip(&session.registrations).all(|(a, b)| a.steps == b.spec.steps);
+        let same = specs.len() == session.declared && session.registrations.iter().all(|r| specs[r.index].steps == r.spec.steps);
         if !same {
             return Err(ScriptError::usage(format!(
                 "session '{}': running its script again registered something else; a script must register the same way every time it runs",

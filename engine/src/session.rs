@@ -155,6 +155,91 @@ impl Registration {
     }
 }
 
+/// What defines a session, enough to build it again anywhere (a restart, a replica): the
+/// script and how it was sent, plus what was changed since (registrations removed or paused).
+#[derive(Clone, Debug, PartialEq)]
+pub struct SessionDef {
+    pub id: String,
+    pub language: String,
+    pub source: String,
+    pub args: Vec<Vec<u8>>,
+    pub user: Option<String>,
+    pub db: u32,
+    pub description: Option<String>,
+    /// Positions of registrations removed with RG.UNREGISTER.
+    pub removed: Vec<usize>,
+    /// Positions of paused registrations.
+    pub paused: Vec<usize>,
+}
+
+impl SessionDef {
+    pub fn of(s: &Session) -> SessionDef {
+        let kept: Vec<usize> = s.registrations.iter().map(|r| r.index).collect();
+        SessionDef {
+            id: s.id.clone(),
+            language: s.language.to_string(),
+            source: s.source.clone(),
+            args: s.args.clone(),
+            user: s.user.clone(),
+            db: s.db,
+            description: s.description.clone(),
+            removed: (0..s.declared).filter(|i| !kept.contains(i)).collect(),
+            paused: s.registrations.iter().filter(|r| r.paused.load(Ordering::Relaxed)).map(|r| r.index).collect(),
+        }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let opt = |v: &Option<String>| v.clone().map(Value::String).unwrap_or(Value::Nil);
+        let ints = |v: &[usize]| Value::Array(v.iter().map(|i| Value::Int(*i as i64)).collect());
+        let v = Value::Map(vec![
+            (Value::str("version"), Value::Int(1)),
+            (Value::str("id"), Value::String(self.id.clone())),
+            (Value::str("language"), Value::String(self.language.clone())),
+            (Value::str("source"), Value::String(self.source.clone())),
+            (Value::str("args"), Value::Array(self.args.iter().map(|a| Value::Bytes(a.clone())).collect())),
+            (Value::str("user"), opt(&self.user)),
+            (Value::str("db"), Value::Int(self.db as i64)),
+            (Value::str("description"), opt(&self.description)),
+            (Value::str("removed"), ints(&self.removed)),
+            (Value::str("paused"), ints(&self.paused)),
+        ]);
+        crate::codec::encode(&v).expect("a session definition is encodable")
+    }
+
+    pub fn decode(b: &[u8]) -> Result<SessionDef, String> {
+        let v = crate::codec::decode(b).map_err(|e| e.to_string())?;
+        let text = |k: &str| match v.get(k) {
+            Some(Value::String(s)) => Ok(s.clone()),
+            _ => Err(format!("session definition: '{k}' missing or not a string")),
+        };
+        let opt = |k: &str| match v.get(k) {
+            Some(Value::String(s)) => Some(s.clone()),
+            _ => None,
+        };
+        let ints = |k: &str| match v.get(k) {
+            Some(Value::Array(a)) => a.iter().map(|i| i.as_i64().filter(|n| *n >= 0).map(|n| n as usize).ok_or_else(|| format!("session definition: bad '{k}'"))).collect(),
+            _ => Err(format!("session definition: '{k}' missing")),
+        };
+        if v.get("version").and_then(Value::as_i64) != Some(1) {
+            return Err("session definition: unknown version".into());
+        }
+        Ok(SessionDef {
+            id: text("id")?,
+            language: text("language")?,
+            source: text("source")?,
+            args: match v.get("args") {
+                Some(Value::Array(a)) => a.iter().map(|x| x.as_bytes().map(|b| b.into_owned()).ok_or("session definition: bad 'args'".to_string())).collect::<Result<_, _>>()?,
+                _ => return Err("session definition: 'args' missing".into()),
+            },
+            user: opt("user"),
+            db: v.get("db").and_then(Value::as_i64).filter(|d| *d >= 0).ok_or("session definition: bad 'db'")? as u32,
+            description: opt("description"),
+            removed: ints("removed")?,
+            paused: ints("paused")?,
+        })
+    }
+}
+
 /// A script that owns registrations.
 pub struct Session {
     pub id: String,
@@ -167,7 +252,17 @@ pub struct Session {
     pub description: Option<String>,
     /// Changes on every upgrade: instances built for an older version are rebuilt.
     pub version: u64,
+    /// How many registrations the script declares (some may have been removed since).
+    pub declared: usize,
     pub registrations: Vec<Arc<Registration>>,
+}
+
+/// What `Sessions::install` may replace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Replace {
+    No,
+    Must,
+    Any,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -194,24 +289,17 @@ pub struct Sessions {
 }
 
 impl Sessions {
-    /// Installs a session built from `specs`, replacing the one with the same id only if
-    /// `upgrade` (then the old registrations are gone and the new ones live in one step).
-    pub fn install(
-        &self,
-        id: String,
-        language: &'static str,
-        source: String,
-        args: Vec<Vec<u8>>,
-        user: Option<String>,
-        db: u32,
-        description: Option<String>,
-        specs: Vec<RegistrationSpec>,
-        upgrade: bool,
-    ) -> Result<Arc<Session>, SessionError> {
+    /// Installs a session built from `specs` (the script's registrations, in order).
+    /// With `Replace::No` an existing session of that id is an error, with `Replace::Must`
+    /// a missing one is (UPGRADE), with `Replace::Any` whatever is there is replaced (a
+    /// session loaded from RDB, AOF or the primary). A replaced session's registrations
+    /// are gone and the new ones live in one step.
+    pub fn install(&self, def: &SessionDef, language: &'static str, specs: Vec<RegistrationSpec>, replace: Replace) -> Result<Arc<Session>, SessionError> {
+        let id = def.id.clone();
         let mut map = self.map.write();
-        match (map.contains_key(&id), upgrade) {
-            (true, false) => return Err(SessionError::Exists(id)),
-            (false, true) => return Err(SessionError::NoSuchSession(id)),
+        match (map.contains_key(&id), replace) {
+            (true, Replace::No) => return Err(SessionError::Exists(id)),
+            (false, Replace::Must) => return Err(SessionError::NoSuchSession(id)),
             _ => {}
         }
         for spec in &specs {
@@ -224,21 +312,34 @@ impl Sessions {
             }
         }
         let version = self.versions.fetch_add(1, Ordering::Relaxed) + 1;
+        let declared = specs.len();
         let registrations: Vec<Arc<Registration>> = specs
             .into_iter()
             .enumerate()
+            .filter(|(index, _)| !def.removed.contains(index))
             .map(|(index, spec)| {
                 Arc::new(Registration {
                     id: format!("{id}/{index}"),
                     session: id.clone(),
                     index,
                     spec,
-                    paused: AtomicBool::new(false),
+                    paused: AtomicBool::new(def.paused.contains(&index)),
                     stats: Mutex::new(Stats::default()),
                 })
             })
             .collect();
-        let session = Arc::new(Session { id: id.clone(), language, source, args, user, db, description, version, registrations });
+        let session = Arc::new(Session {
+            id: id.clone(),
+            language,
+            source: def.source.clone(),
+            args: def.args.clone(),
+            user: def.user.clone(),
+            db: def.db,
+            description: def.description.clone(),
+            version,
+            declared,
+            registrations,
+        });
         if let Some(old) = map.insert(id, session.clone()) {
             self.count.fetch_sub(old.registrations.len() as u64, Ordering::Relaxed);
         }
@@ -252,8 +353,14 @@ impl Sessions {
         Ok(old)
     }
 
-    /// Removes one registration (its session keeps the others).
-    pub fn unregister(&self, reg_id: &str) -> Result<(), SessionError> {
+    /// Drops every session (before loading another state).
+    pub fn clear(&self) {
+        self.map.write().clear();
+        self.count.store(0, Ordering::Relaxed);
+    }
+
+    /// Removes one registration (its session keeps the others); returns the session.
+    pub fn unregister(&self, reg_id: &str) -> Result<Arc<Session>, SessionError> {
         let mut map = self.map.write();
         let session = map
             .values()
@@ -270,11 +377,13 @@ impl Sessions {
             db: session.db,
             description: session.description.clone(),
             version: session.version,
+            declared: session.declared,
             registrations: kept,
         };
-        map.insert(session.id.clone(), Arc::new(updated));
+        let updated = Arc::new(updated);
+        map.insert(session.id.clone(), updated.clone());
         self.count.fetch_sub(1, Ordering::Relaxed);
-        Ok(())
+        Ok(updated)
     }
 
     pub fn get(&self, id: &str) -> Option<Arc<Session>> {

@@ -63,12 +63,13 @@ pub fn unregister(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
             return Err(RedisError::Str("ERR wrong number of arguments; usage: RG.UNREGISTER <registration id>"));
         }
         let id = text(&args[1], "the registration id")?;
-        engine().sessions.unregister(&id).map_err(|e| RedisError::String(format!("ERR {e}")))?;
+        let session = engine().sessions.unregister(&id).map_err(|e| RedisError::String(format!("ERR {e}")))?;
+        crate::persistence::replicate_session(ctx, &session);
         Ok(RedisValue::SimpleStringStatic("OK"))
     })
 }
 
-fn set_paused(args: &[RedisString], paused: bool, usage: &str) -> RedisResult {
+fn set_paused(ctx: &Context, args: &[RedisString], paused: bool, usage: &str) -> RedisResult {
     let ids = ids(args, usage)?;
     let sessions = &engine().sessions;
     // All or nothing: every id must exist before any is changed.
@@ -76,20 +77,29 @@ fn set_paused(args: &[RedisString], paused: bool, usage: &str) -> RedisResult {
         .iter()
         .map(|id| sessions.registration(id).map(|(_, r)| r).ok_or_else(|| RedisError::String(format!("ERR no registration '{id}'"))))
         .collect::<Result<Vec<_>, _>>()?;
-    for r in regs {
+    for r in &regs {
         r.paused.store(paused, Ordering::Relaxed);
+    }
+    let mut sent: Vec<&str> = Vec::new();
+    for r in &regs {
+        if !sent.contains(&r.session.as_str()) {
+            sent.push(&r.session);
+            if let Some(s) = sessions.get(&r.session) {
+                crate::persistence::replicate_session(ctx, &s);
+            }
+        }
     }
     Ok(RedisValue::SimpleStringStatic("OK"))
 }
 
 /// RG.PAUSEREGISTRATIONS id [id ...]
 pub fn pause(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
-    guarded(ctx, || set_paused(&args, true, "RG.PAUSEREGISTRATIONS <id> [<id> ...]"))
+    guarded(ctx, || set_paused(ctx, &args, true, "RG.PAUSEREGISTRATIONS <id> [<id> ...]"))
 }
 
 /// RG.UNPAUSEREGISTRATIONS id [id ...]
 pub fn unpause(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
-    guarded(ctx, || set_paused(&args, false, "RG.UNPAUSEREGISTRATIONS <id> [<id> ...]"))
+    guarded(ctx, || set_paused(ctx, &args, false, "RG.UNPAUSEREGISTRATIONS <id> [<id> ...]"))
 }
 
 /// RG.CLEARREGISTRATIONSSTATS
@@ -144,6 +154,7 @@ pub fn drop_session(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         }
         let id = text(&args[1], "the session id")?;
         engine().sessions.drop_session(&id).map_err(|e| RedisError::String(format!("ERR {e}")))?;
+        ctx.replicate("RG.SESSIONDROP", &[id.as_bytes()][..]);
         Ok(RedisValue::SimpleStringStatic("OK"))
     })
 }

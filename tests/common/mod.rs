@@ -125,6 +125,12 @@ impl Server {
         c
     }
 
+    /// Kills the server (SIGKILL) and starts it again on the same port and directory.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map(|c| c.id()).unwrap_or(0)
     }

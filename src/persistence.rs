@@ -1,0 +1,150 @@
+//! Sessions in RDB (aux fields, also in the AOF's RDB preamble), in the replication stream
+//! and the AOF (the internal commands RG.SESSIONLOAD and RG.SESSIONDROP), and cleared when
+//! the server starts loading another state.
+
+use crate::commands::{guarded, text};
+use crate::{engine, ENGINE};
+use engine::{NoDataHost, SessionDef};
+use redis_module::native_types::RedisType;
+use redis_module::{raw, Context, ContextFlags, RedisError, RedisResult, RedisString, RedisValue};
+use std::os::raw::{c_int, c_void};
+use std::sync::Arc;
+
+/// The module type that carries sessions as aux data (it holds no keys).
+pub static SESSIONS_TYPE: RedisType = RedisType::new(
+    "rgsession",
+    1,
+    raw::RedisModuleTypeMethods {
+        version: raw::REDISMODULE_TYPE_METHOD_VERSION as u64,
+        rdb_load: None,
+        rdb_save: None,
+        aof_rewrite: None,
+        free: None,
+        mem_usage: None,
+        digest: None,
+        aux_load: Some(aux_load),
+        aux_save: Some(aux_save),
+        aux_save2: None,
+        aux_save_triggers: raw::REDISMODULE_AUX_BEFORE_RDB as c_int,
+        free_effort: None,
+        unlink: None,
+        copy: None,
+        defrag: None,
+        copy2: None,
+        free_effort2: None,
+        mem_usage2: None,
+        unlink2: None,
+    },
+);
+
+fn log_warning(msg: &str) {
+    redis_module::logging::log(redis_module::logging::RedisLogLevel::Warning, msg);
+}
+
+extern "C" fn aux_save(rdb: *mut raw::RedisModuleIO, _when: c_int) {
+    let _ = std::panic::catch_unwind(|| {
+        let Some(engine) = ENGINE.get() else { return };
+        let sessions = engine.sessions.all();
+        raw::save_unsigned(rdb, sessions.len() as u64);
+        for s in sessions {
+            raw::save_slice(rdb, &SessionDef::of(&s).encode());
+        }
+    });
+}
+
+extern "C" fn aux_load(rdb: *mut raw::RedisModuleIO, encver: c_int, _when: c_int) -> c_int {
+    let r = std::panic::catch_unwind(|| -> Result<(), String> {
+        if encver != 1 {
+            return Err(format!("rg: sessions saved with format {encver}, this module reads format 1"));
+        }
+        let engine = ENGINE.get().ok_or("rg: not initialised")?;
+        let n = raw::load_unsigned(rdb).map_err(|e| e.to_string())?;
+        let host: Arc<dyn engine::Host> = Arc::new(NoDataHost { shard_id: engine.host.shard_id() });
+        for _ in 0..n {
+            let blob = raw::load_string_buffer(rdb).map_err(|e| e.to_string())?;
+            match SessionDef::decode(blob.as_ref()).and_then(|def| engine.restore_session(&def, host.clone()).map(|_| ())) {
+                Ok(()) => {}
+                // One bad session must not stop the dataset from loading.
+                Err(e) => log_warning(&format!("rg: a session could not be restored from RDB: {e}")),
+            }
+        }
+        Ok(())
+    });
+    match r {
+        Ok(Ok(())) => raw::REDISMODULE_OK as c_int,
+        Ok(Err(e)) => {
+            log_warning(&e);
+            raw::REDISMODULE_ERR as c_int
+        }
+        Err(_) => raw::REDISMODULE_ERR as c_int,
+    }
+}
+
+extern "C" fn on_loading(_ctx: *mut raw::RedisModuleCtx, _eid: raw::RedisModuleEvent, sub: u64, _data: *mut c_void) {
+    let _ = std::panic::catch_unwind(|| {
+        let starts = [
+            raw::REDISMODULE_SUBEVENT_LOADING_RDB_START,
+            raw::REDISMODULE_SUBEVENT_LOADING_AOF_START,
+            raw::REDISMODULE_SUBEVENT_LOADING_REPL_START,
+        ];
+        if starts.iter().any(|s| *s as u64 == sub) {
+            // The state being loaded replaces ours, sessions included.
+            if let Some(e) = ENGINE.get() {
+                e.sessions.clear();
+            }
+        }
+    });
+}
+
+pub fn subscribe_loading(ctx: &Context) -> bool {
+    let event = raw::RedisModuleEvent { id: raw::REDISMODULE_EVENT_LOADING as u64, dataver: 1 };
+    // SAFETY: called once from the module's load function with its context.
+    unsafe { raw::RedisModule_SubscribeToServerEvent.unwrap()(ctx.ctx, event, Some(on_loading)) == raw::REDISMODULE_OK as c_int }
+}
+
+/// The internal commands may come only from the primary or the AOF.
+fn internal_only(ctx: &Context, name: &str) -> Result<(), RedisError> {
+    let flags = ctx.get_flags();
+    if flags.contains(ContextFlags::REPLICATED) || flags.contains(ContextFlags::LOADING) {
+        Ok(())
+    } else {
+        Err(RedisError::String(format!("ERR {name} is internal: only the replication stream and the AOF send it")))
+    }
+}
+
+/// RG.SESSIONLOAD <definition>: installs or replaces a session (from the primary or the AOF).
+pub fn session_load(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+    guarded(ctx, || {
+        internal_only(ctx, "RG.SESSIONLOAD")?;
+        if args.len() != 2 {
+            return Err(RedisError::Str("ERR wrong number of arguments for RG.SESSIONLOAD"));
+        }
+        let def = SessionDef::decode(args[1].as_slice()).map_err(|e| RedisError::String(format!("ERR {e}")))?;
+        let engine = engine();
+        let host: Arc<dyn engine::Host> = Arc::new(NoDataHost { shard_id: engine.host.shard_id() });
+        engine.restore_session(&def, host).map_err(|e| RedisError::String(format!("ERR {e}")))?;
+        ctx.replicate_verbatim();
+        Ok(RedisValue::SimpleStringStatic("OK"))
+    })
+}
+
+/// RG.SESSIONDROP <id>: drops a session (from the primary or the AOF).
+pub fn session_drop(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+    guarded(ctx, || {
+        internal_only(ctx, "RG.SESSIONDROP")?;
+        if args.len() != 2 {
+            return Err(RedisError::Str("ERR wrong number of arguments for RG.SESSIONDROP"));
+        }
+        let id = text(&args[1], "the session id")?;
+        // Already gone is fine: the result is the same.
+        let _ = engine().sessions.drop_session(&id);
+        ctx.replicate_verbatim();
+        Ok(RedisValue::SimpleStringStatic("OK"))
+    })
+}
+
+/// Sends a session's current definition to replicas and the AOF.
+pub fn replicate_session(ctx: &Context, session: &engine::Session) {
+    let blob = SessionDef::of(session).encode();
+    ctx.replicate(engine::SESSION_LOAD, &[blob.as_slice()][..]);
+}
