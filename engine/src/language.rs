@@ -75,6 +75,14 @@ pub trait Natives {
     /// Calls a method of an object (the object itself is not in `args`).
     fn call_method(&self, obj: ObjRef, name: &str, args: Vec<Value>, script: &dyn ScriptCalls)
         -> Result<Value, ScriptError>;
+
+    /// The source of the package `name` written in `language` ("lua" or "js"), for
+    /// `require('name')` in Lua and `import ... from 'name'` in JavaScript; None if there is
+    /// no such package. Languages call it once per package and run: they cache the result
+    /// of loading it for the rest of the run.
+    fn package(&self, _language: &str, _name: &str) -> Option<String> {
+        None
+    }
 }
 
 /// Lets a native call back into the script that called it.
