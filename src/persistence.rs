@@ -44,6 +44,14 @@ fn log_warning(msg: &str) {
 extern "C" fn aux_save(rdb: *mut raw::RedisModuleIO, _when: c_int) {
     let _ = std::panic::catch_unwind(|| {
         let Some(engine) = ENGINE.get() else { return };
+        // Packages first: restoring a session may import them.
+        let packages: Vec<engine::Package> = engine.packages.all().into_iter().filter(|p| !p.builtin).collect();
+        raw::save_unsigned(rdb, packages.len() as u64);
+        for p in packages {
+            raw::save_slice(rdb, p.language.as_bytes());
+            raw::save_slice(rdb, p.name.as_bytes());
+            raw::save_slice(rdb, p.source.as_bytes());
+        }
         let sessions = engine.sessions.all();
         raw::save_unsigned(rdb, sessions.len() as u64);
         for s in sessions {
@@ -58,6 +66,17 @@ extern "C" fn aux_load(rdb: *mut raw::RedisModuleIO, encver: c_int, _when: c_int
             return Err(format!("rg: sessions saved with format {encver}, this module reads format 1"));
         }
         let engine = ENGINE.get().ok_or("rg: not initialised")?;
+        let text = |rdb| -> Result<String, String> {
+            let b = raw::load_string_buffer(rdb).map_err(|e| e.to_string())?;
+            String::from_utf8(b.as_ref().to_vec()).map_err(|_| "rg: a saved package is not UTF-8".to_string())
+        };
+        let packages = raw::load_unsigned(rdb).map_err(|e| e.to_string())?;
+        for _ in 0..packages {
+            let (language, name, source) = (text(rdb)?, text(rdb)?, text(rdb)?);
+            if let Err(e) = engine.packages.load(engine::Package { name, language, source, builtin: false }, true) {
+                log_warning(&format!("rg: a package could not be restored from RDB: {e}"));
+            }
+        }
         let n = raw::load_unsigned(rdb).map_err(|e| e.to_string())?;
         let host: Arc<dyn engine::Host> = Arc::new(NoDataHost { shard_id: engine.host.shard_id() });
         for _ in 0..n {
@@ -91,6 +110,7 @@ extern "C" fn on_loading(_ctx: *mut raw::RedisModuleCtx, _eid: raw::RedisModuleE
             // The state being loaded replaces ours, sessions included.
             if let Some(e) = ENGINE.get() {
                 e.sessions.clear();
+                e.packages.clear_loaded();
             }
         }
     });

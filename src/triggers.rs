@@ -92,6 +92,15 @@ extern "C" fn on_keyspace_event(ctx: *mut raw::RedisModuleCtx, _type: c_int, eve
     raw::REDISMODULE_OK as c_int
 }
 
+/// RG.TRIGGERONKEY name key [arg ...]: RG.TRIGGER whose second argument is a key (its key
+/// spec lets cluster clients route it to the key's shard); the record is `[name, key, arg, ...]`.
+pub fn rg_trigger_on_key(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+    if args.len() < 3 {
+        return Err(RedisError::Str("ERR wrong number of arguments; usage: RG.TRIGGERONKEY <name> <key> [<arg> ...]"));
+    }
+    rg_trigger(ctx, args)
+}
+
 /// RG.TRIGGER name [arg ...]: fires the CommandReader registration `name` with the record
 /// `[name, arg, ...]` and replies with the records its steps produced.
 pub fn rg_trigger(ctx: &Context, args: Vec<RedisString>) -> RedisResult {

@@ -11,6 +11,7 @@ pub mod executor;
 mod host;
 mod language;
 mod memory_host;
+pub mod packages;
 pub mod plan;
 pub mod session;
 mod runtime;
@@ -26,6 +27,7 @@ pub use host::{read_key, scan, Host, KeyRecord, LockedHost, LogLevel, NoDataHost
 pub use language::{CallClock, ClockGuard, Instance, Language, Limits, Natives, ScriptCalls};
 pub use memory_host::{glob_match, MemoryHost};
 pub use plan::{Func, GroupMode, NativeOp, Plan, Reader, Step};
+pub use packages::{Package, PackageError, Packages};
 pub use session::{Mode, Registration, RegistrationSpec, Replace, Session, SessionDef, SessionError, Sessions, Stats, Trigger};
 pub use runtime::{outcome_value, SESSION_LOAD, Api, Engine, EngineError, ExecRequest, RunApi, RunEnv};
 pub use value::{format_double, FnRef, ObjRef, Value};

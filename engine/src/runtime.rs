@@ -15,6 +15,7 @@ use std::sync::Arc;
 #[derive(Clone)]
 pub struct RunEnv {
     pub host: Arc<dyn Host>,
+    pub packages: Arc<crate::Packages>,
     pub config: Arc<Config>,
     pub execution: Arc<Execution>,
     /// The ACL user whose permissions `execute()` and readers run with (None = unchecked).
@@ -40,6 +41,10 @@ pub trait RunApi: Natives {
     }
     /// The registrations the script declared with `register()`, in order.
     fn take_registrations(&self) -> Vec<crate::RegistrationSpec> {
+        Vec::new()
+    }
+    /// The packages the run imported, as (language, name).
+    fn imports(&self) -> Vec<(String, String)> {
         Vec::new()
     }
 }
@@ -74,6 +79,7 @@ pub struct Engine {
     pub config: Arc<Config>,
     pub registry: Registry,
     pub sessions: crate::Sessions,
+    pub packages: Arc<crate::Packages>,
     languages: Arc<Vec<Arc<dyn Language>>>,
     api: Arc<dyn Api>,
     pool: WorkerPool,
@@ -119,7 +125,7 @@ impl Engine {
         let languages = Arc::new(languages);
         let threads = config.get_i64("execution-threads").max(1) as usize;
         let registry = Registry::new(host.shard_id(), config.get_i64("max-executions").max(1) as u64);
-        Arc::new(Engine { pool: WorkerPool::new(threads, languages.clone()), host, config, registry, sessions: Default::default(), languages, api })
+        Arc::new(Engine { pool: WorkerPool::new(threads, languages.clone()), host, config, registry, sessions: Default::default(), packages: Default::default(), languages, api })
     }
 
     pub fn language(&self, name: &str) -> Result<Arc<dyn Language>, EngineError> {
@@ -181,6 +187,7 @@ impl Engine {
         };
         inst.clock().set_abort_flag(exec.abort.clone());
         let api = self.api.begin_run(RunEnv {
+            packages: self.packages.clone(),
             host: self.host.clone(),
             config: self.config.clone(),
             execution: exec.clone(),
@@ -208,7 +215,7 @@ impl Engine {
                 paused: Vec::new(),
             };
             let replace = if req.upgrade { crate::Replace::Must } else { crate::Replace::No };
-            match self.sessions.install(&def, language, specs, replace) {
+            match self.sessions.install(&def, language, specs, api.imports(), replace) {
                 // Replicas and the AOF get the session as one command.
                 Ok(_) => locked.replicate(&[SESSION_LOAD.as_bytes(), &def.encode()]),
                 Err(e) => return (Outcome::Failed(e.to_string()), false),
@@ -233,12 +240,12 @@ impl Engine {
         let lang = self.language(&def.language).map_err(|e| e.to_string())?;
         let mut instance = lang.new_instance(self.config.limits(lang.name())).map_err(|e| e.message)?;
         let execution = Arc::new(Execution::new(def.id.clone(), lang.name(), None));
-        let natives = self.api.begin_rebuild(RunEnv { host, config: self.config.clone(), execution, user: def.user.clone(), db: def.db });
+        let natives = self.api.begin_rebuild(RunEnv { host, packages: self.packages.clone(), config: self.config.clone(), execution, user: def.user.clone(), db: def.db });
         let r = instance.run(&def.source, &def.args, &*natives as &dyn Natives);
         instance.end_run();
         r.map_err(|e| format!("session '{}': {}", def.id, e.message))?;
         let specs = natives.take_registrations();
-        self.sessions.install(def, lang.name(), specs, crate::Replace::Any).map_err(|e| e.to_string())
+        self.sessions.install(def, lang.name(), specs, natives.imports(), crate::Replace::Any).map_err(|e| e.to_string())
     }
 
     /// Runs a registration's steps over `records` in this thread, with this thread's
@@ -252,7 +259,7 @@ impl Engine {
         }
         let started = std::time::Instant::now();
         let execution = Arc::new(Execution::new(reg.id.clone(), session.language, None));
-        let env = RunEnv { host: host.clone(), config: self.config.clone(), execution: execution.clone(), user: session.user.clone(), db: session.db };
+        let env = RunEnv { host: host.clone(), packages: self.packages.clone(), config: self.config.clone(), execution: execution.clone(), user: session.user.clone(), db: session.db };
         let result = self.with_session_instance(session, env.clone(), |inst| {
             let natives = self.api.begin_run(env);
             let calls = InstanceCalls { inst: std::cell::RefCell::new(inst), natives: &*natives as &dyn Natives };

@@ -254,6 +254,8 @@ pub struct Session {
     pub version: u64,
     /// How many registrations the script declares (some may have been removed since).
     pub declared: usize,
+    /// Packages the script imported, as (language, name).
+    pub imports: Vec<(String, String)>,
     pub registrations: Vec<Arc<Registration>>,
 }
 
@@ -294,7 +296,7 @@ impl Sessions {
     /// a missing one is (UPGRADE), with `Replace::Any` whatever is there is replaced (a
     /// session loaded from RDB, AOF or the primary). A replaced session's registrations
     /// are gone and the new ones live in one step.
-    pub fn install(&self, def: &SessionDef, language: &'static str, specs: Vec<RegistrationSpec>, replace: Replace) -> Result<Arc<Session>, SessionError> {
+    pub fn install(&self, def: &SessionDef, language: &'static str, specs: Vec<RegistrationSpec>, imports: Vec<(String, String)>, replace: Replace) -> Result<Arc<Session>, SessionError> {
         let id = def.id.clone();
         let mut map = self.map.write();
         match (map.contains_key(&id), replace) {
@@ -338,6 +340,7 @@ impl Sessions {
             description: def.description.clone(),
             version,
             declared,
+            imports,
             registrations,
         });
         if let Some(old) = map.insert(id, session.clone()) {
@@ -378,12 +381,23 @@ impl Sessions {
             description: session.description.clone(),
             version: session.version,
             declared: session.declared,
+            imports: session.imports.clone(),
             registrations: kept,
         };
         let updated = Arc::new(updated);
         map.insert(session.id.clone(), updated.clone());
         self.count.fetch_sub(1, Ordering::Relaxed);
         Ok(updated)
+    }
+
+    /// Sessions that import the package `name` (of `language`, or of any language).
+    pub fn importers(&self, language: Option<&str>, name: &str) -> Vec<String> {
+        self.map
+            .read()
+            .values()
+            .filter(|s| s.imports.iter().any(|(l, n)| n == name && language.is_none_or(|x| x == l)))
+            .map(|s| s.id.clone())
+            .collect()
     }
 
     pub fn get(&self, id: &str) -> Option<Arc<Session>> {

@@ -3,6 +3,7 @@
 pub mod config;
 pub mod exec;
 pub mod executions;
+pub mod packages;
 pub mod registrations;
 
 use redis_module::{Context, RedisError, RedisResult, RedisString, RedisValue};

@@ -52,6 +52,7 @@ impl Stdlib {
             output: RefCell::new(None),
             plan: RefCell::new(None),
             registrations: RefCell::new(Vec::new()),
+            imports: RefCell::new(Vec::new()),
             running: Cell::new(false),
             ran: Cell::new(false),
             locked: Cell::new(None),
@@ -67,6 +68,8 @@ pub struct ScriptRun {
     output: RefCell<Option<RunOutput>>,
     plan: RefCell<Option<engine::Plan>>,
     registrations: RefCell<Vec<engine::RegistrationSpec>>,
+    /// Packages the script imported, as (language, name).
+    imports: RefCell<Vec<(String, String)>>,
     /// Set while `run()` executes (register() is refused from its callbacks).
     running: Cell<bool>,
     ran: Cell<bool>,
@@ -109,6 +112,16 @@ impl Natives for ScriptRun {
             "shardId" => Ok(Value::String(self.env.host.shard_id())),
             other => Err(ScriptError::usage(format!("unknown function '{other}'"))),
         }
+    }
+
+    fn package(&self, language: &str, name: &str) -> Option<String> {
+        let p = self.env.packages.get(language, name)?;
+        let key = (language.to_string(), name.to_string());
+        let mut imports = self.imports.borrow_mut();
+        if !imports.contains(&key) {
+            imports.push(key);
+        }
+        Some(p.source)
     }
 
     fn call_method(&self, obj: ObjRef, name: &str, args: Vec<Value>, script: &dyn ScriptCalls) -> Result<Value, ScriptError> {
@@ -177,5 +190,8 @@ impl RunApi for ScriptRun {
     }
     fn take_registrations(&self) -> Vec<engine::RegistrationSpec> {
         std::mem::take(&mut self.registrations.borrow_mut())
+    }
+    fn imports(&self) -> Vec<(String, String)> {
+        self.imports.borrow().clone()
     }
 }
