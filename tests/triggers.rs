@@ -139,6 +139,10 @@ fn registration_admin_commands() {
     for part in [r#""id", "s1/0""#, r#""session", "s1""#, r#""reader", "KeysReader""#, r#""description", "counts""#, r#""mode", "sync""#, r#""prefix", "k:""#, r#""numTriggered", 2"#, r#""numSuccess", 1"#, r#""numFailures", 1"#, r#""numAborted", 0"#, "bad value", r#""status", "active""#] {
         assert!(dump.contains(part), "{part} missing in {dump}");
     }
+    let info: String = redis::cmd("INFO").arg("rg").query(&mut c).unwrap();
+    for field in ["rg_sessions:1", "rg_registrations:1", "rg_trigger_calls:2", "rg_trigger_failures:1", "rg_registrations_paused:0"] {
+        assert!(info.contains(field), "{field} missing in {info}");
+    }
     assert_eq!(fmt(&cmd(&mut c, &["RG.PAUSEREGISTRATIONS", "s1/0"])), "OK");
     cmd(&mut c, &["HSET", "k:3", "ok", "1"]);
     assert_eq!(fmt(&cmd(&mut c, &["GET", "n"])), r#""1""#);
