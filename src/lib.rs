@@ -101,7 +101,8 @@ redis_module! {
         ["rg.configset", commands::config::config_set, "admin deny-script", 0, 0, 0, ""],
         ["rg.trigger", triggers::rg_trigger, "write deny-oom deny-script", 0, 0, 0, ""],
         ["rg.triggeronkey", triggers::rg_trigger_on_key, "write deny-oom deny-script", 2, 2, 1, ""],
-        ["rg.package", commands::packages::rg_package, "write deny-script", 0, 0, 0, ""],
+        // Not flagged `write`: LIST must answer on replicas; LOAD/DELETE check for themselves.
+        ["rg.package", commands::packages::rg_package, "deny-script", 0, 0, 0, ""],
         ["rg.dumpregistrations", commands::registrations::dump_registrations, "readonly deny-script", 0, 0, 0, ""],
         ["rg.unregister", commands::registrations::unregister, "write deny-script", 0, 0, 0, ""],
         ["rg.pauseregistrations", commands::registrations::pause, "write deny-script", 0, 0, 0, ""],

@@ -96,7 +96,9 @@ fn packages_survive_restarts_and_reach_replicas() {
         assert!(Instant::now() < deadline, "sessions did not reach the replica");
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert!(fmt(&cmd(&mut r, &["RG.PACKAGE", "LIST"])).contains(r#""importedBy", ["uses-js"]"#));
+    let list = fmt(&cmd(&mut r, &["RG.PACKAGE", "LIST"]));
+    assert!(list.contains(r#""importedBy", ["uses-js"]"#), "{list}");
+    assert!(fmt(&cmd(&mut r, &["RG.PACKAGE", "DELETE", "mylib"])).contains("READONLY"));
     assert_eq!(fmt(&cmd(&mut c, &["SAVE"])), "OK");
     s.restart();
     let mut c = s.conn();

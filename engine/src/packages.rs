@@ -39,7 +39,9 @@ pub fn check_name(name: &str) -> Result<(), PackageError> {
         && name.len() <= 128
         && name.chars().all(|c| c.is_ascii_alphanumeric() || "._-/".contains(c))
         && !name.starts_with('/')
-        && !name.ends_with('/');
+        && !name.ends_with('/')
+        // A JavaScript script is itself the module named `script`.
+        && name != "script";
     if ok { Ok(()) } else { Err(PackageError::BadName(name.to_string())) }
 }
 

@@ -188,7 +188,7 @@ impl<'a, 'js> ToValue<'a, 'js> {
 }
 
 /// The reason of a rejected promise.
-fn rejection<'js>(p: &Promise<'js>) -> JsValue<'js> {
+pub(crate) fn rejection<'js>(p: &Promise<'js>) -> JsValue<'js> {
     match p.result::<JsValue>() {
         Some(Err(rquickjs::Error::Exception)) => p.ctx().catch(),
         _ => JsValue::new_undefined(p.ctx().clone()),

@@ -49,7 +49,8 @@ fn describe_exception(state: &State, exc: &JsValue<'_>, phase: Phase) -> ScriptE
         }
         let kind = if phase == Phase::Compile { ScriptErrorKind::Syntax } else { ScriptErrorKind::Runtime };
         let mut text = format!("{name}: {message}");
-        if let Some(loc) = obj.and_then(|o| string_prop(o, "stack")).and_then(|s| location(&s)) {
+        let stack = obj.and_then(|o| string_prop(o, "stack"));
+        if let Some(loc) = stack.and_then(|s| location(&s, |f| state.is_source_file(f))) {
             text.push_str(" at ");
             text.push_str(&loc);
         }
@@ -104,18 +105,38 @@ fn string_prop(obj: &rquickjs::Object<'_>, key: &str) -> Option<String> {
     }
 }
 
-/// `script:LINE` of the first frame of a stack trace that is in the script.
-fn location(stack: &str) -> Option<String> {
-    const FILE: &str = "script:";
-    let mut rest = stack;
-    while let Some(i) = rest.find(FILE) {
-        rest = &rest[i + FILE.len()..];
-        let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
-        if !digits.is_empty() {
-            return Some(format!("{FILE}{digits}"));
-        }
+/// `FILE:LINE` of the first frame of a stack trace whose file is known (the script or a
+/// package of the run): the innermost frame in code the user wrote.
+fn location(stack: &str, known: impl Fn(&str) -> bool) -> Option<String> {
+    stack.lines().find_map(|l| {
+        let (file, line, _) = frame(l)?;
+        known(file).then(|| format!("{file}:{line}"))
+    })
+}
+
+/// The file, line and column (if any) of one line of a stack trace: `at NAME (FILE:LINE:COL)`
+/// or `at FILE:LINE:COL`. Package names have no parentheses, spaces or colons.
+fn frame(text: &str) -> Option<(&str, u32, Option<u32>)> {
+    let rest = text.trim().strip_prefix("at ")?;
+    let place = match rest.strip_suffix(')') {
+        Some(r) => &r[r.rfind(" (")? + 2..],
+        None => rest,
+    };
+    let (head, last) = place.rsplit_once(':')?;
+    let last: u32 = last.parse().ok()?;
+    match head.rsplit_once(':') {
+        Some((file, line)) if line.parse::<u32>().is_ok() => Some((file, line.parse().ok()?, Some(last))),
+        _ => Some((head, last, None)),
     }
-    None
+}
+
+/// Where in the script (line, column) a syntax error of compiling it was found.
+pub(crate) fn script_position(exc: &JsValue<'_>) -> Option<(u32, u32)> {
+    let stack = exc.as_object().and_then(|o| string_prop(o, "stack"))?;
+    stack.lines().find_map(|l| match frame(l)? {
+        (crate::modules::SCRIPT_NAME, line, col) => Some((line, col.unwrap_or(0))),
+        _ => None,
+    })
 }
 
 /// A short text for a thrown value that is not an Error (no `toString` is called: of an
@@ -147,9 +168,20 @@ mod tests {
 
     #[test]
     fn locations() {
-        assert_eq!(location("    at f (script:3:9)\n    at <eval> (script:5:1)\n").as_deref(), Some("script:3"));
-        assert_eq!(location("    at script:12:4\n").as_deref(), Some("script:12"));
-        assert_eq!(location("    at echo (native)\n    at <eval> (script:2:1)\n").as_deref(), Some("script:2"));
-        assert_eq!(location("    at <eval> (native)\n"), None);
+        let script = |f: &str| f == "script";
+        assert_eq!(
+            location("    at f (script:3:9)\n    at <eval> (script:5:1)\n", script).as_deref(),
+            Some("script:3")
+        );
+        assert_eq!(location("    at script:12:4\n", script).as_deref(), Some("script:12"));
+        assert_eq!(location("    at echo (native)\n    at <eval> (script:2:1)\n", script).as_deref(), Some("script:2"));
+        assert_eq!(location("    at <eval> (native)\n", script), None);
+        assert_eq!(location("    at f (<input>:1:2)\n", script), None);
+        // Packages are files too (names may have slashes); unknown files are skipped.
+        let known = |f: &str| ["script", "gears/x", "p"].contains(&f);
+        let stack = "    at g (other:1:1)\n    at f (gears/x:7:3)\n    at <eval> (script:1:1)\n";
+        assert_eq!(location(stack, known).as_deref(), Some("gears/x:7"));
+        assert_eq!(location("    at p:3\n", known).as_deref(), Some("p:3"));
+        assert_eq!(location("    at a) (p:4:1)\n", known).as_deref(), Some("p:4"));
     }
 }

@@ -1,12 +1,14 @@
 //! `JsInstance`: one QuickJS runtime reused for many runs, a fresh context per run.
 
 use crate::bridge::{call_raw, native_function, prime_function_prototype, Target};
-use crate::convert::{ToJs, ToValue};
-use crate::error::{from_js_error, Phase};
+use crate::convert::{rejection, ToJs, ToValue};
+use crate::error::{from_exception, from_js_error, Phase};
 use crate::memory::Counting;
+use crate::modules::{compile_script, install_loader, owned, Compiled, ModuleHost};
 use crate::state::{NativesGuard, State};
 use engine::{CallClock, FnRef, Instance, Limits, Natives, ScriptError, Value};
 use rquickjs::context::intrinsic;
+use rquickjs::promise::PromiseState;
 use rquickjs::{qjs, Array, Context, Ctx, Runtime, Value as JsValue};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::rc::Rc;
@@ -19,8 +21,10 @@ pub struct JsInstance {
     /// The current run's context (globals), if a run is active.
     context: Option<Context>,
     state: Rc<State>,
-    /// Declared last: dropped after everything that lives in its heap.
+    /// Dropped after everything that lives in its heap.
     runtime: Runtime,
+    /// What the runtime's module loader points to: dropped after the runtime.
+    _modules: Box<ModuleHost>,
 }
 
 impl JsInstance {
@@ -32,7 +36,11 @@ impl JsInstance {
             .map_err(|e| ScriptError::runtime(format!("cannot create a JS runtime: {e}")))?;
         let hook = state.clone();
         runtime.set_interrupt_handler(Some(Box::new(move || interrupt(&hook))));
-        let mut instance = JsInstance { context: None, state, runtime };
+        let modules = ModuleHost::new(&state);
+        // SAFETY: `modules` is moved into the instance with the runtime and dropped after it.
+        unsafe { install_loader(&runtime, &modules) }
+            .map_err(|e| ScriptError::runtime(format!("cannot create a JS runtime: {e}")))?;
+        let mut instance = JsInstance { context: None, state, runtime, _modules: modules };
         instance.set_limits(limits);
         Ok(instance)
     }
@@ -46,10 +54,15 @@ impl JsInstance {
         context.with(|ctx| {
             let _script = state.clock.enter_script();
             install_globals(&ctx, &state, args, natives.globals())?;
-            let compiled = compile(&ctx, source).map_err(|e| compile_error(&ctx, &state, e, source))?;
-            let result = execute(&ctx, compiled).map_err(|e| from_js_error(&ctx, &state, e, Phase::Run))?;
-            drain_jobs(&ctx, &state)?;
-            ToValue::new(&ctx, &state).convert(&result, 0)
+            match compile_script(&ctx, &state, source)? {
+                Compiled::Global(script) => {
+                    let result = execute(&ctx, script).map_err(|e| from_js_error(&ctx, &state, e, Phase::Run))?;
+                    drain_jobs(&ctx, &state)?;
+                    ToValue::new(&ctx, &state).convert(&result, 0)
+                }
+                // A module has no completion value: a module script's result is Nil.
+                Compiled::Module(module) => evaluate_module(&ctx, &state, module).map(|()| Value::Nil),
+            }
         })
     }
 
@@ -121,33 +134,6 @@ fn install_globals<'js>(
     Ok(())
 }
 
-/// Compiles `source` as a global (non-module, sloppy mode) script named "script".
-fn compile<'js>(ctx: &Ctx<'js>, source: &str) -> rquickjs::Result<JsValue<'js>> {
-    let mut buf = Vec::with_capacity(source.len() + 1);
-    buf.extend_from_slice(source.as_bytes());
-    buf.push(0);
-    let flags = (qjs::JS_EVAL_TYPE_GLOBAL | qjs::JS_EVAL_FLAG_COMPILE_ONLY) as i32;
-    // SAFETY: `buf` is NUL-terminated after `source.len()` bytes as JS_Eval requires, the
-    // file name is a C string literal, and `ctx` is live. The result is owned by us.
-    let v = unsafe {
-        qjs::JS_Eval(ctx.as_raw().as_ptr(), buf.as_ptr().cast(), source.len() as _, c"script".as_ptr(), flags)
-    };
-    owned(ctx, v)
-}
-
-/// A compile error, with a hint when the source looks like a module.
-fn compile_error(ctx: &Ctx<'_>, state: &State, e: rquickjs::Error, source: &str) -> ScriptError {
-    let mut err = from_js_error(ctx, state, e, Phase::Compile);
-    let module_like = source
-        .lines()
-        .map(str::trim_start)
-        .any(|l| ["import ", "import{", "import*", "export "].iter().any(|p| l.starts_with(p)));
-    if err.kind == engine::ScriptErrorKind::Syntax && module_like {
-        err.message.push_str(" (import and export are not supported: scripts are not modules)");
-    }
-    err
-}
-
 /// Runs a compiled script; returns the value of its last expression statement.
 fn execute<'js>(ctx: &Ctx<'js>, compiled: JsValue<'js>) -> rquickjs::Result<JsValue<'js>> {
     // SAFETY: JS_EvalFunction takes ownership of its argument, so it gets its own
@@ -159,14 +145,21 @@ fn execute<'js>(ctx: &Ctx<'js>, compiled: JsValue<'js>) -> rquickjs::Result<JsVa
     owned(ctx, v)
 }
 
-/// Wraps an owned raw value, or reports the pending exception.
-fn owned<'js>(ctx: &Ctx<'js>, v: qjs::JSValue) -> rquickjs::Result<JsValue<'js>> {
-    // SAFETY: `v` was just returned (owned) by QuickJS for `ctx`.
-    unsafe {
-        if qjs::JS_IsException(v) {
-            return Err(rquickjs::Error::Exception);
-        }
-        Ok(JsValue::from_raw(ctx.clone(), v))
+/// Evaluates a compiled module script (its packages first, each once). Evaluating a module
+/// gives the promise of its evaluation (a module may `await` at top level): an exception
+/// thrown by the module or a package rejects it.
+fn evaluate_module<'js>(ctx: &Ctx<'js>, state: &State, module: JsValue<'js>) -> Result<(), ScriptError> {
+    let promise = execute(ctx, module).map_err(|e| from_js_error(ctx, state, e, Phase::Run))?;
+    let promise = promise
+        .into_promise()
+        .ok_or_else(|| ScriptError::runtime("internal error: a module evaluated to no promise"))?;
+    if promise.state() != PromiseState::Rejected {
+        drain_jobs(ctx, state)?;
+    }
+    match promise.state() {
+        PromiseState::Resolved => Ok(()),
+        PromiseState::Rejected => Err(from_exception(ctx, state, &rejection(&promise), Phase::Run)),
+        PromiseState::Pending => Err(ScriptError::runtime("the script's top-level await never settled")),
     }
 }
 
@@ -193,9 +186,12 @@ impl Instance for JsInstance {
                 Context::custom::<intrinsic::Eval>(runtime).map_err(|e| ScriptError::runtime(e.to_string()))?;
             context.with(|ctx| {
                 let _script = state.clock.enter_script();
-                compile(&ctx, source).map(drop).map_err(|e| compile_error(&ctx, &state, e, source))
+                // Imports resolve to stubs: packages are not loaded (nor required to exist).
+                state.checking.set(true);
+                compile_script(&ctx, &state, source).map(drop)
             })
         }));
+        self.state.checking.set(false);
         r.unwrap_or_else(|_| Err(ScriptError::runtime("internal error: the JS engine panicked")))
     }
 

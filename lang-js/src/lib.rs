@@ -1,15 +1,18 @@
 //! lang-js: JavaScript for Gears, on QuickJS (rquickjs).
 //!
 //! `Js` is the `engine::Language`; each `JsInstance` owns one QuickJS runtime reused for
-//! many runs, with a fresh context (fresh globals) per run. Scripts are global
-//! (non-module, sloppy mode) scripts named "script"; there is no module loader and no
-//! std/os module, so a script can reach its environment only through `Natives`.
+//! many runs, with a fresh context (fresh globals) per run. Scripts are global (non-module,
+//! sloppy mode) scripts named "script", or ES modules when they use `import`/`export`
+//! (see modules.rs); the only modules that can be imported are packages, loaded through
+//! `Natives::package`. There is no std/os module, so a script can reach its environment
+//! only through `Natives`.
 
 mod bridge;
 mod convert;
 mod error;
 mod instance;
 mod memory;
+mod modules;
 mod state;
 
 pub use instance::JsInstance;

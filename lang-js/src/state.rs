@@ -29,6 +29,14 @@ pub(crate) struct State {
     pub fatal: Cell<Option<ScriptError>>,
     /// Set while end_run() flushes leftover promise jobs: interrupt them at once.
     pub draining: Cell<bool>,
+    /// Set while `check()` compiles: the module loader stubs packages instead of loading them.
+    pub checking: Cell<bool>,
+    /// Set when the module loader refused an import (see `modules.rs`).
+    pub import_failed: Cell<bool>,
+    /// Packages being loaded, nested (package imports package).
+    pub import_depth: Cell<usize>,
+    /// Names of the packages compiled in this run: file names of their code in stack traces.
+    pub packages: RefCell<Vec<String>>,
     natives: Cell<Option<NativesPtr>>,
     /// The run's functions, indexed by `FnRef`.
     pub functions: RefCell<Vec<Persistent<Function<'static>>>>,
@@ -63,11 +71,18 @@ impl State {
         let native_error = self.native_error.borrow_mut().take();
         self.untagged_functions.borrow_mut().clear();
         self.object_index.borrow_mut().clear();
+        self.packages.borrow_mut().clear();
+        self.import_depth.set(0);
         drop(functions);
         drop(objects);
         drop(native_error);
         self.interrupt.set(None);
         self.fatal.set(None);
+    }
+
+    /// Whether `file` (a file name in a stack trace) is the script or a package of the run.
+    pub fn is_source_file(&self, file: &str) -> bool {
+        file == crate::modules::SCRIPT_NAME || self.packages.borrow().iter().any(|p| p == file)
     }
 
     /// Forgets what stopped the previous top-level call.

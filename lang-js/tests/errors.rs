@@ -60,7 +60,8 @@ fn check_compiles_without_running() {
     let e = i.check("let = ;").unwrap_err();
     assert_eq!(e.kind, ScriptErrorKind::Syntax);
     assert!(e.message.contains("script:1"), "{e:?}");
-    assert!(i.check("import x from 'y'").is_err());
+    // Module scripts compile; their imports are not resolved (see packages.rs).
+    i.check("import x from 'y'").unwrap();
 }
 
 #[test]

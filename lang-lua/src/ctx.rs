@@ -1,6 +1,6 @@
 //! Per-instance state shared between the instance and the Rust functions it exposes to
 //! Lua: the clock, the `Natives` of the call in progress, and the current run's tables
-//! (environment and function references).
+//! (environment, function references and loaded packages).
 //!
 //! The context lives behind an `Rc` stored both in the instance and in the Lua state's app
 //! data, so that every Rust callback (globals, host object methods, `load`) can reach it.
@@ -26,6 +26,8 @@ struct RunTables {
     fn_ids: RegistryKey,
     /// FnRef number -> function.
     fns: RegistryKey,
+    /// Package name -> value `require` returned (see `packages`).
+    packages: RegistryKey,
 }
 
 pub(crate) struct Ctx {
@@ -40,6 +42,8 @@ pub(crate) struct Ctx {
     pub(crate) memory_limit: Cell<usize>,
     /// Method tables of host object kinds, built on first use in a run.
     methods: RefCell<HashMap<&'static str, RegistryKey>>,
+    /// Names of the packages being loaded (innermost last), to refuse circular requires.
+    loading: RefCell<Vec<Vec<u8>>>,
 }
 
 /// The app data entry pointing to the context.
@@ -64,6 +68,7 @@ impl Ctx {
             depth: Cell::new(0),
             memory_limit: Cell::new(memory_limit),
             methods: RefCell::new(HashMap::new()),
+            loading: RefCell::new(Vec::new()),
         });
         lua.set_app_data(CtxHandle(ctx.clone()));
         ctx
@@ -102,19 +107,22 @@ impl Ctx {
             env: lua.create_registry_value(env.clone())?,
             fn_ids: lua.create_registry_value(lua.create_table()?)?,
             fns: lua.create_registry_value(lua.create_table()?)?,
+            packages: lua.create_registry_value(lua.create_table()?)?,
         };
         *self.run.borrow_mut() = Some(tables);
         self.next_fn.set(0);
         self.methods.borrow_mut().clear();
+        self.loading.borrow_mut().clear();
         Ok(())
     }
 
     /// Forgets the current run; returns its registry keys for removal.
     pub(crate) fn take_run(&self) -> Vec<RegistryKey> {
         self.next_fn.set(0);
+        self.loading.borrow_mut().clear();
         let mut keys: Vec<RegistryKey> = self.methods.borrow_mut().drain().map(|(_, k)| k).collect();
         if let Some(t) = self.run.borrow_mut().take() {
-            keys.extend([t.env, t.fn_ids, t.fns]);
+            keys.extend([t.env, t.fn_ids, t.fns, t.packages]);
         }
         keys
     }
@@ -127,6 +135,22 @@ impl Ctx {
 
     pub(crate) fn env(&self, lua: &Lua) -> mlua::Result<Table> {
         self.run_table(lua, |t| &t.env)
+    }
+
+    /// The packages `require` loaded in this run (name -> value).
+    pub(crate) fn packages(&self, lua: &Lua) -> mlua::Result<Table> {
+        self.run_table(lua, |t| &t.packages)
+    }
+
+    /// True while the package `name` is being loaded (a `require` of it is on the stack).
+    pub(crate) fn is_loading(&self, name: &[u8]) -> bool {
+        self.loading.borrow().iter().any(|n| n == name)
+    }
+
+    /// Marks `name` as being loaded until the guard is dropped.
+    pub(crate) fn start_loading(&self, name: Vec<u8>) -> LoadingGuard<'_> {
+        self.loading.borrow_mut().push(name.clone());
+        LoadingGuard { ctx: self, name }
     }
 
     /// The `FnRef` of a function, numbering it on first sight in this run.
@@ -195,6 +219,20 @@ pub(crate) struct DepthGuard<'a> {
 impl Drop for DepthGuard<'_> {
     fn drop(&mut self) {
         self.ctx.depth.set(self.ctx.depth.get().saturating_sub(1));
+    }
+}
+
+pub(crate) struct LoadingGuard<'a> {
+    ctx: &'a Ctx,
+    name: Vec<u8>,
+}
+
+impl Drop for LoadingGuard<'_> {
+    fn drop(&mut self) {
+        let mut loading = self.ctx.loading.borrow_mut();
+        if let Some(i) = loading.iter().rposition(|n| *n == self.name) {
+            loading.remove(i);
+        }
     }
 }
 

@@ -7,8 +7,9 @@
 //!
 //! Module map: `sandbox` (state, libraries, per-run environment, `load`), `convert`
 //! (`Value` <-> Lua), `objects` (host object userdata), `bridge` (script <-> natives calls),
-//! `ctx` (state shared with Rust callbacks), `watch` (clock and sticky fatal errors), `errors` (mlua errors -> `ScriptError`),
-//! `instance` (the `Instance` implementation, limits and the clock hook).
+//! `packages` (`require`), `ctx` (state shared with Rust callbacks), `watch` (clock and
+//! sticky fatal errors), `errors` (mlua errors -> `ScriptError`), `instance` (the `Instance`
+//! implementation, limits and the clock hook).
 
 mod bridge;
 mod convert;
@@ -16,6 +17,7 @@ mod ctx;
 mod errors;
 mod instance;
 mod objects;
+mod packages;
 mod sandbox;
 mod watch;
 

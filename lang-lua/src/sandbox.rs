@@ -1,9 +1,10 @@
 //! The sandboxed Lua state and the fresh environment of each run.
 //!
 //! Only safe libraries are loaded (base, table, string, math, utf8, coroutine, and `os`
-//! reduced to `clock`/`time`). The state's real globals are the pristine template: each run
-//! gets a new table holding a copy of them (library tables copied too), so whatever a
-//! script sets or changes is gone at the next run.
+//! reduced to `clock`/`time`); `require` loads packages from the natives (`packages`), not
+//! files, and `package`, `dofile`, `loadfile` are absent. The state's real globals are the
+//! pristine template: each run gets a new table holding a copy of them (library tables
+//! copied too), so whatever a script sets or changes is gone at the next run.
 
 use crate::convert::render;
 use crate::ctx::Ctx;
@@ -19,6 +20,7 @@ local type, rawget, tostring = type, rawget, tostring
 local raw_setmetatable, raw_getmetatable, raw_error = setmetatable, getmetatable, error
 
 -- print and warn would write to the server's stdout/stderr: scripts log with log().
+-- require is replaced (in Rust, after this prelude) by one loading packages from the natives.
 G.dofile, G.loadfile, G.require, G.package, G.io, G.debug, G.warn, G.print = nil, nil, nil, nil, nil, nil, nil, nil
 local os = G.os
 G.os = { clock = os.clock, time = os.time }
@@ -82,6 +84,7 @@ pub(crate) fn new_state() -> mlua::Result<Lua> {
     lua.load(PRELUDE).set_name("=sandbox").call::<()>((lua.globals(), render_fn))?;
     set_error_tostring(&lua)?;
     lua.globals().raw_set("load", lua.create_function(load)?)?;
+    lua.globals().raw_set("require", lua.create_function(crate::packages::require)?)?;
     Ok(lua)
 }
 

@@ -3,7 +3,7 @@
 use super::{guarded, replied, text};
 use crate::{engine, reply};
 use engine::{Package, Value};
-use redis_module::{Context, RedisError, RedisResult, RedisString, RedisValue};
+use redis_module::{Context, ContextFlags, RedisError, RedisResult, RedisString, RedisValue};
 
 const USAGE: &str = "RG.PACKAGE LOAD lua|js <name> <code> [REPLACE] | RG.PACKAGE LIST | RG.PACKAGE DELETE <name>";
 
@@ -15,6 +15,11 @@ pub fn rg_package(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     guarded(ctx, || {
         let sub = args.get(1).map(|a| text(a, "the subcommand")).transpose()?.unwrap_or_default().to_ascii_uppercase();
         let engine = engine();
+        // LIST reads; LOAD and DELETE change state, which on a replica only its primary may.
+        let flags = ctx.get_flags();
+        if sub != "LIST" && flags.contains(ContextFlags::SLAVE) && !flags.contains(ContextFlags::REPLICATED) && !flags.contains(ContextFlags::LOADING) {
+            return Err(RedisError::Str("READONLY You can't write against a read only replica."));
+        }
         match sub.as_str() {
             "LOAD" => {
                 if args.len() != 5 && args.len() != 6 {

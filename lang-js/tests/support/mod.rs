@@ -3,6 +3,7 @@
 
 use engine::{Instance, Language, Limits, ObjRef, ScriptCalls, ScriptError, Value};
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::time::Duration;
 
 /// Globals:
@@ -11,13 +12,31 @@ use std::time::Duration;
 /// - `obj()`: a new `Counter` object with methods `add(v)` (returns the object) and `get()`;
 /// - `fail(msg)`: a Usage error; `fatal()`: a Timeout error;
 /// - `bytes()`: `Bytes([0, 255, 1])`; `errval(msg)`: `Value::Error(msg)`;
-/// - `sleep(ms)`: sleeps (time in natives does not count against the script).
+/// - `sleep(ms)`: sleeps (time in natives does not count against the script);
+/// - `record(...args)`: appends its arguments (as one array) to `records`.
+///
+/// Packages: `packages` (name -> JS source); `package_calls` records every lookup, in order.
 #[derive(Default)]
 pub struct Fake {
     pub counters: RefCell<Vec<Vec<Value>>>,
+    pub records: RefCell<Vec<Value>>,
+    pub packages: HashMap<String, String>,
+    pub package_calls: RefCell<Vec<String>>,
 }
 
-const GLOBALS: &[&str] = &["echo", "apply", "obj", "fail", "fatal", "bytes", "errval", "sleep"];
+impl Fake {
+    /// A fake with these JS packages.
+    pub fn with_packages(packages: &[(&str, &str)]) -> Fake {
+        Fake { packages: packages.iter().map(|(n, s)| (n.to_string(), s.to_string())).collect(), ..Fake::default() }
+    }
+
+    /// How many times the package `name` was looked up.
+    pub fn lookups(&self, name: &str) -> usize {
+        self.package_calls.borrow().iter().filter(|n| *n == name).count()
+    }
+}
+
+const GLOBALS: &[&str] = &["echo", "apply", "obj", "fail", "fatal", "bytes", "errval", "sleep", "record"];
 
 impl engine::Natives for Fake {
     fn globals(&self) -> &'static [&'static str] {
@@ -55,6 +74,10 @@ impl engine::Natives for Fake {
                 std::thread::sleep(Duration::from_millis(ms as u64));
                 Ok(Value::Nil)
             }
+            "record" => {
+                self.records.borrow_mut().push(Value::Array(args));
+                Ok(Value::Nil)
+            }
             _ => Err(ScriptError::usage(format!("unknown global {name}"))),
         }
     }
@@ -76,6 +99,12 @@ impl engine::Natives for Fake {
             "get" => Ok(Value::Array(items.clone())),
             _ => Err(ScriptError::usage(format!("unknown method {name}"))),
         }
+    }
+
+    fn package(&self, language: &str, name: &str) -> Option<String> {
+        assert_eq!(language, "js");
+        self.package_calls.borrow_mut().push(name.to_string());
+        self.packages.get(name).cloned()
     }
 }
 

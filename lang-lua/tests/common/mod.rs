@@ -16,14 +16,40 @@ use std::time::Duration;
 /// - `obj()` -> a new `Obj` object (methods `add(v)` -> self, `get()` -> array, `each(f)`)
 /// - `fail(msg)` -> a `Usage` error with `msg`
 /// - `spin(ms)` -> sleeps `ms` milliseconds in native code, returns true
+///
+/// Packages (`require`): the Lua sources added with `with_package`; `asked()` counts the
+/// calls to `Natives::package`.
 #[derive(Default)]
 pub struct FakeNatives {
     objects: RefCell<HashMap<u32, Vec<Value>>>,
+    packages: HashMap<String, String>,
+    asked: RefCell<Vec<(String, String)>>,
 }
 
 impl FakeNatives {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Adds the Lua package `name`.
+    pub fn with_package(mut self, name: &str, source: &str) -> Self {
+        self.packages.insert(name.to_string(), source.to_string());
+        self
+    }
+
+    /// How many times `package()` was called.
+    pub fn asked(&self) -> usize {
+        self.asked.borrow().len()
+    }
+
+    /// How many times `package()` was called for `name`.
+    pub fn asked_for(&self, name: &str) -> usize {
+        self.asked.borrow().iter().filter(|(_, n)| n == name).count()
+    }
+
+    /// The (language, name) pairs `package()` was called with, in order.
+    pub fn asked_log(&self) -> Vec<(String, String)> {
+        self.asked.borrow().clone()
     }
 }
 
@@ -106,6 +132,14 @@ impl Natives for FakeNatives {
             }
             _ => Err(ScriptError::usage(format!("unknown method {name}"))),
         }
+    }
+
+    fn package(&self, language: &str, name: &str) -> Option<String> {
+        self.asked.borrow_mut().push((language.to_string(), name.to_string()));
+        if language != "lua" {
+            return None;
+        }
+        self.packages.get(name).cloned()
     }
 }
 
