@@ -124,6 +124,11 @@ impl LockedHost for Locked<'_> {
     fn replicate(&self, args: &[&[u8]]) {
         self.replicate_args(args)
     }
+
+    fn is_primary(&self) -> bool {
+        let flags = self.ctx.get_flags();
+        flags.contains(redis_module::ContextFlags::MASTER) && !flags.contains(redis_module::ContextFlags::LOADING)
+    }
 }
 
 impl Locked<'_> {

@@ -112,5 +112,6 @@ redis_module! {
         ["rg.dropsession", commands::registrations::drop_session, "write deny-script", 0, 0, 0, ""],
         ["rg.sessionload", persistence::session_load, "write deny-script", 0, 0, 0, ""],
         ["rg.sessiondrop", persistence::session_drop, "write deny-script", 0, 0, 0, ""],
+        ["rg.streampos", persistence::stream_position, "write deny-script", 0, 0, 0, ""],
     ],
 }

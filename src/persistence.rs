@@ -106,6 +106,14 @@ extern "C" fn on_loading(_ctx: *mut raw::RedisModuleCtx, _eid: raw::RedisModuleE
             raw::REDISMODULE_SUBEVENT_LOADING_AOF_START,
             raw::REDISMODULE_SUBEVENT_LOADING_REPL_START,
         ];
+        if sub == raw::REDISMODULE_SUBEVENT_LOADING_ENDED as u64 {
+            // Stream consumers resume from their saved positions (off this thread, which
+            // holds the lock they need).
+            if let Some(e) = ENGINE.get() {
+                let e2 = e.clone();
+                e.soon(Box::new(move || e2.kick_streams()));
+            }
+        }
         if starts.iter().any(|s| *s as u64 == sub) {
             // The state being loaded replaces ours, sessions included.
             if let Some(e) = ENGINE.get() {
@@ -116,10 +124,47 @@ extern "C" fn on_loading(_ctx: *mut raw::RedisModuleCtx, _eid: raw::RedisModuleE
     });
 }
 
+extern "C" fn on_role_changed(_ctx: *mut raw::RedisModuleCtx, _eid: raw::RedisModuleEvent, sub: u64, _data: *mut c_void) {
+    let _ = std::panic::catch_unwind(|| {
+        if sub == raw::REDISMODULE_EVENT_REPLROLECHANGED_NOW_MASTER as u64 {
+            // A promoted replica takes over the stream consumers where the primary left them.
+            if let Some(e) = ENGINE.get() {
+                let e2 = e.clone();
+                e.soon(Box::new(move || e2.kick_streams()));
+            }
+        }
+    });
+}
+
 pub fn subscribe_loading(ctx: &Context) -> bool {
-    let event = raw::RedisModuleEvent { id: raw::REDISMODULE_EVENT_LOADING as u64, dataver: 1 };
+    let loading = raw::RedisModuleEvent { id: raw::REDISMODULE_EVENT_LOADING as u64, dataver: 1 };
+    let role = raw::RedisModuleEvent { id: raw::REDISMODULE_EVENT_REPLICATION_ROLE_CHANGED as u64, dataver: 1 };
     // SAFETY: called once from the module's load function with its context.
-    unsafe { raw::RedisModule_SubscribeToServerEvent.unwrap()(ctx.ctx, event, Some(on_loading)) == raw::REDISMODULE_OK as c_int }
+    unsafe {
+        raw::RedisModule_SubscribeToServerEvent.unwrap()(ctx.ctx, loading, Some(on_loading)) == raw::REDISMODULE_OK as c_int
+            && raw::RedisModule_SubscribeToServerEvent.unwrap()(ctx.ctx, role, Some(on_role_changed)) == raw::REDISMODULE_OK as c_int
+    }
+}
+
+/// RG.STREAMPOS <session> <n> <stream> <id>: a stream consumer's position (from the primary
+/// or the AOF).
+pub fn stream_position(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+    guarded(ctx, || {
+        internal_only(ctx, engine::STREAM_POSITION)?;
+        if args.len() != 5 {
+            return Err(RedisError::Str("ERR wrong number of arguments for RG.STREAMPOS"));
+        }
+        let session = text(&args[1], "the session id")?;
+        let index: usize = text(&args[2], "the registration position")?.parse().map_err(|_| RedisError::Str("ERR bad registration position"))?;
+        let id = engine::streams::parse_id(&text(&args[4], "the stream id")?).ok_or(RedisError::Str("ERR bad stream id"))?;
+        if let Some(s) = engine().sessions.get(&session) {
+            if let Some(r) = s.registrations.iter().find(|r| r.index == index) {
+                r.consumers.set_position(args[3].as_slice(), id);
+            }
+        }
+        ctx.replicate_verbatim();
+        Ok(RedisValue::SimpleStringStatic("OK"))
+    })
 }
 
 /// The internal commands may come only from the primary or the AOF.

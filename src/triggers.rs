@@ -57,6 +57,11 @@ extern "C" fn on_keyspace_event(ctx: *mut raw::RedisModuleCtx, _type: c_int, eve
             let p = raw::RedisModule_StringPtrLen.unwrap()(key, &mut len);
             std::slice::from_raw_parts(p as *const u8, len).to_vec()
         };
+        if event == "xadd" {
+            for (session, reg) in engine.sessions.stream_triggers(&key_bytes) {
+                engine.stream_ready(session, reg, key_bytes.clone());
+            }
+        }
         let fired = engine.sessions.keys_triggers(&event, &key_bytes, || key_type(ctx, key));
         if fired.is_empty() {
             return;

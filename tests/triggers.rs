@@ -179,7 +179,7 @@ fn register_bad_input() {
         ("js", "GB().register({eventTypes: 'hset'})", "register: eventTypes must be a list of strings"),
         ("lua", "GB():register({readValue = 'yes'})", "register: readValue must be a boolean"),
         ("js", "GB('CommandReader').register({})", "register: a CommandReader needs a trigger name"),
-        ("lua", "GB('StreamReader'):register({})", "register: a StreamReader cannot be registered yet"),
+        ("lua", "GB('ShardsIDReader'):register({})", "register: a ShardsIDReader cannot be registered"),
         ("js", "GB().register({mode: 'later'})", "register: mode must be 'sync', 'async' or 'async_local', got 'later'"),
         ("lua", "atomic(function() GB():register() end)", "register: cannot be called inside a run() or atomic()"),
         ("js", "GB('CommandReader').run()", "run: a CommandReader has no data to run over"),

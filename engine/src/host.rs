@@ -43,6 +43,11 @@ pub trait LockedHost {
     /// Sends a command to replicas and the AOF without running it here (how state that is
     /// not in the keyspace, like sessions, reaches them). Hosts without replicas ignore it.
     fn replicate(&self, _args: &[&[u8]]) {}
+
+    /// False on a replica: triggers and stream consumers act only on a primary.
+    fn is_primary(&self) -> bool {
+        true
+    }
 }
 
 /// A host with no data: scripts rebuilt while the server loads (or on a replica applying

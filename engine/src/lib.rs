@@ -14,6 +14,7 @@ mod memory_host;
 pub mod packages;
 pub mod plan;
 pub mod session;
+pub mod streams;
 mod runtime;
 mod value;
 pub mod workers;
@@ -28,6 +29,7 @@ pub use language::{CallClock, ClockGuard, Instance, Language, Limits, Natives, S
 pub use memory_host::{glob_match, MemoryHost};
 pub use plan::{Func, GroupMode, NativeOp, Plan, Reader, Step};
 pub use packages::{Package, PackageError, Packages};
-pub use session::{Mode, Registration, RegistrationSpec, Replace, Session, SessionDef, SessionError, Sessions, Stats, Trigger};
+pub use session::{FailPolicy, StreamOptions, Mode, Registration, RegistrationSpec, Replace, Session, SessionDef, SessionError, Sessions, Stats, Trigger};
+pub use streams::STREAM_POSITION;
 pub use runtime::{outcome_value, SESSION_LOAD, Api, Engine, EngineError, ExecRequest, RunApi, RunEnv};
 pub use value::{format_double, FnRef, ObjRef, Value};

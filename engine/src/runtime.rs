@@ -83,6 +83,7 @@ pub struct Engine {
     languages: Arc<Vec<Arc<dyn Language>>>,
     api: Arc<dyn Api>,
     pool: WorkerPool,
+    pub(crate) timers: Arc<crate::streams::Timers>,
 }
 
 /// The internal command that carries a session to replicas and the AOF.
@@ -125,7 +126,7 @@ impl Engine {
         let languages = Arc::new(languages);
         let threads = config.get_i64("execution-threads").max(1) as usize;
         let registry = Registry::new(host.shard_id(), config.get_i64("max-executions").max(1) as u64);
-        Arc::new(Engine { pool: WorkerPool::new(threads, languages.clone()), host, config, registry, sessions: Default::default(), packages: Default::default(), languages, api })
+        Arc::new(Engine { pool: WorkerPool::new(threads, languages.clone()), host, config, registry, sessions: Default::default(), packages: Default::default(), languages, api, timers: crate::streams::Timers::start() })
     }
 
     pub fn language(&self, name: &str) -> Result<Arc<dyn Language>, EngineError> {
@@ -176,7 +177,7 @@ impl Engine {
         Ok(exec)
     }
 
-    fn run_on_worker(&self, worker: &mut crate::workers::Worker, language: &'static str, req: &ExecRequest, exec: &Arc<Execution>) -> (Outcome, bool) {
+    fn run_on_worker(self: &Arc<Self>, worker: &mut crate::workers::Worker, language: &'static str, req: &ExecRequest, exec: &Arc<Execution>) -> (Outcome, bool) {
         if exec.abort.load(Ordering::SeqCst) {
             return (Outcome::Failed("execution aborted".into()), true);
         }
@@ -213,6 +214,7 @@ impl Engine {
                 description: req.description.clone(),
                 removed: Vec::new(),
                 paused: Vec::new(),
+                positions: Vec::new(),
             };
             let replace = if req.upgrade { crate::Replace::Must } else { crate::Replace::No };
             match self.sessions.install(&def, language, specs, api.imports(), replace) {
@@ -220,6 +222,9 @@ impl Engine {
                 Ok(_) => locked.replicate(&[SESSION_LOAD.as_bytes(), &def.encode()]),
                 Err(e) => return (Outcome::Failed(e.to_string()), false),
             }
+            drop(locked);
+            // StreamReader registrations start on the entries already in their streams.
+            self.kick_streams();
         }
         match result {
             Ok(v) => match api.take_output() {
@@ -273,6 +278,19 @@ impl Engine {
             Err(e) => reg.record(started.elapsed(), Err(&e.message), aborted),
         }
         result
+    }
+
+    /// Queues a job on a worker; false if the engine is shutting down.
+    pub fn submit_job(&self, job: Box<dyn FnOnce() + Send>) -> bool {
+        self.pool.submit(Box::new(move |_worker| {
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+        }))
+    }
+
+    /// Runs `f` on the timer thread as soon as possible (off the thread that asks, e.g. the
+    /// main thread, which must not wait for the data lock it holds).
+    pub fn soon(&self, f: Box<dyn FnOnce() + Send>) {
+        self.timers.at(std::time::Instant::now(), f);
     }
 
     /// Queues a registration's firing on a worker; `done` gets the outcome there.

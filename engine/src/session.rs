@@ -38,6 +38,47 @@ impl Mode {
     }
 }
 
+/// What a StreamReader registration does when a batch fails.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailPolicy {
+    /// Count the failure, move on to the next batch.
+    Continue,
+    /// Pause the registration (RG.UNPAUSEREGISTRATIONS resumes it from the failed batch).
+    Abort,
+    /// Run the same batch again after `retry_interval_ms`, until it succeeds.
+    Retry,
+}
+
+impl FailPolicy {
+    pub fn parse(s: &str) -> Option<FailPolicy> {
+        match s {
+            "continue" => Some(FailPolicy::Continue),
+            "abort" => Some(FailPolicy::Abort),
+            "retry" => Some(FailPolicy::Retry),
+            _ => None,
+        }
+    }
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            FailPolicy::Continue => "continue",
+            FailPolicy::Abort => "abort",
+            FailPolicy::Retry => "retry",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct StreamOptions {
+    /// Most entries per run of the steps.
+    pub batch: usize,
+    /// How long a partial batch may wait to fill (0: run at once).
+    pub duration_ms: u64,
+    pub on_failed: FailPolicy,
+    pub retry_interval_ms: u64,
+    /// Trim the processed entries from the stream.
+    pub trim: bool,
+}
+
 /// What fires a registration.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Trigger {
@@ -52,6 +93,8 @@ pub enum Trigger {
     },
     /// `RG.TRIGGER <name> [args...]`.
     Command { name: String },
+    /// Entries added to streams whose key starts with `prefix`, read in batches.
+    Stream { prefix: Vec<u8>, options: StreamOptions },
 }
 
 impl Trigger {
@@ -60,6 +103,21 @@ impl Trigger {
             Trigger::Keys { read_value: true, .. } => "KeysReader",
             Trigger::Keys { read_value: false, .. } => "KeysOnlyReader",
             Trigger::Command { .. } => "CommandReader",
+            Trigger::Stream { .. } => "StreamReader",
+        }
+    }
+
+    pub fn stream_options(&self) -> Option<&StreamOptions> {
+        match self {
+            Trigger::Stream { options, .. } => Some(options),
+            _ => None,
+        }
+    }
+
+    pub fn stream_prefix(&self) -> Option<&[u8]> {
+        match self {
+            Trigger::Stream { prefix, .. } => Some(prefix),
+            _ => None,
         }
     }
 
@@ -71,7 +129,7 @@ impl Trigger {
                     && event_types.as_ref().is_none_or(|e| e.iter().any(|x| x == event))
                     && key_types.as_ref().is_none_or(|t| t.iter().any(|x| x == key_type))
             }
-            Trigger::Command { .. } => false,
+            Trigger::Command { .. } | Trigger::Stream { .. } => false,
         }
     }
 
@@ -89,6 +147,14 @@ impl Trigger {
                 (Value::str("readValue"), Value::Bool(*read_value)),
             ]),
             Trigger::Command { name } => Value::Map(vec![(Value::str("trigger"), Value::String(name.clone()))]),
+            Trigger::Stream { prefix, options: o } => Value::Map(vec![
+                (Value::str("prefix"), Value::from_bytes(prefix.clone())),
+                (Value::str("batch"), Value::Int(o.batch as i64)),
+                (Value::str("duration"), Value::Int(o.duration_ms as i64)),
+                (Value::str("onFailedPolicy"), Value::str(o.on_failed.as_str())),
+                (Value::str("onFailedRetryInterval"), Value::Int(o.retry_interval_ms as i64)),
+                (Value::str("trimStream"), Value::Bool(o.trim)),
+            ]),
         }
     }
 }
@@ -121,6 +187,8 @@ pub struct Registration {
     pub index: usize,
     pub spec: RegistrationSpec,
     pub paused: AtomicBool,
+    /// StreamReader registrations: position and state per stream.
+    pub consumers: crate::streams::Consumers,
     stats: Mutex<Stats>,
 }
 
@@ -170,6 +238,8 @@ pub struct SessionDef {
     pub removed: Vec<usize>,
     /// Positions of paused registrations.
     pub paused: Vec<usize>,
+    /// StreamReader positions: (registration position, stream, last processed id).
+    pub positions: Vec<(usize, Vec<u8>, String)>,
 }
 
 impl SessionDef {
@@ -185,6 +255,7 @@ impl SessionDef {
             description: s.description.clone(),
             removed: (0..s.declared).filter(|i| !kept.contains(i)).collect(),
             paused: s.registrations.iter().filter(|r| r.paused.load(Ordering::Relaxed)).map(|r| r.index).collect(),
+            positions: s.registrations.iter().flat_map(|r| r.consumers.positions().into_iter().map(move |(k, id)| (r.index, k, id))).collect(),
         }
     }
 
@@ -202,6 +273,10 @@ impl SessionDef {
             (Value::str("description"), opt(&self.description)),
             (Value::str("removed"), ints(&self.removed)),
             (Value::str("paused"), ints(&self.paused)),
+            (
+                Value::str("positions"),
+                Value::Array(self.positions.iter().map(|(i, k, id)| Value::Array(vec![Value::Int(*i as i64), Value::Bytes(k.clone()), Value::String(id.clone())])).collect()),
+            ),
         ]);
         crate::codec::encode(&v).expect("a session definition is encodable")
     }
@@ -236,6 +311,20 @@ impl SessionDef {
             description: opt("description"),
             removed: ints("removed")?,
             paused: ints("paused")?,
+            positions: match v.get("positions") {
+                Some(Value::Array(items)) => items
+                    .iter()
+                    .map(|p| match p {
+                        Value::Array(t) if t.len() == 3 => Ok((
+                            t[0].as_i64().filter(|n| *n >= 0).ok_or("session definition: bad position")? as usize,
+                            t[1].as_bytes().ok_or("session definition: bad position")?.into_owned(),
+                            t[2].as_str_lossy().ok_or("session definition: bad position")?,
+                        )),
+                        _ => Err("session definition: bad position".to_string()),
+                    })
+                    .collect::<Result<_, String>>()?,
+                _ => Vec::new(),
+            },
         })
     }
 }
@@ -326,10 +415,31 @@ impl Sessions {
                     index,
                     spec,
                     paused: AtomicBool::new(def.paused.contains(&index)),
+                    consumers: Default::default(),
                     stats: Mutex::new(Stats::default()),
                 })
             })
             .collect();
+        // An upgraded session keeps where its stream consumers were (same position in the
+        // script, still a StreamReader): no entry is processed twice or skipped.
+        if let Some(old) = map.get(&id) {
+            for r in &registrations {
+                if let Some(o) = old.registrations.iter().find(|o| o.index == r.index && o.spec.trigger.stream_prefix() == r.spec.trigger.stream_prefix()) {
+                    if r.spec.trigger.stream_prefix().is_some() {
+                        for (k, pos) in o.consumers.positions() {
+                            if let Some(p) = crate::streams::parse_id(&pos) {
+                                r.consumers.set_position(&k, p);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        for (index, stream, pos) in &def.positions {
+            if let (Some(r), Some(p)) = (registrations.iter().find(|r| r.index == *index), crate::streams::parse_id(pos)) {
+                r.consumers.set_position(stream, p);
+            }
+        }
         let session = Arc::new(Session {
             id: id.clone(),
             language,
@@ -420,6 +530,17 @@ impl Sessions {
                 .find(|r| matches!(&r.spec.trigger, Trigger::Command { name: n } if n == name))
                 .map(|r| (s.clone(), r.clone()))
         })
+    }
+
+    /// StreamReader registrations listening to `stream`.
+    pub fn stream_triggers(&self, stream: &[u8]) -> Vec<(Arc<Session>, Arc<Registration>)> {
+        if self.count.load(Ordering::Relaxed) == 0 {
+            return Vec::new();
+        }
+        let map = self.map.read();
+        map.values()
+            .flat_map(|s| s.registrations.iter().filter(|r| r.spec.trigger.stream_prefix().is_some_and(|p| stream.starts_with(p))).map(move |r| (s.clone(), r.clone())))
+            .collect()
     }
 
     /// Registrations that a keyspace event fires, with their sessions.

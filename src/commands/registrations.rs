@@ -34,6 +34,24 @@ fn registration(r: &Registration) -> Value {
         kv("lastError", opt(&s.last_error)),
         kv("avgRunDurationMs", Value::Double(avg)),
         kv("lastRunDurationMs", Value::Double(s.last_duration.as_secs_f64() * 1000.0)),
+        kv(
+            "streams",
+            Value::Array(
+                r.consumers
+                    .map
+                    .lock()
+                    .iter()
+                    .map(|(k, c)| {
+                        Value::Map(vec![
+                            kv("stream", Value::from_bytes(k.clone())),
+                            kv("lastProcessedId", Value::String(engine::streams::format_id(c.last_id))),
+                            kv("busy", Value::Bool(c.running || c.waiting_since.is_some())),
+                            kv("lastError", opt(&c.last_error)),
+                        ])
+                    })
+                    .collect(),
+            ),
+        ),
     ])
 }
 
@@ -99,7 +117,13 @@ pub fn pause(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
 
 /// RG.UNPAUSEREGISTRATIONS id [id ...]
 pub fn unpause(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
-    guarded(ctx, || set_paused(ctx, &args, false, "RG.UNPAUSEREGISTRATIONS <id> [<id> ...]"))
+    guarded(ctx, || {
+        let r = set_paused(ctx, &args, false, "RG.UNPAUSEREGISTRATIONS <id> [<id> ...]")?;
+        // Stream consumers pick up what arrived while they were paused.
+        let e = engine().clone();
+        engine().soon(Box::new(move || e.kick_streams()));
+        Ok(r)
+    })
 }
 
 /// RG.CLEARREGISTRATIONSSTATS

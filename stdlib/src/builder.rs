@@ -2,7 +2,7 @@
 //! `aggregate`, ...) are defined here once, as sequences of primitive steps.
 
 use crate::args::{self, func, opt_func, opt_usize, wrong};
-use engine::{Func, GroupMode, Mode, NativeOp, Plan, Reader, RegistrationSpec, ScriptError, Step, Trigger, Value};
+use engine::{FailPolicy, Func, GroupMode, Mode, NativeOp, Plan, Reader, RegistrationSpec, ScriptError, Step, StreamOptions, Trigger, Value};
 
 pub const READERS: &[&str] = &["KeysReader", "KeysOnlyReader", "StreamReader", "ShardsIDReader", "CommandReader"];
 
@@ -239,11 +239,11 @@ impl Builder {
         let known: &[&str] = match self.reader {
             ReaderKind::Keys | ReaderKind::KeysOnly => &["prefix", "eventTypes", "keyTypes", "readValue", "mode", "description"],
             ReaderKind::Command => &["trigger", "mode", "description"],
-            ReaderKind::Stream | ReaderKind::ShardsId => {
-                return Err(ScriptError::usage(format!(
-                    "register: a {} cannot be registered yet; registrations are made with KeysReader, KeysOnlyReader or CommandReader",
-                    if self.reader == ReaderKind::Stream { "StreamReader" } else { "ShardsIDReader" }
-                )))
+            ReaderKind::Stream => &["prefix", "batch", "duration", "onFailedPolicy", "onFailedRetryInterval", "trimStream", "mode", "description"],
+            ReaderKind::ShardsId => {
+                return Err(ScriptError::usage(
+                    "register: a ShardsIDReader cannot be registered; registrations are made with KeysReader, KeysOnlyReader, StreamReader or CommandReader",
+                ))
             }
         };
         let opts = args::options(a, 0, "register", known)?;
@@ -256,6 +256,14 @@ impl Builder {
         let (mut mode, mut description) = (Mode::Async, None);
         let (mut prefix, mut event_types, mut key_types, mut read_value, mut trigger) =
             (Vec::new(), None, None, self.reader == ReaderKind::Keys, None);
+        let mut stream = StreamOptions { batch: 1, duration_ms: 0, on_failed: FailPolicy::Continue, retry_interval_ms: 5000, trim: true };
+        let count = |name: &str, v: &Value, min: i64, max: i64| -> Result<i64, ScriptError> {
+            match v {
+                Value::Int(n) if (min..=max).contains(n) => Ok(*n),
+                Value::Int(n) => Err(ScriptError::usage(format!("register: {name} must be between {min} and {max}, got {n}"))),
+                other => Err(ScriptError::usage(format!("register: {name} must be an integer, got {}", other.type_name()))),
+            }
+        };
         for (name, v) in opts {
             match name.as_str() {
                 "mode" => {
@@ -282,6 +290,17 @@ impl Builder {
                     other => return Err(ScriptError::usage(format!("register: readValue must be a boolean, got {}", other.type_name()))),
                 },
                 "trigger" => trigger = Some(text("trigger", v)?),
+                "batch" => stream.batch = count("batch", v, 1, 1_000_000)? as usize,
+                "duration" => stream.duration_ms = count("duration", v, 0, 86_400_000)? as u64,
+                "onFailedRetryInterval" => stream.retry_interval_ms = count("onFailedRetryInterval", v, 1, 86_400_000)? as u64,
+                "onFailedPolicy" => {
+                    let p = text("onFailedPolicy", v)?;
+                    stream.on_failed = FailPolicy::parse(&p).ok_or_else(|| ScriptError::usage(format!("register: onFailedPolicy must be 'continue', 'abort' or 'retry', got '{p}'")))?;
+                }
+                "trimStream" => match v {
+                    Value::Bool(b) => stream.trim = *b,
+                    other => return Err(ScriptError::usage(format!("register: trimStream must be a boolean, got {}", other.type_name()))),
+                },
                 _ => {}
             }
         }
@@ -292,6 +311,12 @@ impl Builder {
                     return Err(ScriptError::usage("register: the trigger name must not be empty"));
                 }
                 Trigger::Command { name }
+            }
+            ReaderKind::Stream => {
+                if mode == Mode::Sync {
+                    return Err(ScriptError::usage("register: a StreamReader runs on workers: mode must be 'async' or 'async_local'"));
+                }
+                Trigger::Stream { prefix, options: stream }
             }
             _ => Trigger::Keys { prefix, event_types, key_types, read_value },
         };

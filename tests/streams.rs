@@ -1,0 +1,193 @@
+//! StreamReader registrations: batches, time bounds, failure policies, trimming, and
+//! at-least-once delivery across kill -9, upgrades and failover.
+
+mod common;
+
+use common::{canon::fmt, cmd, exec, Server};
+use std::time::{Duration, Instant};
+
+fn eventually(c: &mut redis::Connection, words: &[&str], expected: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let got = fmt(&cmd(c, words));
+        if got == expected {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{words:?}: expected {expected}, still {got}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn xadd(c: &mut redis::Connection, stream: &str, n: usize) {
+    for i in 0..n {
+        cmd(c, &["XADD", stream, "*", "n", &i.to_string()]);
+    }
+}
+
+#[test]
+fn entries_are_processed_in_batches_and_trimmed() {
+    let s = Server::start(&[]);
+    let mut c = s.conn();
+    for (lang, code) in [
+        ("lua", "GB('StreamReader'):foreach(function(r) execute('SADD', 'seen', r.id) end):count():foreach(function(n) execute('RPUSH', 'batches', n) end):register({prefix = 'orders:', batch = 3})"),
+        ("js", "GB('StreamReader').foreach(r => { execute('SADD', 'seen', r.id) }).count().foreach(n => { execute('RPUSH', 'batches', n) }).register({prefix: 'orders:', batch: 3})"),
+    ] {
+        cmd(&mut c, &["FLUSHALL"]);
+        // Entries already there when the registration is made are processed too.
+        xadd(&mut c, "orders:1", 7);
+        assert_eq!(exec(&mut c, lang, code, &["ID", "orders"]), "OK");
+        eventually(&mut c, &["LRANGE", "batches", "0", "-1"], r#"["3", "3", "1"]"#);
+        assert_eq!(fmt(&cmd(&mut c, &["SCARD", "seen"])), "7");
+        eventually(&mut c, &["XLEN", "orders:1"], "0");
+        xadd(&mut c, "orders:2", 2);
+        eventually(&mut c, &["SCARD", "seen"], "9");
+        let dump = fmt(&cmd(&mut c, &["RG.DUMPREGISTRATIONS"]));
+        assert!(dump.contains(r#""reader", "StreamReader""#) && dump.contains(r#""stream", "orders:2""#), "{dump}");
+        cmd(&mut c, &["RG.DROPSESSION", "orders"]);
+    }
+}
+
+#[test]
+fn a_partial_batch_waits_for_its_duration() {
+    let s = Server::start(&[]);
+    let mut c = s.conn();
+    exec(&mut c, "js", "GB('StreamReader').count().foreach(n => { execute('RPUSH', 'batches', n) }).register({prefix: 'ev:', batch: 100, duration: 400, trimStream: false})", &["ID", "timed"]);
+    let t = Instant::now();
+    xadd(&mut c, "ev:1", 3);
+    std::thread::sleep(Duration::from_millis(100));
+    if t.elapsed() < Duration::from_millis(350) {
+        assert_eq!(fmt(&cmd(&mut c, &["LLEN", "batches"])), "0", "ran before the batch filled or the duration passed");
+    }
+    eventually(&mut c, &["LRANGE", "batches", "0", "-1"], r#"["3"]"#);
+    assert_eq!(fmt(&cmd(&mut c, &["XLEN", "ev:1"])), "3", "trimStream false keeps the entries");
+}
+
+#[test]
+fn failure_policies() {
+    let s = Server::start(&[]);
+    let mut c = s.conn();
+    // retry: the same batch again until it succeeds; nothing lost.
+    exec(&mut c, "lua", "GB('StreamReader'):foreach(function(r) if execute('EXISTS', 'ok') == 0 then error('target down') end execute('SADD', 'seen', r.id) end):register({prefix = 'r:', onFailedPolicy = 'retry', onFailedRetryInterval = 50})", &["ID", "retry"]);
+    xadd(&mut c, "r:1", 3);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(fmt(&cmd(&mut c, &["SCARD", "seen"])), "0");
+    assert!(fmt(&cmd(&mut c, &["RG.DUMPREGISTRATIONS"])).contains("target down"));
+    cmd(&mut c, &["SET", "ok", "1"]);
+    eventually(&mut c, &["SCARD", "seen"], "3");
+    cmd(&mut c, &["DEL", "ok", "seen"]);
+    // continue: the failed batch is given up, the next ones go on.
+    exec(&mut c, "js", "GB('StreamReader').foreach(r => { if (r.value.n === '1') throw new Error('poison'); execute('SADD', 'cont', r.id) }).register({prefix: 'c:'})", &["ID", "continue"]);
+    xadd(&mut c, "c:1", 3);
+    eventually(&mut c, &["SCARD", "cont"], "2");
+    // abort: the registration pauses at the failed batch; unpaused, it goes on from there.
+    exec(&mut c, "js", "GB('StreamReader').foreach(r => { if (execute('EXISTS', 'fixed') === 0) throw new Error('stop'); execute('SADD', 'ab', r.id) }).register({prefix: 'a:', batch: 10, onFailedPolicy: 'abort'})", &["ID", "abort"]);
+    xadd(&mut c, "a:1", 4);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !fmt(&cmd(&mut c, &["RG.DUMPREGISTRATIONS"])).contains(r#""status", "paused""#) {
+        assert!(Instant::now() < deadline, "abort did not pause the registration");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    cmd(&mut c, &["SET", "fixed", "1"]);
+    assert_eq!(fmt(&cmd(&mut c, &["RG.UNPAUSEREGISTRATIONS", "abort/0"])), "OK");
+    eventually(&mut c, &["SCARD", "ab"], "4");
+}
+
+#[test]
+fn register_stream_bad_input() {
+    let s = Server::start(&[]);
+    let mut c = s.conn();
+    for (lang, code, expected) in [
+        ("lua", "GB('StreamReader'):register({batch = 0})", "register: batch must be between 1 and 1000000, got 0"),
+        ("js", "GB('StreamReader').register({batch: 'ten'})", "register: batch must be an integer, got string"),
+        ("lua", "GB('StreamReader'):register({onFailedPolicy = 'panic'})", "register: onFailedPolicy must be 'continue', 'abort' or 'retry', got 'panic'"),
+        ("js", "GB('StreamReader').register({trimStream: 1})", "register: trimStream must be a boolean, got integer"),
+        ("lua", "GB('StreamReader'):register({mode = 'sync'})", "register: a StreamReader runs on workers"),
+        ("js", "GB('StreamReader').register({eventTypes: ['xadd']})", "register: unknown option 'eventTypes'"),
+    ] {
+        let got = exec(&mut c, lang, code, &[]);
+        assert!(got.contains(expected), "{lang} `{code}`: {got}");
+    }
+    assert_eq!(fmt(&cmd(&mut c, &["RG.DUMPREGISTRATIONS"])), "[]");
+}
+
+#[test]
+fn an_upgrade_keeps_the_stream_positions() {
+    let s = Server::start(&[]);
+    let mut c = s.conn();
+    exec(&mut c, "lua", "GB('StreamReader'):foreach(function(r) execute('SADD', 'v1', r.id) end):register({prefix = 'u:', trimStream = false})", &["ID", "up"]);
+    xadd(&mut c, "u:1", 3);
+    eventually(&mut c, &["SCARD", "v1"], "3");
+    assert_eq!(exec(&mut c, "js", "GB('StreamReader').foreach(r => { execute('SADD', 'v2', r.id) }).register({prefix: 'u:', trimStream: false})", &["ID", "up", "UPGRADE"]), "OK");
+    xadd(&mut c, "u:1", 2);
+    eventually(&mut c, &["SCARD", "v2"], "2");
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(fmt(&cmd(&mut c, &["SCARD", "v2"])), "2", "the upgrade reprocessed old entries");
+    assert_eq!(fmt(&cmd(&mut c, &["SCARD", "v1"])), "3");
+}
+
+#[test]
+fn nothing_acknowledged_is_lost_across_kill_9() {
+    let mut s = Server::start_with(&[], &["--appendonly", "yes", "--appendfsync", "always"]);
+    let mut c = s.conn();
+    exec(&mut c, "lua", "GB('StreamReader'):foreach(function(r) execute('SADD', 'done', r.value.n) end):register({prefix = 'jobs:', batch = 10})", &["ID", "jobs"]);
+    let total = 600;
+    let mut acked = 0;
+    for round in 0..3 {
+        // Add a third of the entries, then kill the server without warning while the
+        // consumer is still working through them.
+        for i in 0..total / 3 {
+            let n = round * (total / 3) + i;
+            let r = cmd(&mut c, &["XADD", "jobs:q", "*", "n", &n.to_string()]);
+            assert!(!fmt(&r).starts_with("(error)"), "{}", fmt(&r));
+            acked += 1;
+        }
+        s.restart();
+        c = s.conn();
+    }
+    eventually(&mut c, &["SCARD", "done"], &total.to_string());
+    assert_eq!(acked, total);
+    eventually(&mut c, &["XLEN", "jobs:q"], "0");
+    let dump = fmt(&cmd(&mut c, &["RG.DUMPREGISTRATIONS"]));
+    assert!(dump.contains(r#""numFailures", 0"#), "{dump}");
+}
+
+#[test]
+fn a_promoted_replica_goes_on_from_the_primarys_position() {
+    let primary = Server::start(&[]);
+    let replica = Server::start_with(&[], &["--replicaof", "127.0.0.1", &primary.port.to_string()]);
+    let mut p = primary.conn();
+    let mut r = replica.conn();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !fmt(&cmd(&mut r, &["INFO", "replication"])).contains("master_link_status:up") {
+        assert!(Instant::now() < deadline, "replica never connected");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    exec(&mut p, "js", "GB('StreamReader').foreach(r => { execute('RPUSH', 'log', r.value.n) }).register({prefix: 'f:', trimStream: false})", &["ID", "fo"]);
+    xadd(&mut p, "f:1", 3);
+    eventually(&mut p, &["LLEN", "log"], "3");
+    cmd(&mut p, &["WAIT", "1", "5000"]);
+    eventually(&mut r, &["LLEN", "log"], "3");
+    assert!(fmt(&cmd(&mut r, &["RG.DUMPREGISTRATIONS"])).contains(r#""stream", "f:1""#), "the replica has the position");
+    drop(p);
+    drop(primary);
+    assert_eq!(fmt(&cmd(&mut r, &["REPLICAOF", "NO", "ONE"])), "OK");
+    xadd(&mut r, "f:1", 1);
+    eventually(&mut r, &["LRANGE", "log", "0", "-1"], r#"["0", "1", "2", "0"]"#);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(fmt(&cmd(&mut r, &["LLEN", "log"])), "4", "entries processed twice after the failover");
+}
+
+#[test]
+fn trimming_waits_for_every_consumer_of_the_stream() {
+    let s = Server::start(&[]);
+    let mut c = s.conn();
+    exec(&mut c, "lua", "GB('StreamReader'):foreach(function(r) execute('SADD', 'fast', r.id) end):register({prefix = 't:'})", &["ID", "fast"]);
+    exec(&mut c, "js", "GB('StreamReader').foreach(r => { if (execute('EXISTS', 'go') === 0) throw new Error('not yet'); execute('SADD', 'slow', r.id) }).register({prefix: 't:', onFailedPolicy: 'retry', onFailedRetryInterval: 50})", &["ID", "slow"]);
+    xadd(&mut c, "t:1", 5);
+    eventually(&mut c, &["SCARD", "fast"], "5");
+    std::thread::sleep(Duration::from_millis(150));
+    assert_eq!(fmt(&cmd(&mut c, &["XLEN", "t:1"])), "5", "entries trimmed before the slow consumer had them");
+    cmd(&mut c, &["SET", "go", "1"]);
+    eventually(&mut c, &["SCARD", "slow"], "5");
+    eventually(&mut c, &["XLEN", "t:1"], "0");
+}
