@@ -226,3 +226,45 @@ fn sync_trigger_writes_reach_a_replica_which_fires_nothing() {
     eventually(&mut r, &["GET", "fired"], r#""1""#);
     assert_eq!(fmt(&cmd(&mut r, &["HGET", "user:1", "a"])), r#""1""#);
 }
+
+#[test]
+fn upgrade_is_atomic_under_concurrent_writes() {
+    let s = Server::start(&[]);
+    let mut c = s.conn();
+    exec(&mut c, "lua", "GB('KeysOnlyReader'):foreach(function(r) execute('RPUSH', 'log', 'v1') end):register({prefix = 'w:', mode = 'sync'})", &["ID", "atomic"]);
+    let port = s.port;
+    let writer = std::thread::spawn(move || {
+        let mut w = redis::Client::open(format!("redis://127.0.0.1:{port}/")).unwrap().get_connection().unwrap();
+        for i in 0..2000 {
+            cmd(&mut w, &["SET", &format!("w:{i}"), "x"]);
+        }
+    });
+    std::thread::sleep(Duration::from_millis(30));
+    assert_eq!(exec(&mut c, "js", "GB('KeysOnlyReader').foreach(r => { execute('RPUSH', 'log', 'v2') }).register({prefix: 'w:', mode: 'sync'})", &["ID", "atomic", "UPGRADE"]), "OK");
+    writer.join().unwrap();
+    let log: Vec<String> = redis::cmd("LRANGE").arg("log").arg(0).arg(-1).query(&mut c).unwrap();
+    // Every write fired exactly one version, and once v2 was live v1 never fired again.
+    assert_eq!(log.len(), 2000);
+    let switch = log.iter().position(|v| v == "v2").expect("v2 never fired");
+    assert!(log[..switch].iter().all(|v| v == "v1") && log[switch..].iter().all(|v| v == "v2"), "versions interleaved");
+    assert!(switch > 0, "the upgrade happened before any write: the test did not overlap them");
+}
+
+#[test]
+fn a_user_cannot_register_on_keys_it_may_not_read() {
+    let s = Server::start(&[]);
+    let mut admin = s.conn();
+    cmd(&mut admin, &["ACL", "SETUSER", "app", "on", ">pw", "~app:*", "+@all"]);
+    let mut app = s.conn();
+    cmd(&mut app, &["AUTH", "app", "pw"]);
+    for (lang, code) in [
+        ("lua", "GB():register({prefix = 'secret:'})"),
+        ("js", "GB('StreamReader').register({prefix: 'secret:'})"),
+        ("lua", "GB():register({})"),
+    ] {
+        let got = exec(&mut app, lang, code, &[]);
+        assert!(got.contains("may not read keys starting with"), "{lang} `{code}`: {got}");
+    }
+    assert_eq!(exec(&mut app, "js", "GB().register({prefix: 'app:'})", &[]), "OK");
+    assert_eq!(fmt(&cmd(&mut admin, &["RG.DUMPSESSIONS"])).matches("\"user\", \"app\"").count(), 1);
+}

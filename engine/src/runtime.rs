@@ -204,6 +204,24 @@ impl Engine {
             // Installed under the data lock: no trigger fires while the old registrations
             // give way to the new ones.
             let locked = self.host.lock(req.db);
+            // A user may only register on keys it may read (checked on the prefix itself).
+            if let Some(user) = req.user.as_deref() {
+                for spec in &specs {
+                    let prefix = match &spec.trigger {
+                        crate::Trigger::Keys { prefix, .. } | crate::Trigger::Stream { prefix, .. } => prefix,
+                        crate::Trigger::Command { .. } => continue,
+                    };
+                    if let Err(crate::HostError::NoPermission(_)) = locked.call(Some(user), &[b"EXISTS", prefix]) {
+                        return (
+                            Outcome::Failed(format!(
+                                "register: user '{user}' may not read keys starting with '{}'",
+                                String::from_utf8_lossy(prefix)
+                            )),
+                            false,
+                        );
+                    }
+                }
+            }
             let def = crate::SessionDef {
                 id: exec.id.clone(),
                 language: language.to_string(),
