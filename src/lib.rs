@@ -3,6 +3,7 @@
 
 mod blocking;
 mod commands;
+mod hooks;
 mod host;
 mod info;
 mod persistence;
@@ -67,6 +68,10 @@ fn init(ctx: &Context, args: &[RedisString]) -> Status {
         ctx.log_warning("rg: could not subscribe to loading events");
         return Status::Err;
     }
+    if !hooks::register_filter(ctx) {
+        ctx.log_warning("rg: could not register the command filter of hooks");
+        return Status::Err;
+    }
     if !triggers::subscribe(ctx) {
         ctx.log_warning("rg: could not subscribe to keyspace events");
         return Status::Err;
@@ -113,5 +118,8 @@ redis_module! {
         ["rg.sessionload", persistence::session_load, "write deny-script", 0, 0, 0, ""],
         ["rg.sessiondrop", persistence::session_drop, "write deny-script", 0, 0, 0, ""],
         ["rg.streampos", persistence::stream_position, "write deny-script", 0, 0, 0, ""],
+        // What hooked commands become; its flags are neutral so that reads stay possible on
+        // replicas and inside EVAL (where hooks do not fire).
+        ["rg.hookrun", hooks::hook_run, "", 0, 0, 0, ""],
     ],
 }

@@ -31,5 +31,5 @@ pub use plan::{Func, GroupMode, NativeOp, Plan, Reader, Step};
 pub use packages::{Package, PackageError, Packages};
 pub use session::{FailPolicy, StreamOptions, Mode, Registration, RegistrationSpec, Replace, Session, SessionDef, SessionError, Sessions, Stats, Trigger};
 pub use streams::STREAM_POSITION;
-pub use runtime::{outcome_value, SESSION_LOAD, Api, Engine, EngineError, ExecRequest, RunApi, RunEnv};
+pub use runtime::{outcome_value, HookCall, SESSION_LOAD, Api, Engine, EngineError, ExecRequest, RunApi, RunEnv};
 pub use value::{format_double, FnRef, ObjRef, Value};

@@ -22,6 +22,17 @@ pub struct RunEnv {
     pub user: Option<String>,
     /// The database selected by the client that started the run.
     pub db: u32,
+    /// In a command hook: the hooked call, for `callNext()`.
+    pub hook: Option<HookCall>,
+}
+
+/// The command call a hook intercepted.
+#[derive(Clone, Debug)]
+pub struct HookCall {
+    /// The command and its arguments as the client sent them.
+    pub args: Vec<Vec<u8>>,
+    /// The client's ACL user: `callNext()` runs the command with its permissions.
+    pub user: Option<String>,
 }
 
 /// The script API (the stdlib) as the engine sees it.
@@ -194,6 +205,7 @@ impl Engine {
             execution: exec.clone(),
             user: req.user.clone(),
             db: req.db,
+            hook: None,
         });
         let result = inst.run(&req.source, &req.args, &*api as &dyn Natives);
         inst.end_run();
@@ -209,7 +221,7 @@ impl Engine {
                 for spec in &specs {
                     let prefix = match &spec.trigger {
                         crate::Trigger::Keys { prefix, .. } | crate::Trigger::Stream { prefix, .. } => prefix,
-                        crate::Trigger::Command { .. } => continue,
+                        crate::Trigger::Command { .. } | crate::Trigger::Hook { .. } => continue,
                     };
                     if let Err(crate::HostError::NoPermission(_)) = locked.call(Some(user), &[b"EXISTS", prefix]) {
                         return (
@@ -263,7 +275,7 @@ impl Engine {
         let lang = self.language(&def.language).map_err(|e| e.to_string())?;
         let mut instance = lang.new_instance(self.config.limits(lang.name())).map_err(|e| e.message)?;
         let execution = Arc::new(Execution::new(def.id.clone(), lang.name(), None));
-        let natives = self.api.begin_rebuild(RunEnv { host, packages: self.packages.clone(), config: self.config.clone(), execution, user: def.user.clone(), db: def.db });
+        let natives = self.api.begin_rebuild(RunEnv { host, packages: self.packages.clone(), config: self.config.clone(), execution, user: def.user.clone(), db: def.db, hook: None });
         let r = instance.run(&def.source, &def.args, &*natives as &dyn Natives);
         instance.end_run();
         r.map_err(|e| format!("session '{}': {}", def.id, e.message))?;
@@ -276,13 +288,18 @@ impl Engine {
     /// in plan-building mode). `host` is how its `execute()` calls reach the data: in place
     /// for sync triggers, through the lock for async ones.
     pub fn fire(&self, host: Arc<dyn Host>, session: &Arc<crate::Session>, reg: &crate::Registration, records: Vec<Value>) -> Result<RunOutput, ScriptError> {
+        self.fire_hook(host, session, reg, records, None)
+    }
+
+    /// `fire` for a command hook: `callNext()` in the steps runs `hook`'s call.
+    pub fn fire_hook(&self, host: Arc<dyn Host>, session: &Arc<crate::Session>, reg: &crate::Registration, records: Vec<Value>, hook: Option<HookCall>) -> Result<RunOutput, ScriptError> {
         if session_busy(&session.id) {
             // The session's own trigger wrote this key: not fired again (no recursion).
             return Ok(RunOutput::default());
         }
         let started = std::time::Instant::now();
         let execution = Arc::new(Execution::new(reg.id.clone(), session.language, None));
-        let env = RunEnv { host: host.clone(), packages: self.packages.clone(), config: self.config.clone(), execution: execution.clone(), user: session.user.clone(), db: session.db };
+        let env = RunEnv { host: host.clone(), packages: self.packages.clone(), config: self.config.clone(), execution: execution.clone(), user: session.user.clone(), db: session.db, hook };
         let result = self.with_session_instance(session, env.clone(), |inst| {
             let natives = self.api.begin_run(env);
             let calls = InstanceCalls { inst: std::cell::RefCell::new(inst), natives: &*natives as &dyn Natives };

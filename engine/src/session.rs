@@ -95,6 +95,9 @@ pub enum Trigger {
     Command { name: String },
     /// Entries added to streams whose key starts with `prefix`, read in batches.
     Stream { prefix: Vec<u8>, options: StreamOptions },
+    /// Calls of an existing command (lower case), optionally only when its first key
+    /// argument starts with `prefix`.
+    Hook { command: String, prefix: Option<Vec<u8>> },
 }
 
 impl Trigger {
@@ -104,6 +107,15 @@ impl Trigger {
             Trigger::Keys { read_value: false, .. } => "KeysOnlyReader",
             Trigger::Command { .. } => "CommandReader",
             Trigger::Stream { .. } => "StreamReader",
+            Trigger::Hook { .. } => "CommandReader",
+        }
+    }
+
+    /// Does a call of `command` (lower case) with first argument `first` fire this hook?
+    pub fn matches_hook(&self, command: &str, first: Option<&[u8]>) -> bool {
+        match self {
+            Trigger::Hook { command: c, prefix } => c == command && prefix.as_ref().is_none_or(|p| first.is_some_and(|f| f.starts_with(p))),
+            _ => false,
         }
     }
 
@@ -129,7 +141,7 @@ impl Trigger {
                     && event_types.as_ref().is_none_or(|e| e.iter().any(|x| x == event))
                     && key_types.as_ref().is_none_or(|t| t.iter().any(|x| x == key_type))
             }
-            Trigger::Command { .. } | Trigger::Stream { .. } => false,
+            Trigger::Command { .. } | Trigger::Stream { .. } | Trigger::Hook { .. } => false,
         }
     }
 
@@ -147,6 +159,10 @@ impl Trigger {
                 (Value::str("readValue"), Value::Bool(*read_value)),
             ]),
             Trigger::Command { name } => Value::Map(vec![(Value::str("trigger"), Value::String(name.clone()))]),
+            Trigger::Hook { command, prefix } => Value::Map(vec![
+                (Value::str("hook"), Value::String(command.clone())),
+                (Value::str("prefix"), prefix.clone().map(Value::from_bytes).unwrap_or(Value::Nil)),
+            ]),
             Trigger::Stream { prefix, options: o } => Value::Map(vec![
                 (Value::str("prefix"), Value::from_bytes(prefix.clone())),
                 (Value::str("batch"), Value::Int(o.batch as i64)),
@@ -368,6 +384,8 @@ pub enum SessionError {
     NoRegistration(String),
     #[error("a registration for trigger '{0}' already exists (session '{1}')")]
     TriggerTaken(String, String),
+    #[error("command '{0}' is already hooked (session '{1}')")]
+    HookTaken(String, String),
 }
 
 /// Every session of this shard, and an index of their registrations.
@@ -377,6 +395,8 @@ pub struct Sessions {
     versions: AtomicU64,
     /// Registrations in all sessions; zero lets keyspace events return at once.
     count: AtomicU64,
+    /// Hook registrations in all sessions; zero lets the command filter return at once.
+    hooks: AtomicU64,
 }
 
 impl Sessions {
@@ -394,6 +414,13 @@ impl Sessions {
             _ => {}
         }
         for spec in &specs {
+            if let Trigger::Hook { command, .. } = &spec.trigger {
+                for other in map.values().filter(|s| s.id != id) {
+                    if other.registrations.iter().any(|r| matches!(&r.spec.trigger, Trigger::Hook { command: c, .. } if c == command)) {
+                        return Err(SessionError::HookTaken(command.clone(), other.id.clone()));
+                    }
+                }
+            }
             if let Trigger::Command { name } = &spec.trigger {
                 for other in map.values().filter(|s| s.id != id) {
                     if other.registrations.iter().any(|r| matches!(&r.spec.trigger, Trigger::Command { name: n } if n == name)) {
@@ -457,12 +484,15 @@ impl Sessions {
             self.count.fetch_sub(old.registrations.len() as u64, Ordering::Relaxed);
         }
         self.count.fetch_add(session.registrations.len() as u64, Ordering::Relaxed);
+        self.hooks.store(Self::count_hooks(&map), Ordering::Relaxed);
         Ok(session)
     }
 
     pub fn drop_session(&self, id: &str) -> Result<Arc<Session>, SessionError> {
-        let old = self.map.write().remove(id).ok_or_else(|| SessionError::NotFound(id.to_string()))?;
+        let mut map = self.map.write();
+        let old = map.remove(id).ok_or_else(|| SessionError::NotFound(id.to_string()))?;
         self.count.fetch_sub(old.registrations.len() as u64, Ordering::Relaxed);
+        self.hooks.store(Self::count_hooks(&map), Ordering::Relaxed);
         Ok(old)
     }
 
@@ -470,6 +500,7 @@ impl Sessions {
     pub fn clear(&self) {
         self.map.write().clear();
         self.count.store(0, Ordering::Relaxed);
+        self.hooks.store(0, Ordering::Relaxed);
     }
 
     /// Removes one registration (its session keeps the others); returns the session.
@@ -497,6 +528,7 @@ impl Sessions {
         let updated = Arc::new(updated);
         map.insert(session.id.clone(), updated.clone());
         self.count.fetch_sub(1, Ordering::Relaxed);
+        self.hooks.store(Self::count_hooks(&map), Ordering::Relaxed);
         Ok(updated)
     }
 
@@ -530,6 +562,26 @@ impl Sessions {
                 .find(|r| matches!(&r.spec.trigger, Trigger::Command { name: n } if n == name))
                 .map(|r| (s.clone(), r.clone()))
         })
+    }
+
+    /// Is any command hooked? (Checked for every command the server runs.)
+    pub fn has_hooks(&self) -> bool {
+        self.hooks.load(Ordering::Relaxed) > 0
+    }
+
+    /// The hook registration a call of `command` fires, if any.
+    pub fn hook_for(&self, command: &str, first: Option<&[u8]>) -> Option<(Arc<Session>, Arc<Registration>)> {
+        let map = self.map.read();
+        map.values().find_map(|s| {
+            s.registrations
+                .iter()
+                .find(|r| !r.paused.load(Ordering::Relaxed) && r.spec.trigger.matches_hook(command, first))
+                .map(|r| (s.clone(), r.clone()))
+        })
+    }
+
+    fn count_hooks(map: &BTreeMap<String, Arc<Session>>) -> u64 {
+        map.values().flat_map(|s| s.registrations.iter()).filter(|r| matches!(r.spec.trigger, Trigger::Hook { .. })).count() as u64
     }
 
     /// StreamReader registrations listening to `stream`.

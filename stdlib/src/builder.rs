@@ -238,7 +238,7 @@ impl Builder {
         args::at_most(a, 1, "register", "register([options])")?;
         let known: &[&str] = match self.reader {
             ReaderKind::Keys | ReaderKind::KeysOnly => &["prefix", "eventTypes", "keyTypes", "readValue", "mode", "description"],
-            ReaderKind::Command => &["trigger", "mode", "description"],
+            ReaderKind::Command => &["trigger", "hook", "prefix", "mode", "description"],
             ReaderKind::Stream => &["prefix", "batch", "duration", "onFailedPolicy", "onFailedRetryInterval", "trimStream", "mode", "description"],
             ReaderKind::ShardsId => {
                 return Err(ScriptError::usage(
@@ -253,7 +253,8 @@ impl Builder {
                 other => Err(ScriptError::usage(format!("register: {name} must be a string, got {}", other.type_name()))),
             }
         };
-        let (mut mode, mut description) = (Mode::Async, None);
+        let (mut mode, mut description, mut mode_given) = (Mode::Async, None, false);
+        let (mut hook, mut prefix_given) = (None, false);
         let (mut prefix, mut event_types, mut key_types, mut read_value, mut trigger) =
             (Vec::new(), None, None, self.reader == ReaderKind::Keys, None);
         let mut stream = StreamOptions { batch: 1, duration_ms: 0, on_failed: FailPolicy::Continue, retry_interval_ms: 5000, trim: true };
@@ -269,9 +270,12 @@ impl Builder {
                 "mode" => {
                     let m = text("mode", v)?;
                     mode = Mode::parse(&m).ok_or_else(|| ScriptError::usage(format!("register: mode must be 'sync', 'async' or 'async_local', got '{m}'")))?;
+                    mode_given = true;
                 }
                 "description" => description = Some(text("description", v)?),
+                "hook" => hook = Some(text("hook", v)?),
                 "prefix" => {
+                    prefix_given = true;
                     prefix = match v {
                         Value::String(_) | Value::Bytes(_) => v.as_bytes().map(|b| b.into_owned()).unwrap_or_default(),
                         other => return Err(ScriptError::usage(format!("register: prefix must be a string, got {}", other.type_name()))),
@@ -305,13 +309,34 @@ impl Builder {
             }
         }
         let trigger = match self.reader {
-            ReaderKind::Command => {
-                let name = trigger.ok_or_else(|| ScriptError::usage("register: a CommandReader needs a trigger name: register({trigger = 'name'})"))?;
-                if name.is_empty() {
-                    return Err(ScriptError::usage("register: the trigger name must not be empty"));
+            ReaderKind::Command => match (trigger, hook) {
+                (Some(_), Some(_)) => return Err(ScriptError::usage("register: give a CommandReader either a trigger or a hook, not both")),
+                (None, None) => {
+                    return Err(ScriptError::usage(
+                        "register: a CommandReader needs a trigger name (register({trigger = 'name'})) or a command to hook (register({hook = 'HSET'}))",
+                    ))
                 }
-                Trigger::Command { name }
-            }
+                (Some(name), None) => {
+                    if name.is_empty() {
+                        return Err(ScriptError::usage("register: the trigger name must not be empty"));
+                    }
+                    if prefix_given {
+                        return Err(ScriptError::usage("register: prefix applies to hooks, not to triggers"));
+                    }
+                    Trigger::Command { name }
+                }
+                (None, Some(command)) => {
+                    let command = command.to_ascii_lowercase();
+                    if command.is_empty() || command.starts_with("rg.") || command.contains(' ') {
+                        return Err(ScriptError::usage(format!("register: cannot hook '{command}': give the name of an existing Redis command (not an RG.* command)")));
+                    }
+                    if mode_given && mode != Mode::Sync {
+                        return Err(ScriptError::usage("register: a hook runs inside the command it hooks: mode must be 'sync'"));
+                    }
+                    mode = Mode::Sync;
+                    Trigger::Hook { command, prefix: prefix_given.then_some(prefix) }
+                }
+            },
             ReaderKind::Stream => {
                 if mode == Mode::Sync {
                     return Err(ScriptError::usage("register: a StreamReader runs on workers: mode must be 'async' or 'async_local'"));

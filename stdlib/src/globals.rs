@@ -27,6 +27,31 @@ pub fn execute(run: &ScriptRun, a: &[Value]) -> Result<Value, ScriptError> {
     reply.map_err(ScriptError::from)
 }
 
+/// `callNext([arg, ...])`: in a command hook, runs the hooked command (with the client's
+/// permissions) with its own arguments, or with the ones given, and returns its reply.
+pub fn call_next(run: &ScriptRun, a: &[Value]) -> Result<Value, ScriptError> {
+    let hook = run.env.hook.as_ref().ok_or_else(|| ScriptError::usage("callNext: only a command hook can call the command it hooks"))?;
+    let mut argv: Vec<Vec<u8>> = vec![hook.args.first().cloned().unwrap_or_default()];
+    if a.is_empty() {
+        argv.extend(hook.args.iter().skip(1).cloned());
+    } else {
+        for (i, v) in a.iter().enumerate() {
+            match v {
+                Value::String(_) | Value::Bytes(_) | Value::Int(_) | Value::Double(_) => argv.push(v.as_bytes().expect("string-like").into_owned()),
+                other => return Err(args::wrong("callNext", i, "a string or a number", Some(other))),
+            }
+        }
+    }
+    let refs: Vec<&[u8]> = argv.iter().map(|x| x.as_slice()).collect();
+    let user = hook.user.as_deref();
+    let reply = match run.locked.get() {
+        // SAFETY: as in `execute`.
+        Some(l) => unsafe { &*l }.call(user, &refs),
+        None => run.env.host.lock(run.env.db).call(user, &refs),
+    };
+    reply.map_err(ScriptError::from)
+}
+
 /// `atomic(fn)`: runs `fn` while holding the data lock, so its `execute()` calls form one
 /// atomic block (replicated as MULTI/EXEC).
 pub fn atomic(run: &ScriptRun, a: &[Value], script: &dyn ScriptCalls) -> Result<Value, ScriptError> {

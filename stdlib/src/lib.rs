@@ -12,7 +12,7 @@ use builder::Builder;
 use engine::{Api, LockedHost, Natives, ObjRef, RunApi, RunEnv, RunOutput, ScriptCalls, ScriptError, Value};
 use std::cell::{Cell, RefCell};
 
-pub const GLOBALS: &[&str] = &["GB", "execute", "atomic", "log", "configGet", "hashtag", "shardId"];
+pub const GLOBALS: &[&str] = &["GB", "execute", "atomic", "log", "configGet", "hashtag", "shardId", "callNext"];
 
 /// Object kind of plan builders.
 pub const BUILDER: &str = "GB";
@@ -105,6 +105,7 @@ impl Natives for ScriptRun {
                 Ok(Value::Object(self.builder_ref(builders.len() as u32 - 1)))
             }
             "execute" => globals::execute(self, &args),
+            "callNext" => globals::call_next(self, &args),
             "atomic" => globals::atomic(self, &args, script),
             "log" => globals::log(&self.env, &args),
             "configGet" => globals::config_get(&self.env, &args),

@@ -1,0 +1,103 @@
+//! Command hooks: a command filter sends calls of hooked commands to RG.HOOKRUN, which runs
+//! the hook's steps in place (they may call the original with `callNext()`, replace its
+//! reply, or refuse it with an error).
+
+use crate::commands::guarded;
+use crate::host::InPlaceHost;
+use crate::{engine, redis_host, reply, ENGINE};
+use engine::{HookCall, Value};
+use redis_module::{raw, Context, ContextFlags, RedisResult, RedisString, RedisValue};
+use std::os::raw::{c_char, c_int};
+use std::sync::Arc;
+
+const HOOK_RUN: &str = "rg.hookrun";
+
+fn filter_arg(fctx: *mut raw::RedisModuleCommandFilterCtx, pos: c_int) -> Option<Vec<u8>> {
+    // SAFETY: called inside the filter callback with its live context; the string is
+    // owned by the command being filtered and only read here.
+    unsafe {
+        let s = raw::RedisModule_CommandFilterArgGet.unwrap()(fctx, pos);
+        if s.is_null() {
+            return None;
+        }
+        let mut len = 0usize;
+        let p = raw::RedisModule_StringPtrLen.unwrap()(s, &mut len);
+        Some(std::slice::from_raw_parts(p as *const u8, len).to_vec())
+    }
+}
+
+extern "C" fn on_command(fctx: *mut raw::RedisModuleCommandFilterCtx) {
+    let _ = std::panic::catch_unwind(|| {
+        let Some(engine) = ENGINE.get() else { return };
+        // Every command passes here: nothing is done unless some command is hooked.
+        if !engine.sessions.has_hooks() {
+            return;
+        }
+        // SAFETY: the filter context is live for this callback.
+        let n = unsafe { raw::RedisModule_CommandFilterArgsCount.unwrap()(fctx) };
+        let Some(name) = filter_arg(fctx, 0) else { return };
+        let name = String::from_utf8_lossy(&name).to_ascii_lowercase();
+        if name.starts_with("rg.") {
+            return;
+        }
+        let first = if n > 1 { filter_arg(fctx, 1) } else { None };
+        if engine.sessions.hook_for(&name, first.as_deref()).is_none() {
+            return;
+        }
+        // SAFETY: the new string is handed over to the filtered command, which frees it.
+        unsafe {
+            let s = raw::RedisModule_CreateString.unwrap()(std::ptr::null_mut(), HOOK_RUN.as_ptr() as *const c_char, HOOK_RUN.len());
+            raw::RedisModule_CommandFilterArgInsert.unwrap()(fctx, 0, s);
+        }
+    });
+}
+
+pub fn register_filter(ctx: &Context) -> bool {
+    // NOSELF: the module's own calls (callNext, execute) are not filtered again.
+    // SAFETY: called once from the module's load function with its context.
+    let f = unsafe { raw::RedisModule_RegisterCommandFilter.unwrap()(ctx.ctx, Some(on_command), raw::REDISMODULE_CMDFILTER_NOSELF as c_int) };
+    !f.is_null()
+}
+
+/// RG.HOOKRUN <command> [arg ...]: what a hooked command becomes (not for clients to send,
+/// though sending it is the same as sending the command itself).
+pub fn hook_run(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+    guarded(ctx, || {
+        let argv: Vec<Vec<u8>> = args.iter().skip(1).map(|a| a.as_slice().to_vec()).collect();
+        if argv.is_empty() {
+            reply::error(ctx, "ERR wrong number of arguments for 'rg.hookrun' command");
+            return Ok(RedisValue::NoReply);
+        }
+        let engine = engine();
+        let host: Arc<dyn engine::Host> = Arc::new(InPlaceHost::new(ctx.ctx, redis_host().clone()));
+        let flags = ctx.get_flags();
+        // The primary's stream and the AOF carry what hooks already decided; commands from
+        // EVAL scripts are not hooked.
+        let bypass = flags.contains(ContextFlags::REPLICATED) || flags.contains(ContextFlags::LOADING) || flags.contains(ContextFlags::LUA);
+        let user = if bypass { None } else { Some(ctx.get_current_user().to_string_lossy()) };
+        let name = String::from_utf8_lossy(&argv[0]).to_ascii_lowercase();
+        let hooked = if bypass { None } else { engine.sessions.hook_for(&name, argv.get(1).map(|a| a.as_slice())) };
+        let pass_through = |ctx: &Context| {
+            let refs: Vec<&[u8]> = argv.iter().map(|a| a.as_slice()).collect();
+            match host.lock(0).call(user.as_deref(), &refs) {
+                Ok(v) => reply::reply(ctx, &v),
+                Err(e) => reply::error(ctx, &e.to_string()),
+            }
+        };
+        let Some((session, reg)) = hooked else {
+            pass_through(ctx);
+            return Ok(RedisValue::NoReply);
+        };
+        let record = Value::Array(argv.iter().map(|a| Value::from_bytes(a.clone())).collect());
+        let call = HookCall { args: argv.clone(), user: user.clone() };
+        match engine.fire_hook(host.clone(), &session, &reg, vec![record], Some(call)) {
+            Ok(out) if !out.errors.is_empty() => reply::error(ctx, &out.errors.join("; ")),
+            // Steps that let nothing through leave the command as it was.
+            Ok(out) if out.results.is_empty() => pass_through(ctx),
+            Ok(mut out) if out.results.len() == 1 => reply::reply(ctx, &out.results.remove(0)),
+            Ok(out) => reply::reply(ctx, &Value::Array(out.results)),
+            Err(e) => reply::error(ctx, &e.message),
+        }
+        Ok(RedisValue::NoReply)
+    })
+}
