@@ -42,7 +42,7 @@ fn entries_are_processed_in_batches_and_trimmed() {
         xadd(&mut c, "orders:2", 2);
         eventually(&mut c, &["SCARD", "seen"], "9");
         let dump = fmt(&cmd(&mut c, &["RG.DUMPREGISTRATIONS"]));
-        assert!(dump.contains(r#""reader", "StreamReader""#) && dump.contains(r#""stream", "orders:2""#), "{dump}");
+        assert!(dump.contains(r#""reader", "StreamReader""#) && dump.contains(r#""stream", "orders:2", "lag", 0"#), "{dump}");
         cmd(&mut c, &["RG.DROPSESSION", "orders"]);
     }
 }
@@ -71,7 +71,8 @@ fn failure_policies() {
     xadd(&mut c, "r:1", 3);
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(fmt(&cmd(&mut c, &["SCARD", "seen"])), "0");
-    assert!(fmt(&cmd(&mut c, &["RG.DUMPREGISTRATIONS"])).contains("target down"));
+    let dump = fmt(&cmd(&mut c, &["RG.DUMPREGISTRATIONS"]));
+    assert!(dump.contains("target down") && dump.contains(r#""stream", "r:1", "lag", 3"#), "{dump}");
     cmd(&mut c, &["SET", "ok", "1"]);
     eventually(&mut c, &["SCARD", "seen"], "3");
     cmd(&mut c, &["DEL", "ok", "seen"]);

@@ -268,3 +268,49 @@ fn a_user_cannot_register_on_keys_it_may_not_read() {
     assert_eq!(exec(&mut app, "js", "GB().register({prefix: 'app:'})", &[]), "OK");
     assert_eq!(fmt(&cmd(&mut admin, &["RG.DUMPSESSIONS"])).matches("\"user\", \"app\"").count(), 1);
 }
+
+/// Commands in an AOF file (RESP arrays), as lists of arguments.
+fn aof_commands(path: &std::path::Path) -> Vec<Vec<String>> {
+    let data = std::fs::read(path).unwrap_or_default();
+    let mut out = Vec::new();
+    let mut i = 0;
+    let line = |i: &mut usize| -> Option<String> {
+        let start = *i;
+        while *i + 1 < data.len() && !(data[*i] == b'\r' && data[*i + 1] == b'\n') {
+            *i += 1;
+        }
+        let l = String::from_utf8_lossy(data.get(start..*i)?).into_owned();
+        *i += 2;
+        Some(l)
+    };
+    while i < data.len() {
+        let Some(head) = line(&mut i) else { break };
+        let Some(n) = head.strip_prefix('*').and_then(|n| n.parse::<usize>().ok()) else { continue };
+        let mut cmd = Vec::new();
+        for _ in 0..n {
+            let len: usize = line(&mut i).and_then(|l| l.strip_prefix('$').and_then(|x| x.parse().ok())).unwrap_or(0);
+            cmd.push(String::from_utf8_lossy(data.get(i..i + len).unwrap_or_default()).into_owned());
+            i += len + 2;
+        }
+        out.push(cmd);
+    }
+    out
+}
+
+#[test]
+fn sync_trigger_writes_are_in_the_aof_in_the_same_transaction() {
+    let s = Server::start_with(&[], &["--appendonly", "yes", "--appendfsync", "always"]);
+    let mut c = s.conn();
+    exec(&mut c, "js", "GB('KeysOnlyReader').foreach(r => { execute('INCR', 'fired:' + r.key) }).register({prefix: 'user:', mode: 'sync'})", &["ID", "aof"]);
+    cmd(&mut c, &["HSET", "user:1", "a", "1"]);
+    let dir = s.dir.join("appendonlydir");
+    let incr = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).find(|p| p.to_string_lossy().ends_with(".incr.aof")).expect("incr AOF file");
+    let cmds = aof_commands(&incr);
+    let names: Vec<String> = cmds.iter().map(|c| c[0].to_ascii_uppercase()).collect();
+    let hset = cmds.iter().position(|c| c[0].eq_ignore_ascii_case("HSET") && c[1] == "user:1").expect("HSET in the AOF");
+    let incr_at = cmds.iter().position(|c| c[0].eq_ignore_ascii_case("INCR") && c[1] == "fired:user:1").expect("the trigger's INCR in the AOF");
+    let (lo, hi) = (hset.min(incr_at), hset.max(incr_at));
+    let multi = names[..lo].iter().rposition(|n| n == "MULTI").expect("MULTI before the writes");
+    let exec_at = names[hi..].iter().position(|n| n == "EXEC").map(|p| p + hi).expect("EXEC after the writes");
+    assert!(!names[multi + 1..exec_at].iter().any(|n| n == "EXEC" || n == "MULTI"), "the HSET and the trigger's write are not in one transaction: {names:?}");
+}

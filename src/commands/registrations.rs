@@ -16,7 +16,20 @@ fn opt(v: &Option<String>) -> Value {
     v.clone().map(Value::String).unwrap_or(Value::Nil)
 }
 
-fn registration(r: &Registration) -> Value {
+/// Entries after `last` in `stream`, counted up to `LAG_CAP`.
+const LAG_CAP: usize = 10_000;
+
+fn stream_lag(ctx: &Context, stream: &[u8], last: &str) -> i64 {
+    let from = format!("({last}");
+    let cap = (LAG_CAP + 1).to_string();
+    let args: [&[u8]; 5] = [stream, from.as_bytes(), b"+", b"COUNT", cap.as_bytes()];
+    match ctx.call("XRANGE", &args[..]) {
+        Ok(RedisValue::Array(a)) => a.len().min(LAG_CAP) as i64,
+        _ => 0,
+    }
+}
+
+fn registration(ctx: &Context, r: &Registration) -> Value {
     let s = r.stats();
     let avg = if s.triggered == 0 { 0.0 } else { s.total_duration.as_secs_f64() * 1000.0 / s.triggered as f64 };
     Value::Map(vec![
@@ -42,9 +55,11 @@ fn registration(r: &Registration) -> Value {
                     .lock()
                     .iter()
                     .map(|(k, c)| {
+                        let last = engine::streams::format_id(c.last_id);
                         Value::Map(vec![
                             kv("stream", Value::from_bytes(k.clone())),
-                            kv("lastProcessedId", Value::String(engine::streams::format_id(c.last_id))),
+                            kv("lag", Value::Int(stream_lag(ctx, k, &last))),
+                            kv("lastProcessedId", Value::String(last)),
                             kv("busy", Value::Bool(c.running || c.waiting_since.is_some())),
                             kv("lastError", opt(&c.last_error)),
                         ])
@@ -61,7 +76,7 @@ pub fn dump_registrations(ctx: &Context, args: Vec<RedisString>) -> RedisResult 
         if args.len() != 1 {
             return Err(RedisError::Str("ERR wrong number of arguments; usage: RG.DUMPREGISTRATIONS"));
         }
-        let all: Vec<Value> = engine().sessions.all().iter().flat_map(|s| s.registrations.iter().map(|r| registration(r))).collect();
+        let all: Vec<Value> = engine().sessions.all().iter().flat_map(|s| s.registrations.iter().map(|r| registration(ctx, r)).collect::<Vec<_>>()).collect();
         reply::reply(ctx, &Value::Array(all));
         replied()
     })
