@@ -52,7 +52,7 @@ fn a_package_in_use_cannot_be_deleted_or_replaced() {
     assert_eq!(fmt(&cmd(&mut c, &["RG.PACKAGE", "LOAD", "lua", "mylib", "return { double = function(x) return x * 3 end }", "REPLACE"])), "OK");
     assert_eq!(exec(&mut c, "lua", "return require('mylib').double(2)", &[]), "6");
     assert_eq!(fmt(&cmd(&mut c, &["RG.PACKAGE", "DELETE", "mylib"])), "OK");
-    assert_eq!(fmt(&cmd(&mut c, &["RG.PACKAGE", "LIST"])), "[]");
+    assert!(!fmt(&cmd(&mut c, &["RG.PACKAGE", "LIST"])).contains(r#""builtin", 0"#));
 }
 
 #[test]
@@ -74,7 +74,27 @@ fn package_bad_input() {
         let got = fmt(&cmd(&mut c, &words));
         assert!(got.contains(expected), "{words:?}: {got}");
     }
-    assert_eq!(fmt(&cmd(&mut c, &["RG.PACKAGE", "LIST"])), "[]");
+    assert!(!fmt(&cmd(&mut c, &["RG.PACKAGE", "LIST"])).contains(r#""builtin", 0"#));
+}
+
+#[test]
+fn the_builtin_json_package() {
+    let s = Server::start(&[]);
+    let mut c = s.conn();
+    let list = fmt(&cmd(&mut c, &["RG.PACKAGE", "LIST"]));
+    assert!(list.contains(r#""name", "gears/json", "language", "lua", "builtin", 1"#) && list.contains(r#""name", "gears/json", "language", "js", "builtin", 1"#), "{list}");
+    assert_eq!(
+        exec(&mut c, "lua", r#"local json = require('gears/json') local t = json.decode('{"a": [1, 2.5, null, true], "b": "x"}') return {json.encode(t.a), t.b, json.encode({k = 'v', n = 3})}"#, &[]),
+        r#"["[1,2.5,null,true]", "x", "{\"k\":\"v\",\"n\":3}"]"#
+    );
+    assert_eq!(
+        exec(&mut c, "js", r#"import json, { encode, decode } from 'gears/json'; GB('ShardsIDReader').map(() => [encode(decode('{"a":[1,2]}').a), json.encode({k: 'v'})]).run();"#, &[]),
+        r#"[[["[1,2]", "{\"k\":\"v\"}"]], []]"#
+    );
+    assert!(exec(&mut c, "lua", "return require('gears/json').decode('{nope')", &[]).contains("gears/json decode: invalid JSON"));
+    assert!(exec(&mut c, "lua", "return require('gears/json').encode(function() end)", &[]).contains("gears/json encode: a function has no JSON form"));
+    assert!(fmt(&cmd(&mut c, &["RG.PACKAGE", "DELETE", "gears/json"])).contains("built into the module"));
+    assert!(fmt(&cmd(&mut c, &["RG.PACKAGE", "LOAD", "lua", "gears/json", "return 1", "REPLACE"])).contains("reserved"));
 }
 
 #[test]

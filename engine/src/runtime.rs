@@ -41,6 +41,10 @@ pub trait Api: Send + Sync + 'static {
     /// A run in plan-building mode: `run()` records its plan instead of running it and
     /// `register()` records its registration (see DESIGN: one mechanism for every instance).
     fn begin_rebuild(&self, env: RunEnv) -> Box<dyn RunApi>;
+    /// Packages shipped inside the module (named `gears/...`).
+    fn builtin_packages(&self) -> Vec<crate::Package> {
+        Vec::new()
+    }
 }
 
 /// The natives of one run, plus what its `run()` produced.
@@ -137,7 +141,11 @@ impl Engine {
         let languages = Arc::new(languages);
         let threads = config.get_i64("execution-threads").max(1) as usize;
         let registry = Registry::new(host.shard_id(), config.get_i64("max-executions").max(1) as u64);
-        Arc::new(Engine { pool: WorkerPool::new(threads, languages.clone()), host, config, registry, sessions: Default::default(), packages: Default::default(), languages, api, timers: crate::streams::Timers::start() })
+        let packages: Arc<crate::Packages> = Default::default();
+        for p in api.builtin_packages() {
+            let _ = packages.load(p, true);
+        }
+        Arc::new(Engine { pool: WorkerPool::new(threads, languages.clone()), host, config, registry, sessions: Default::default(), packages, languages, api, timers: crate::streams::Timers::start() })
     }
 
     pub fn language(&self, name: &str) -> Result<Arc<dyn Language>, EngineError> {

@@ -5,6 +5,7 @@
 mod args;
 mod builder;
 mod globals;
+mod json;
 
 pub use builder::{METHODS as BUILDER_METHODS, READERS};
 
@@ -12,7 +13,7 @@ use builder::Builder;
 use engine::{Api, LockedHost, Natives, ObjRef, RunApi, RunEnv, RunOutput, ScriptCalls, ScriptError, Value};
 use std::cell::{Cell, RefCell};
 
-pub const GLOBALS: &[&str] = &["GB", "execute", "atomic", "log", "configGet", "hashtag", "shardId", "callNext"];
+pub const GLOBALS: &[&str] = &["GB", "execute", "atomic", "log", "configGet", "hashtag", "shardId", "callNext", json::ENCODE, json::DECODE];
 
 /// Object kind of plan builders.
 pub const BUILDER: &str = "GB";
@@ -40,6 +41,9 @@ impl Api for Stdlib {
     }
     fn begin_rebuild(&self, env: RunEnv) -> Box<dyn RunApi> {
         self.run_with(env, true)
+    }
+    fn builtin_packages(&self) -> Vec<engine::Package> {
+        json::packages()
     }
 }
 
@@ -106,6 +110,8 @@ impl Natives for ScriptRun {
             }
             "execute" => globals::execute(self, &args),
             "callNext" => globals::call_next(self, &args),
+            json::ENCODE => json::encode(&args),
+            json::DECODE => json::decode(&args),
             "atomic" => globals::atomic(self, &args, script),
             "log" => globals::log(&self.env, &args),
             "configGet" => globals::config_get(&self.env, &args),
