@@ -48,11 +48,7 @@ fn call_next_rewrites_arguments_and_reaches_replicas() {
     let replica = Server::start_with(&[], &["--replicaof", "127.0.0.1", &primary.port.to_string()]);
     let mut p = primary.conn();
     let mut r = replica.conn();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !fmt(&cmd(&mut r, &["INFO", "replication"])).contains("master_link_status:up") {
-        assert!(Instant::now() < deadline);
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    common::wait_for_link(&mut r);
     exec(&mut p, "js", "GB('CommandReader').map(a => callNext(a[1], ...a.slice(2).map(x => x.toUpperCase()))).register({hook: 'hset'})", &["ID", "upper"]);
     assert_eq!(fmt(&cmd(&mut p, &["HSET", "h", "name", "alice"])), "1");
     assert_eq!(fmt(&cmd(&mut p, &["HGETALL", "h"])), r#"["NAME", "ALICE"]"#);

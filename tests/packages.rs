@@ -103,11 +103,7 @@ fn packages_survive_restarts_and_reach_replicas() {
     let replica = Server::start_with(&[], &["--replicaof", "127.0.0.1", &s.port.to_string()]);
     let mut c = s.conn();
     let mut r = replica.conn();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !fmt(&cmd(&mut r, &["INFO", "replication"])).contains("master_link_status:up") {
-        assert!(Instant::now() < deadline, "replica never connected");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    common::wait_for_link(&mut r);
     load(&mut c);
     use_in_sessions(&mut c);
     cmd(&mut c, &["WAIT", "1", "5000"]);

@@ -3,20 +3,9 @@
 
 mod common;
 
-use common::{canon::fmt, cmd, exec, Server};
+use common::{eventually, canon::fmt, cmd, exec, Server};
 use std::time::{Duration, Instant};
 
-fn eventually(c: &mut redis::Connection, words: &[&str], expected: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let got = fmt(&cmd(c, words));
-        if got == expected {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{words:?}: expected {expected}, still {got}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 /// A Lua keyspace session, a JS command session with one paused and one removed registration.
 fn register(c: &mut redis::Connection) {
@@ -88,11 +77,7 @@ fn a_replica_gets_the_sessions_fires_nothing_and_takes_over_when_promoted() {
     let replica = Server::start_with(&[], &["--replicaof", "127.0.0.1", &primary.port.to_string()]);
     let mut p = primary.conn();
     let mut r = replica.conn();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !fmt(&cmd(&mut r, &["INFO", "replication"])).contains("master_link_status:up") {
-        assert!(Instant::now() < deadline, "replica never connected");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    common::wait_for_link(&mut r);
     register(&mut p);
     cmd(&mut p, &["HSET", "user:1", "a", "1"]);
     cmd(&mut p, &["WAIT", "1", "5000"]);

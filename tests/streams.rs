@@ -3,20 +3,9 @@
 
 mod common;
 
-use common::{canon::fmt, cmd, exec, Server};
+use common::{eventually, canon::fmt, cmd, exec, Server};
 use std::time::{Duration, Instant};
 
-fn eventually(c: &mut redis::Connection, words: &[&str], expected: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let got = fmt(&cmd(c, words));
-        if got == expected {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{words:?}: expected {expected}, still {got}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 fn xadd(c: &mut redis::Connection, stream: &str, n: usize) {
     for i in 0..n {
@@ -158,11 +147,7 @@ fn a_promoted_replica_goes_on_from_the_primarys_position() {
     let replica = Server::start_with(&[], &["--replicaof", "127.0.0.1", &primary.port.to_string()]);
     let mut p = primary.conn();
     let mut r = replica.conn();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !fmt(&cmd(&mut r, &["INFO", "replication"])).contains("master_link_status:up") {
-        assert!(Instant::now() < deadline, "replica never connected");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    common::wait_for_link(&mut r);
     exec(&mut p, "js", "GB('StreamReader').foreach(r => { execute('RPUSH', 'log', r.value.n) }).register({prefix: 'f:', trimStream: false})", &["ID", "fo"]);
     xadd(&mut p, "f:1", 3);
     eventually(&mut p, &["LLEN", "log"], "3");

@@ -3,20 +3,9 @@
 
 mod common;
 
-use common::{canon::fmt, cmd, exec, Server};
-use std::time::{Duration, Instant};
+use common::{eventually, canon::fmt, cmd, exec, Server};
+use std::time::Duration;
 
-fn eventually(c: &mut redis::Connection, words: &[&str], expected: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let got = fmt(&cmd(c, words));
-        if got == expected {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{words:?}: expected {expected}, still {got}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
 
 /// (language, script) pairs doing the same thing.
 fn both(lua: &str, js: &str) -> [(&'static str, String); 2] {
@@ -211,11 +200,7 @@ fn sync_trigger_writes_reach_a_replica_which_fires_nothing() {
     let replica = Server::start_with(&[], &["--replicaof", "127.0.0.1", &primary.port.to_string()]);
     let mut p = primary.conn();
     let mut r = replica.conn();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !fmt(&cmd(&mut r, &["INFO", "replication"])).contains("master_link_status:up") {
-        assert!(Instant::now() < deadline, "replica never connected");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    common::wait_for_link(&mut r);
     // The same session on both (registrations are not replicated yet): only the primary fires.
     let code = "GB():foreach(function(r) execute('INCR', 'fired') end):register({prefix = 'user:', mode = 'sync'})";
     exec(&mut p, "lua", code, &["ID", "s"]);

@@ -184,3 +184,25 @@ pub fn exec(c: &mut redis::Connection, lang: &str, code: &str, extra: &[&str]) -
     let v = q.query::<redis::Value>(c).unwrap_or_else(error_value);
     canon::fmt(&v)
 }
+
+/// Waits (up to 20 s) until `words` replies `expected` (canonical text).
+pub fn eventually(c: &mut redis::Connection, words: &[&str], expected: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let got = canon::fmt(&cmd(c, words));
+        if got == expected {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{words:?}: expected {expected}, still {got}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits until a replica's link to its primary is up.
+pub fn wait_for_link(r: &mut redis::Connection) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !canon::fmt(&cmd(r, &["INFO", "replication"])).contains("master_link_status:up") {
+        assert!(Instant::now() < deadline, "the replica never connected to its primary");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
