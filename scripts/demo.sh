@@ -34,9 +34,21 @@ echo
 echo "== Lua: average age of users over 40"
 cli RG.EXEC lua "GB():filter(function(r) return tonumber(r.value.age) > 40 end):avg(function(r) return tonumber(r.value.age) end):run('user:*')"
 echo
-echo "== JavaScript: the three oldest ages, with an atomic write of the result"
+echo "== JavaScript: the three oldest ages, each pushed to a list by the flow"
 cli RG.EXEC js "GB().map(r => Number(r.value.age)).distinct().sort(true).limit(3).foreach(a => execute('RPUSH', 'oldest', a)).run('user:*')"
 echo "LRANGE oldest 0 -1 -> $(cli LRANGE oldest 0 -1 | tr '\n' ' ')"
+echo
+echo "== Triggers: a Lua sync trigger keeps a per-city counter as users are written"
+cli RG.EXEC lua "GB():foreach(function(r) execute('HINCRBY', 'city-count', r.value.city, 1) end):register({prefix = 'user:', eventTypes = {'hset'}, mode = 'sync'})" ID city-counter
+cli HSET user:1001 name ada age 36 city oslo >/dev/null
+cli HSET user:1002 name alan age 41 city oslo >/dev/null
+echo "HGET city-count oslo -> $(cli HGET city-count oslo)"
+echo
+echo "== Streams: a JS consumer sums order amounts in batches, at-least-once"
+cli RG.EXEC js "GB('StreamReader').foreach(r => { execute('INCRBYFLOAT', 'revenue', r.value.amount) }).register({prefix: 'orders:', batch: 10})" ID revenue
+for i in $(seq 1 25); do cli XADD orders:eu '*' amount 2.5 >/dev/null; done
+for _ in $(seq 50); do [ "$(cli GET revenue)" = "62.5" ] && break; sleep 0.1; done
+echo "GET revenue -> $(cli GET revenue); XLEN orders:eu -> $(cli XLEN orders:eu) (processed entries are trimmed)"
 echo
 cli INFO rg | grep -v '^#' | tr -d '\r' | sed '/^$/d'
 if [ -n "${KEEP:-}" ]; then echo "server left running on port $port (pid $(cat "$dir/redis.pid"))"; fi
