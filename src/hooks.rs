@@ -88,6 +88,15 @@ pub fn hook_run(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
             pass_through(ctx);
             return Ok(RedisValue::NoReply);
         };
+        // Redis checked the client's permissions for RG.HOOKRUN, not for the command it
+        // stands for: a client may not get a hook's answer for a command it may not run.
+        if let Some(u) = user.as_deref() {
+            let refs: Vec<&[u8]> = argv.iter().map(|a| a.as_slice()).collect();
+            if let Err(e) = crate::host::check_acl(ctx, u, &refs) {
+                reply::error(ctx, &e.to_string());
+                return Ok(RedisValue::NoReply);
+            }
+        }
         let record = Value::Array(argv.iter().map(|a| Value::from_bytes(a.clone())).collect());
         let call = HookCall { args: argv.clone(), user: user.clone() };
         match engine.fire_hook(host.clone(), &session, &reg, vec![record], Some(call)) {

@@ -200,7 +200,7 @@ fn module_user(ctx: &Context, user: &str) -> Result<*mut raw::RedisModuleUser, H
 
 /// Checks that `user` may run the command with these keys (ACL command, key and channel
 /// rules), using the Module API available since Redis 7.0.
-fn check_acl(ctx: &Context, user: &str, args: &[&[u8]]) -> Result<(), HostError> {
+pub(crate) fn check_acl(ctx: &Context, user: &str, args: &[&[u8]]) -> Result<(), HostError> {
     let u = module_user(ctx, user)?;
     // SAFETY: called with the GIL held (we are inside a locked context); every string
     // and the user object used here are freed before returning.

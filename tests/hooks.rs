@@ -74,6 +74,13 @@ fn call_next_runs_with_the_clients_permissions() {
     cmd(&mut user, &["AUTH", "reader", "pw"]);
     assert!(fmt(&cmd(&mut user, &["SET", "k", "v"])).contains("NOPERM"));
     assert_eq!(fmt(&cmd(&mut admin, &["EXISTS", "k"])), "0");
+    // A hook that answers without calling the command still needs the client to be allowed it.
+    exec(&mut admin, "js", "GB('CommandReader').map(a => 'answer').register({hook: 'get'})", &["ID", "answers"]);
+    cmd(&mut admin, &["ACL", "SETUSER", "nogets", "on", ">pw", "~*", "+@all", "-get"]);
+    let mut nogets = s.conn();
+    cmd(&mut nogets, &["AUTH", "nogets", "pw"]);
+    assert!(fmt(&cmd(&mut nogets, &["GET", "x"])).contains("NOPERM"));
+    assert_eq!(fmt(&cmd(&mut admin, &["GET", "x"])), r#""answer""#);
 }
 
 #[test]
