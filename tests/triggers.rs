@@ -84,6 +84,9 @@ fn command_triggers_sync_and_async() {
         }
     }
     assert!(fmt(&cmd(&mut c, &["RG.TRIGGER", "join"])).contains("no registration for trigger 'join'"));
+    // RG.TRIGGERONKEY declares its key, so cluster clients can route it.
+    assert_eq!(fmt(&cmd(&mut c, &["COMMAND", "GETKEYS", "RG.TRIGGERONKEY", "join", "user:7", "x"])), r#"["user:7"]"#);
+    assert!(fmt(&cmd(&mut c, &["RG.TRIGGERONKEY", "join"])).contains("wrong number of arguments"));
     assert!(fmt(&cmd(&mut c, &["RG.TRIGGER"])).contains("wrong number of arguments"));
     // A step error is the command's error.
     exec(&mut c, "js", "GB('CommandReader').map(a => { throw new Error('no ' + a[1]) }).register({trigger: 'fail'})", &["ID", "failing"]);
