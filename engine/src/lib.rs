@@ -14,6 +14,8 @@ mod memory_host;
 pub mod packages;
 pub mod plan;
 pub mod session;
+mod session_def;
+mod trigger;
 pub mod streams;
 mod runtime;
 mod value;
