@@ -129,6 +129,8 @@ impl crate::ScriptCalls for InstanceCalls<'_> {
 }
 
 thread_local! {
+    /// The sessions generation this thread's instance cache was last checked against.
+    static SEEN_GENERATION: std::cell::Cell<u64> = const { std::cell::Cell::new(u64::MAX) };
     /// Each thread's instances of the sessions it has fired.
     static SESSION_INSTANCES: RefCell<HashMap<String, std::rc::Rc<RefCell<SessionInstance>>>> = RefCell::new(HashMap::new());
 
@@ -354,9 +356,12 @@ impl Engine {
     fn with_session_instance<R>(&self, session: &Arc<crate::Session>, env: RunEnv, f: impl FnOnce(&mut Box<dyn Instance>) -> Result<R, ScriptError>) -> Result<R, ScriptError> {
         let slot = SESSION_INSTANCES.with(|c| {
             let mut c = c.borrow_mut();
-            // Forget instances of sessions that were dropped or upgraded.
-            c.retain(|id, s| self.sessions.get(id).is_some_and(|cur| cur.version == s.borrow().version) || s.try_borrow().is_err());
-            c.get(&session.id).cloned()
+            // Forget instances of sessions that were dropped or upgraded since last time.
+            let generation = self.sessions.generation();
+            if SEEN_GENERATION.with(|g| g.replace(generation)) != generation {
+                c.retain(|id, s| self.sessions.get(id).is_some_and(|cur| cur.version == s.borrow().version) || s.try_borrow().is_err());
+            }
+            c.get(&session.id).filter(|s| s.try_borrow().map_or(true, |i| i.version == session.version)).cloned()
         });
         let slot = match slot {
             Some(s) => s,

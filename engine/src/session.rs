@@ -126,6 +126,9 @@ pub struct Sessions {
     count: AtomicU64,
     /// Hook registrations in all sessions; zero lets the command filter return at once.
     hooks: AtomicU64,
+    /// Changes whenever a session is installed, changed or dropped (threads then forget
+    /// their instances of sessions that are gone).
+    generation: AtomicU64,
 }
 
 impl Sessions {
@@ -214,6 +217,7 @@ impl Sessions {
         }
         self.count.fetch_add(session.registrations.len() as u64, Ordering::Relaxed);
         self.hooks.store(Self::count_hooks(&map), Ordering::Relaxed);
+        self.generation.fetch_add(1, Ordering::Relaxed);
         Ok(session)
     }
 
@@ -222,6 +226,7 @@ impl Sessions {
         let old = map.remove(id).ok_or_else(|| SessionError::NotFound(id.to_string()))?;
         self.count.fetch_sub(old.registrations.len() as u64, Ordering::Relaxed);
         self.hooks.store(Self::count_hooks(&map), Ordering::Relaxed);
+        self.generation.fetch_add(1, Ordering::Relaxed);
         Ok(old)
     }
 
@@ -230,6 +235,7 @@ impl Sessions {
         self.map.write().clear();
         self.count.store(0, Ordering::Relaxed);
         self.hooks.store(0, Ordering::Relaxed);
+        self.generation.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Removes one registration (its session keeps the others); returns the session.
@@ -258,6 +264,7 @@ impl Sessions {
         map.insert(session.id.clone(), updated.clone());
         self.count.fetch_sub(1, Ordering::Relaxed);
         self.hooks.store(Self::count_hooks(&map), Ordering::Relaxed);
+        self.generation.fetch_add(1, Ordering::Relaxed);
         Ok(updated)
     }
 
@@ -291,6 +298,10 @@ impl Sessions {
                 .find(|r| matches!(&r.spec.trigger, Trigger::Command { name: n } if n == name))
                 .map(|r| (s.clone(), r.clone()))
         })
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Relaxed)
     }
 
     /// Is any command hooked? (Checked for every command the server runs.)
