@@ -175,6 +175,9 @@ fn register_bad_input() {
         ("js", "GB().register({mode: 'later'})", "register: mode must be 'sync', 'async' or 'async_local', got 'later'"),
         ("lua", "atomic(function() GB():register() end)", "register: cannot be called inside a run() or atomic()"),
         ("js", "GB('CommandReader').run()", "run: a CommandReader has no data to run over"),
+        // A session must be restorable where the keyspace cannot be used (RDB load, replica).
+        ("lua", "execute('SET', 'x', '1') GB():register({prefix = 'a:'})", "the session could not be restored after a restart or on a replica"),
+        ("js", "GB().register({prefix: execute('GET', 'p') || 'a:'})", "the session could not be restored after a restart or on a replica"),
     ] {
         let got = exec(&mut c, lang, code, &["ID", "bad"]);
         assert!(got.contains(expected), "{lang} `{code}`: {got}");

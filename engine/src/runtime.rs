@@ -256,6 +256,16 @@ impl Engine {
                 paused: Vec::new(),
                 positions: Vec::new(),
             };
+            // What is installed must be restorable where the keyspace cannot be used (loading
+            // an RDB, a replica applying it): check that now rather than lose it then.
+            drop(locked);
+            let no_data: Arc<dyn Host> = Arc::new(crate::NoDataHost { shard_id: self.host.shard_id() });
+            match self.rebuild_registrations(&def, no_data) {
+                Ok((_, again, _)) if again.len() == specs.len() && again.iter().zip(&specs).all(|(a, b)| a == b) => {}
+                Ok(_) => return (Outcome::Failed("register: running the script again registered something else; a script must register the same way every time it runs".into()), false),
+                Err(e) => return (Outcome::Failed(format!("register: the session could not be restored after a restart or on a replica: {e}")), false),
+            }
+            let locked = self.host.lock(req.db);
             let replace = if req.upgrade { crate::Replace::Must } else { crate::Replace::No };
             match self.sessions.install(&def, language, specs, api.imports(), replace) {
                 // Replicas and the AOF get the session as one command.
@@ -282,6 +292,13 @@ impl Engine {
     /// applying the primary's: the script runs again on this thread in plan-building mode,
     /// with `host` for its top-level code, to recover its registrations.
     pub fn restore_session(&self, def: &crate::SessionDef, host: Arc<dyn Host>) -> Result<Arc<crate::Session>, String> {
+        let (language, specs, imports) = self.rebuild_registrations(def, host)?;
+        self.sessions.install(def, language, specs, imports, crate::Replace::Any).map_err(|e| e.to_string())
+    }
+
+    /// Runs a session's script in a fresh instance in plan-building mode and returns what it
+    /// registers and imports.
+    fn rebuild_registrations(&self, def: &crate::SessionDef, host: Arc<dyn Host>) -> Result<(&'static str, Vec<crate::RegistrationSpec>, Vec<(String, String)>), String> {
         let lang = self.language(&def.language).map_err(|e| e.to_string())?;
         let mut instance = lang.new_instance(self.config.limits(lang.name())).map_err(|e| e.message)?;
         let execution = Arc::new(Execution::new(def.id.clone(), lang.name(), None));
@@ -289,8 +306,7 @@ impl Engine {
         let r = instance.run(&def.source, &def.args, &*natives as &dyn Natives);
         instance.end_run();
         r.map_err(|e| format!("session '{}': {}", def.id, e.message))?;
-        let specs = natives.take_registrations();
-        self.sessions.install(def, lang.name(), specs, natives.imports(), crate::Replace::Any).map_err(|e| e.to_string())
+        Ok((lang.name(), natives.take_registrations(), natives.imports()))
     }
 
     /// Runs a registration's steps over `records` in this thread, with this thread's
