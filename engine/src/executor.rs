@@ -279,11 +279,7 @@ pub fn run_plan(plan: &Plan, cx: &RunContext) -> Result<RunOutput, ScriptError> 
                 let n = entries.len();
                 for (id, fields) in entries {
                     start = id.clone();
-                    let r = Value::Map(vec![
-                        (Value::str("key"), Value::from_bytes(stream.clone())),
-                        (Value::str("id"), Value::String(id)),
-                        (Value::str("value"), fields),
-                    ]);
+                    let r = stream_record(stream, id, fields);
                     p.push(0, r)?;
                     if p.done {
                         break;
@@ -383,6 +379,15 @@ impl std::hash::Hasher for FastHasher {
         }
         self.0 = h;
     }
+}
+
+/// The record of one stream entry, as StreamReader runs and registrations see it.
+pub fn stream_record(stream: &[u8], id: String, fields: Value) -> Value {
+    Value::Map(vec![
+        (Value::str("key"), Value::from_bytes(stream.to_vec())),
+        (Value::str("id"), Value::String(id)),
+        (Value::str("value"), fields),
+    ])
 }
 
 /// Reads up to `count` entries of `stream` from `start` (exclusive when `exclusive`).

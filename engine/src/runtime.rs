@@ -358,7 +358,7 @@ impl Engine {
     pub fn fire_async(self: &Arc<Self>, session: Arc<crate::Session>, reg: Arc<crate::Registration>, records: Vec<Value>, done: Option<Box<dyn FnOnce(Result<RunOutput, ScriptError>) + Send>>) -> bool {
         let engine = self.clone();
         self.pool.submit(Box::new(move |_worker| {
-            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| engine.fire(engine.host.clone(), &session, &reg, records.clone())))
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| engine.fire(engine.host.clone(), &session, &reg, records)))
                 .unwrap_or_else(|_| Err(ScriptError::runtime("internal error: a trigger's worker panicked")));
             if let Some(done) = done {
                 done(r);

@@ -4,7 +4,8 @@
 //! kept with the registration, saved with the session and sent to replicas and the AOF.
 
 use crate::session::{FailPolicy, Registration, Session};
-use crate::{executor::read_stream, Engine, Host, Value};
+use crate::executor::{read_stream, stream_record};
+use crate::{Engine, Value};
 use parking_lot::{Condvar, Mutex};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -53,11 +54,6 @@ impl Consumers {
         if id > c.last_id {
             c.last_id = id;
         }
-    }
-    /// Entries waiting in all streams is not known without reading them: this is the
-    /// number of streams with a batch being waited for or run.
-    pub fn busy(&self) -> usize {
-        self.map.lock().values().filter(|c| c.running || c.waiting_since.is_some()).count()
     }
 }
 
@@ -178,13 +174,7 @@ impl Engine {
             let last_in_batch = entries.last().and_then(|(id, _)| parse_id(id)).unwrap_or(last);
             let records: Vec<Value> = entries
                 .into_iter()
-                .map(|(id, fields)| {
-                    Value::Map(vec![
-                        (Value::str("key"), Value::from_bytes(stream.to_vec())),
-                        (Value::str("id"), Value::String(id)),
-                        (Value::str("value"), fields),
-                    ])
-                })
+                .map(|(id, fields)| stream_record(stream, id, fields))
                 .collect();
             let outcome = match self.fire(self.host.clone(), session, reg, records) {
                 Ok(out) if out.errors.is_empty() => Ok(()),
@@ -326,6 +316,3 @@ fn glob_escape(s: &[u8]) -> Vec<u8> {
 
 /// The internal command that carries a consumer's position to replicas and the AOF.
 pub const STREAM_POSITION: &str = "RG.STREAMPOS";
-
-#[allow(dead_code)]
-fn _assert_host_object_safe(_: &dyn Host) {}

@@ -9,20 +9,29 @@ pub fn execute(run: &ScriptRun, a: &[Value]) -> Result<Value, ScriptError> {
     if a.is_empty() {
         return Err(ScriptError::usage("execute: expected a command and its arguments, e.g. execute('HGET', key, field)"));
     }
-    let mut parts: Vec<std::borrow::Cow<[u8]>> = Vec::with_capacity(a.len());
-    for (i, v) in a.iter().enumerate() {
-        match v {
-            Value::String(_) | Value::Bytes(_) | Value::Int(_) | Value::Double(_) => parts.push(v.as_bytes().expect("string-like")),
-            other => return Err(args::wrong("execute", i, "a string or a number", Some(other))),
-        }
-    }
-    let argv: Vec<&[u8]> = parts.iter().map(|p| &**p).collect();
-    let user = run.env.user.as_deref();
+    let argv = command_args("execute", a)?;
+    run_command(run, run.env.user.as_deref(), argv)
+}
+
+/// Script values as command arguments: strings and numbers only.
+fn command_args(what: &str, a: &[Value]) -> Result<Vec<Vec<u8>>, ScriptError> {
+    a.iter()
+        .enumerate()
+        .map(|(i, v)| match v {
+            Value::String(_) | Value::Bytes(_) | Value::Int(_) | Value::Double(_) => Ok(v.as_bytes().expect("string-like").into_owned()),
+            other => Err(args::wrong(what, i, "a string or a number", Some(other))),
+        })
+        .collect()
+}
+
+/// Runs a command as `user`, inside `atomic()`'s lock if one is held, else taking the lock.
+fn run_command(run: &ScriptRun, user: Option<&str>, argv: Vec<Vec<u8>>) -> Result<Value, ScriptError> {
+    let refs: Vec<&[u8]> = argv.iter().map(|x| x.as_slice()).collect();
     let reply = match run.locked.get() {
         // SAFETY: the pointer is set by `atomic` for the duration of its callback only, and
         // the guard it points into outlives that callback (see `atomic`).
-        Some(l) => unsafe { &*l }.call(user, &argv),
-        None => run.env.host.lock(run.env.db).call(user, &argv),
+        Some(l) => unsafe { &*l }.call(user, &refs),
+        None => run.env.host.lock(run.env.db).call(user, &refs),
     };
     reply.map_err(ScriptError::from)
 }
@@ -35,21 +44,9 @@ pub fn call_next(run: &ScriptRun, a: &[Value]) -> Result<Value, ScriptError> {
     if a.is_empty() {
         argv.extend(hook.args.iter().skip(1).cloned());
     } else {
-        for (i, v) in a.iter().enumerate() {
-            match v {
-                Value::String(_) | Value::Bytes(_) | Value::Int(_) | Value::Double(_) => argv.push(v.as_bytes().expect("string-like").into_owned()),
-                other => return Err(args::wrong("callNext", i, "a string or a number", Some(other))),
-            }
-        }
+        argv.extend(command_args("callNext", a)?);
     }
-    let refs: Vec<&[u8]> = argv.iter().map(|x| x.as_slice()).collect();
-    let user = hook.user.as_deref();
-    let reply = match run.locked.get() {
-        // SAFETY: as in `execute`.
-        Some(l) => unsafe { &*l }.call(user, &refs),
-        None => run.env.host.lock(run.env.db).call(user, &refs),
-    };
-    reply.map_err(ScriptError::from)
+    run_command(run, hook.user.as_deref(), argv)
 }
 
 /// `atomic(fn)`: runs `fn` while holding the data lock, so its `execute()` calls form one
