@@ -75,3 +75,16 @@ pub fn block_until_done(ctx: &Context, exec: &Arc<Execution>) {
         unsafe { raw::RedisModule_UnblockClient.unwrap()(bc.0, data) };
     }));
 }
+
+/// Blocks the calling client (not the server); the returned function, called once from
+/// any thread, unblocks it with its answer.
+pub fn block_client(ctx: &Context) -> Box<dyn FnOnce(Answer) + Send> {
+    // SAFETY: called on the main thread from a command handler with its live context.
+    let bc = BlockedClient(unsafe { raw::RedisModule_BlockClient.unwrap()(ctx.ctx, Some(on_reply), None, Some(free_answer), 0) });
+    Box::new(move |a: Answer| {
+        let bc = bc;
+        let data = Box::into_raw(Box::new(a)) as *mut std::os::raw::c_void;
+        // SAFETY: as in `block_until_done`: unblocked once, `data` owned by Redis after.
+        unsafe { raw::RedisModule_UnblockClient.unwrap()(bc.0, data) };
+    })
+}

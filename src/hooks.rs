@@ -29,8 +29,10 @@ fn filter_arg(fctx: *mut raw::RedisModuleCommandFilterCtx, pos: c_int) -> Option
 extern "C" fn on_command(fctx: *mut raw::RedisModuleCommandFilterCtx) {
     let _ = std::panic::catch_unwind(|| {
         let Some(engine) = ENGINE.get() else { return };
-        // Every command passes here: nothing is done unless some command is hooked.
-        if !engine.sessions.has_hooks() {
+        // Every command passes here: nothing is done unless some command is hooked or some
+        // recipe runs.
+        let recipes = crate::recipes::recipes().is_some_and(|r| !r.is_empty());
+        if !engine.sessions.has_hooks() && !recipes {
             return;
         }
         // SAFETY: the filter context is live for this callback.
@@ -40,16 +42,39 @@ extern "C" fn on_command(fctx: *mut raw::RedisModuleCommandFilterCtx) {
         if name.starts_with("rg.") {
             return;
         }
+        if recipes {
+            let args = |i: usize| filter_arg(fctx, i as c_int);
+            match crate::recipes::filter(&name, &args, n.max(0) as usize) {
+                crate::recipes::Filtered::Refuse(msg) => {
+                    insert_arg(fctx, 0, crate::recipes::REFUSE.as_bytes());
+                    insert_arg(fctx, 1, msg.as_bytes());
+                    return;
+                }
+                crate::recipes::Filtered::WriteThrough => {
+                    insert_arg(fctx, 0, crate::recipes::WT_RUN.as_bytes());
+                    return;
+                }
+                crate::recipes::Filtered::Pass => {}
+            }
+            if !engine.sessions.has_hooks() {
+                return;
+            }
+        }
         let first = if n > 1 { filter_arg(fctx, 1) } else { None };
         if engine.sessions.hook_for(&name, first.as_deref()).is_none() {
             return;
         }
-        // SAFETY: the new string is handed over to the filtered command, which frees it.
-        unsafe {
-            let s = raw::RedisModule_CreateString.unwrap()(std::ptr::null_mut(), HOOK_RUN.as_ptr() as *const c_char, HOOK_RUN.len());
-            raw::RedisModule_CommandFilterArgInsert.unwrap()(fctx, 0, s);
-        }
+        insert_arg(fctx, 0, HOOK_RUN.as_bytes());
     });
+}
+
+/// Inserts an argument into the filtered command.
+fn insert_arg(fctx: *mut raw::RedisModuleCommandFilterCtx, pos: c_int, arg: &[u8]) {
+    // SAFETY: the new string is handed over to the filtered command, which frees it.
+    unsafe {
+        let s = raw::RedisModule_CreateString.unwrap()(std::ptr::null_mut(), arg.as_ptr() as *const c_char, arg.len());
+        raw::RedisModule_CommandFilterArgInsert.unwrap()(fctx, pos, s);
+    }
 }
 
 pub fn register_filter(ctx: &Context) -> bool {

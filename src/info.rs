@@ -30,6 +30,7 @@ pub fn rg_info(ctx: &InfoContext, _for_crash_report: bool) {
         ("packages".into(), engine.packages.all().len().to_string()),
     ]
     .into_iter()
+    .chain(recipe_fields())
     .chain(engine.language_names().into_iter().map(|l| (format!("{l}_memory_bytes"), engine.memory_used(l).to_string())))
     .collect();
     for (k, v) in &fields {
@@ -41,4 +42,31 @@ pub fn rg_info(ctx: &InfoContext, _for_crash_report: bool) {
     if let Ok(b) = b.build_section() {
         let _ = b.build_info();
     }
+}
+
+/// Recipes: their number, total backlog and largest lag, then one line per recipe.
+fn recipe_fields() -> Vec<(String, String)> {
+    let Some(r) = crate::recipes::recipes() else { return Vec::new() };
+    let all = r.all();
+    let backlog: i64 = all.iter().map(|p| p.backlog.load(std::sync::atomic::Ordering::Relaxed)).sum();
+    let lag = all.iter().map(|p| p.status().lag_ms).max().unwrap_or(0);
+    let mut out = vec![("recipes".to_string(), all.len().to_string()), ("recipes_backlog".into(), backlog.to_string()), ("recipes_lag_ms".into(), lag.to_string())];
+    for p in all {
+        let st = p.status();
+        out.push((
+            format!("recipe_{}", p.name),
+            format!(
+                "backlog={},lag_ms={},captured={},applied={},retries={},dead_lettered={},capture_errors={},connected={}",
+                p.backlog.load(std::sync::atomic::Ordering::Relaxed),
+                st.lag_ms,
+                p.captured.load(std::sync::atomic::Ordering::Relaxed),
+                st.applied,
+                st.retries,
+                st.dead_lettered,
+                st.capture_errors,
+                st.connected as u8
+            ),
+        ));
+    }
+    out
 }

@@ -7,6 +7,7 @@ mod hooks;
 mod host;
 mod info;
 mod persistence;
+mod recipes;
 mod reply;
 mod triggers;
 
@@ -60,6 +61,7 @@ fn init(ctx: &Context, args: &[RedisString]) -> Status {
     let _ = REDIS_HOST.set(host.clone());
     let languages: Vec<Arc<dyn engine::Language>> = vec![Arc::new(lang_lua::LuaLanguage), Arc::new(lang_js::Js)];
     let engine = Engine::new(host, config, languages, Arc::new(stdlib::Stdlib::default()));
+    recipes::init(ctx, &engine);
     if ENGINE.set(engine).is_err() {
         ctx.log_warning("rg: the module is already loaded");
         return Status::Err;
@@ -121,5 +123,9 @@ redis_module! {
         // What hooked commands become; its flags are neutral so that reads stay possible on
         // replicas and inside EVAL (where hooks do not fire).
         ["rg.hookrun", hooks::hook_run, "", 0, 0, 0, ""],
+        // What writes become when the command filter refuses them (maxBacklog) or makes
+        // them wait for a write-through target.
+        ["rg.refuse", recipes::refuse, "", 0, 0, 0, ""],
+        ["rg.wtrun", recipes::wt_run, "", 0, 0, 0, ""],
     ],
 }

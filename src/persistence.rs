@@ -204,6 +204,7 @@ pub fn session_drop(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         // Already gone is fine: the result is the same.
         let _ = engine().sessions.drop_session(&id);
         ctx.replicate_verbatim();
+        crate::recipes::sessions_changed();
         Ok(RedisValue::SimpleStringStatic("OK"))
     })
 }

@@ -57,6 +57,10 @@ extern "C" fn on_keyspace_event(ctx: *mut raw::RedisModuleCtx, _type: c_int, eve
             let p = raw::RedisModule_StringPtrLen.unwrap()(key, &mut len);
             std::slice::from_raw_parts(p as *const u8, len).to_vec()
         };
+        // SAFETY: GIL held; the event's context knows its database.
+        let db = unsafe { raw::RedisModule_GetSelectedDb.unwrap()(ctx) }.max(0) as u32;
+        // Recipes first: their capture is part of the write.
+        crate::recipes::on_event(ctx, db, &event, &key_bytes);
         if event == "xadd" {
             for (session, reg) in engine.sessions.stream_triggers(&key_bytes) {
                 engine.stream_ready(session, reg, key_bytes.clone());
@@ -66,8 +70,6 @@ extern "C" fn on_keyspace_event(ctx: *mut raw::RedisModuleCtx, _type: c_int, eve
         if fired.is_empty() {
             return;
         }
-        // SAFETY: GIL held; the event's context knows its database.
-        let db = unsafe { raw::RedisModule_GetSelectedDb.unwrap()(ctx) }.max(0) as u32;
         let host: Arc<dyn engine::Host> = Arc::new(InPlaceHost::new(ctx, redis_host().clone()));
         for (session, reg) in fired {
             if session.db != db {

@@ -29,18 +29,57 @@ pub enum ConfigError {
     OutOfRange { name: String, value: String, min: i64, max: i64 },
     #[error("'{0}' can only be set at load time (module arguments)")]
     LoadTimeOnly(String),
-    #[error("unknown setting '{0}'; known settings: execution-threads, max-executions, script-timeout, lua-memory-limit, js-memory-limit, keys-batch-size")]
+    #[error("bad connection setting '{0}': the name after 'connection.' must be letters, digits, '-' or '_'")]
+    BadConnectionName(String),
+    #[error("'{0}' must be a connection URL, got an empty value")]
+    EmptyConnection(String),
+    #[error("unknown setting '{0}'; known settings: execution-threads, max-executions, script-timeout, lua-memory-limit, js-memory-limit, keys-batch-size, connection.<name>")]
     Unknown(String),
 }
 
 pub struct Config {
     values: RwLock<BTreeMap<String, String>>,
+    /// Named connections (`connection.<name>`): secrets, never returned by `get`.
+    secrets: RwLock<BTreeMap<String, String>>,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Config { values: RwLock::new(SETTINGS.iter().map(|s| (s.name.to_string(), s.default.to_string())).collect()) }
+        Config { values: RwLock::new(SETTINGS.iter().map(|s| (s.name.to_string(), s.default.to_string())).collect()), secrets: Default::default() }
     }
+}
+
+/// Settings named `connection.<name>` hold connection URLs for recipes.
+pub const CONNECTION_PREFIX: &str = "connection.";
+
+/// Is `name` (normalized) a connection secret?
+pub fn is_secret(name: &str) -> bool {
+    name.starts_with(CONNECTION_PREFIX)
+}
+
+/// A connection URL with its password (and query, which may carry one) masked, for replies
+/// and logs: `postgres://app:***@127.0.0.1:5432/db`.
+pub fn redact(url: &str) -> String {
+    let (scheme, rest) = match url.split_once("://") {
+        Some((s, r)) => (format!("{s}://"), r),
+        None => return if url.contains('=') || url.contains('@') { "***".into() } else { url.to_string() },
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    let authority = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{user}:***@{host}"),
+            None => format!("{userinfo}@{host}"),
+        },
+        None => authority.to_string(),
+    };
+    let path = match path.split_once('?') {
+        Some((p, _)) => format!("{p}?***"),
+        None => path.to_string(),
+    };
+    format!("{scheme}{authority}{path}")
 }
 
 /// `rg.script-timeout` and `script-timeout` name the same setting.
@@ -58,6 +97,16 @@ impl Config {
     /// Checks a value without setting it; returns the normalized name and value.
     pub fn validate(name: &str, value: &str, at_load: bool) -> Result<(String, String), ConfigError> {
         let n = normalize(name);
+        if let Some(conn) = n.strip_prefix(CONNECTION_PREFIX) {
+            if conn.is_empty() || !conn.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+                return Err(ConfigError::BadConnectionName(name.to_string()));
+            }
+            if value.trim().is_empty() {
+                return Err(ConfigError::EmptyConnection(n));
+            }
+            // The name is case-insensitive, the URL is kept as given.
+            return Ok((n, value.to_string()));
+        }
         let s = Self::setting(&n).ok_or_else(|| ConfigError::Unknown(name.to_string()))?;
         if s.load_time_only && !at_load {
             return Err(ConfigError::LoadTimeOnly(n));
@@ -72,12 +121,30 @@ impl Config {
     /// Sets a known setting after checking it.
     pub fn set(&self, name: &str, value: &str, at_load: bool) -> Result<(), ConfigError> {
         let (n, v) = Self::validate(name, value, at_load)?;
-        self.values.write().insert(n, v);
+        if is_secret(&n) {
+            self.secrets.write().insert(n, v);
+        } else {
+            self.values.write().insert(n, v);
+        }
         Ok(())
     }
 
     pub fn get(&self, name: &str) -> Option<String> {
         self.values.read().get(&normalize(name)).cloned()
+    }
+
+    /// The URL of connection `name` (as scripts name it, without `connection.`).
+    pub fn connection(&self, name: &str) -> Option<String> {
+        self.secrets.read().get(&format!("{CONNECTION_PREFIX}{}", name.to_ascii_lowercase())).cloned()
+    }
+
+    /// What RG.CONFIGGET shows for a setting: connection URLs redacted.
+    pub fn shown(&self, name: &str) -> Option<String> {
+        let n = normalize(name);
+        if is_secret(&n) {
+            return self.secrets.read().get(&n).map(|u| redact(u));
+        }
+        self.get(&n)
     }
 
     pub fn get_i64(&self, name: &str) -> i64 {

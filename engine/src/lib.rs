@@ -3,7 +3,7 @@
 //! and the worker pool. No Redis FFI here: `MemoryHost` lets everything run without Redis.
 
 pub mod codec;
-mod config;
+pub mod config;
 mod error;
 mod exec_args;
 pub mod execution;
@@ -33,5 +33,5 @@ pub use plan::{Func, GroupMode, NativeOp, Plan, Reader, Step};
 pub use packages::{Package, PackageError, Packages};
 pub use session::{FailPolicy, StreamOptions, Mode, Registration, RegistrationSpec, Replace, Session, SessionDef, SessionError, Sessions, Stats, Trigger};
 pub use streams::STREAM_POSITION;
-pub use runtime::{outcome_value, HookCall, SESSION_LOAD, Api, Engine, EngineError, ExecRequest, RunApi, RunEnv};
+pub use runtime::{RecipeHooks, outcome_value, HookCall, SESSION_LOAD, Api, Engine, EngineError, ExecRequest, RunApi, RunEnv};
 pub use value::{format_double, FnRef, ObjRef, Value};

@@ -51,7 +51,7 @@ impl Packages {
     /// until they are upgraded).
     pub fn load(&self, p: Package, replace: bool) -> Result<(), PackageError> {
         check_name(&p.name)?;
-        if !p.builtin && p.name.starts_with("gears/") {
+        if !p.builtin && (p.name.starts_with("gears/") || p.name.starts_with("gears.")) {
             return Err(PackageError::Reserved);
         }
         let mut map = self.map.write();

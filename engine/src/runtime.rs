@@ -89,6 +89,17 @@ pub enum EngineError {
     ShuttingDown,
 }
 
+/// Recipe registrations (`Trigger::Recipe`) are carried out outside the engine (the
+/// `recipes` crate, wired by the module): these are its hooks.
+pub trait RecipeHooks: Send + Sync {
+    /// Checks a recipe's options when a script registers it (RG.EXEC), so that mistakes are
+    /// reported to the caller rather than found later.
+    fn check(&self, kind: &str, options: &Value, config: &Config) -> Result<(), String>;
+    /// The sessions changed (installed, upgraded, dropped, loaded, promoted): the recipes
+    /// running must follow.
+    fn sessions_changed(&self, engine: &Arc<Engine>);
+}
+
 pub struct Engine {
     pub host: Arc<dyn Host>,
     pub config: Arc<Config>,
@@ -98,6 +109,8 @@ pub struct Engine {
     languages: Arc<Vec<Arc<dyn Language>>>,
     api: Arc<dyn Api>,
     pool: WorkerPool,
+    /// What the module adds for recipe registrations (write-behind): set once at load.
+    pub recipes: std::sync::OnceLock<Arc<dyn RecipeHooks>>,
     pub(crate) timers: Arc<crate::streams::Timers>,
 }
 
@@ -147,7 +160,7 @@ impl Engine {
         for p in api.builtin_packages() {
             let _ = packages.load(p, true);
         }
-        Arc::new(Engine { pool: WorkerPool::new(threads, languages.clone()), host, config, registry, sessions: Default::default(), packages, languages, api, timers: crate::streams::Timers::start() })
+        Arc::new(Engine { pool: WorkerPool::new(threads, languages.clone()), host, config, registry, sessions: Default::default(), packages, languages, api, recipes: Default::default(), timers: crate::streams::Timers::start() })
     }
 
     pub fn language(&self, name: &str) -> Result<Arc<dyn Language>, EngineError> {
@@ -230,7 +243,7 @@ impl Engine {
             if let Some(user) = req.user.as_deref() {
                 for spec in &specs {
                     let prefix = match &spec.trigger {
-                        crate::Trigger::Keys { prefix, .. } | crate::Trigger::Stream { prefix, .. } => prefix,
+                        crate::Trigger::Keys { prefix, .. } | crate::Trigger::Stream { prefix, .. } | crate::Trigger::Recipe { prefix, .. } => prefix,
                         crate::Trigger::Command { .. } | crate::Trigger::Hook { .. } => continue,
                     };
                     if let Err(crate::HostError::NoPermission(_)) = locked.call(Some(user), &[b"EXISTS", prefix]) {
@@ -241,6 +254,17 @@ impl Engine {
                             )),
                             false,
                         );
+                    }
+                }
+            }
+            for spec in &specs {
+                if let crate::Trigger::Recipe { kind, options, .. } = &spec.trigger {
+                    let checked = match self.recipes.get() {
+                        Some(r) => r.check(kind, options, &self.config),
+                        None => Err("recipes are not available in this host".to_string()),
+                    };
+                    if let Err(e) = checked {
+                        return (Outcome::Failed(format!("{kind}: {e}")), false);
                     }
                 }
             }

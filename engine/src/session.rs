@@ -113,6 +113,8 @@ pub enum SessionError {
     NoRegistration(String),
     #[error("a registration for trigger '{0}' already exists (session '{1}')")]
     TriggerTaken(String, String),
+    #[error("a recipe named '{0}' already exists (session '{1}')")]
+    RecipeTaken(String, String),
     #[error("command '{0}' is already hooked (session '{1}')")]
     HookTaken(String, String),
 }
@@ -150,6 +152,13 @@ impl Sessions {
                 for other in map.values().filter(|s| s.id != id) {
                     if other.registrations.iter().any(|r| matches!(&r.spec.trigger, Trigger::Hook { command: c, .. } if c == command)) {
                         return Err(SessionError::HookTaken(command.clone(), other.id.clone()));
+                    }
+                }
+            }
+            if let Trigger::Recipe { name, .. } = &spec.trigger {
+                for other in map.values().filter(|s| s.id != id) {
+                    if other.registrations.iter().any(|r| matches!(&r.spec.trigger, Trigger::Recipe { name: n, .. } if n == name)) {
+                        return Err(SessionError::RecipeTaken(name.clone(), other.id.clone()));
                     }
                 }
             }
@@ -355,6 +364,12 @@ impl Sessions {
             }
         }
         out
+    }
+
+    /// Recipe registrations (write-behind, write-through), with their sessions.
+    pub fn recipes(&self) -> Vec<(Arc<Session>, Arc<Registration>)> {
+        let map = self.map.read();
+        map.values().flat_map(|s| s.registrations.iter().filter(|r| matches!(r.spec.trigger, Trigger::Recipe { .. })).map(move |r| (s.clone(), r.clone()))).collect()
     }
 
     pub fn registration_count(&self) -> u64 {

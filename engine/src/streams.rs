@@ -268,6 +268,9 @@ impl Engine {
     /// Starts the consumers of every StreamReader registration on the streams that exist
     /// (after a restart, a promotion, or a new registration).
     pub fn kick_streams(self: &Arc<Self>) {
+        if let Some(r) = self.recipes.get() {
+            r.sessions_changed(self);
+        }
         for session in self.sessions.all() {
             for reg in &session.registrations {
                 let Some(prefix) = reg.spec.trigger.stream_prefix() else { continue };

@@ -92,6 +92,10 @@ pub enum Trigger {
     /// Calls of an existing command (lower case), optionally only when its first key
     /// argument starts with `prefix`.
     Hook { command: String, prefix: Option<Vec<u8>> },
+    /// A recipe (write-behind, write-through) on hashes whose key starts with `prefix`: the
+    /// module captures their changes and applies them to a target; `options` are the
+    /// recipe's options as the script gave them (checked when registered).
+    Recipe { kind: String, name: String, prefix: Vec<u8>, options: Value },
 }
 
 impl Trigger {
@@ -102,6 +106,7 @@ impl Trigger {
             Trigger::Command { .. } => "CommandReader",
             Trigger::Stream { .. } => "StreamReader",
             Trigger::Hook { .. } => "CommandReader",
+            Trigger::Recipe { .. } => "Recipe",
         }
     }
 
@@ -135,7 +140,7 @@ impl Trigger {
                     && event_types.as_ref().is_none_or(|e| e.iter().any(|x| x == event))
                     && key_types.as_ref().is_none_or(|t| t.iter().any(|x| x == key_type))
             }
-            Trigger::Command { .. } | Trigger::Stream { .. } | Trigger::Hook { .. } => false,
+            Trigger::Command { .. } | Trigger::Stream { .. } | Trigger::Hook { .. } | Trigger::Recipe { .. } => false,
         }
     }
 
@@ -165,6 +170,7 @@ impl Trigger {
                 (Value::str("onFailedRetryInterval"), Value::Int(o.retry_interval_ms as i64)),
                 (Value::str("trimStream"), Value::Bool(o.trim)),
             ]),
+            Trigger::Recipe { kind, options, .. } => Value::Map(vec![(Value::str("recipe"), Value::String(kind.clone())), (Value::str("options"), options.clone())]),
         }
     }
 }

@@ -15,9 +15,15 @@ pub fn config_get(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         let mut out = Vec::new();
         for a in &args[1..] {
             let name = text(a, "the setting name")?;
-            out.push(match Config::setting(&name) {
-                Some(_) => cfg.get(&name).map(Value::String).unwrap_or(Value::Nil),
-                None => Value::Error(format!("ERR {}", engine::ConfigError::Unknown(name))),
+            let n = engine::config::normalize(&name);
+            out.push(if engine::config::is_secret(&n) {
+                // Connection URLs are shown with their password masked.
+                cfg.shown(&n).map(Value::String).unwrap_or(Value::Nil)
+            } else {
+                match Config::setting(&name) {
+                    Some(_) => cfg.get(&name).map(Value::String).unwrap_or(Value::Nil),
+                    None => Value::Error(format!("ERR {}", engine::ConfigError::Unknown(name))),
+                }
             });
         }
         reply::reply(ctx, &Value::Array(out));

@@ -47,6 +47,7 @@ fn registration(ctx: &Context, r: &Registration) -> Value {
         kv("lastError", opt(&s.last_error)),
         kv("avgRunDurationMs", Value::Double(avg)),
         kv("lastRunDurationMs", Value::Double(s.last_duration.as_secs_f64() * 1000.0)),
+        kv("recipe", recipe_status(r)),
         kv(
             "streams",
             Value::Array(
@@ -67,6 +68,31 @@ fn registration(ctx: &Context, r: &Registration) -> Value {
                     .collect(),
             ),
         ),
+    ])
+}
+
+/// What a recipe registration (write-behind, write-through) is doing; nil for others.
+fn recipe_status(r: &Registration) -> Value {
+    let engine::Trigger::Recipe { name, .. } = &r.spec.trigger else { return Value::Nil };
+    let Some(p) = crate::recipes::recipes().and_then(|x| x.get(name)) else { return Value::Nil };
+    let st = p.status();
+    let spec = p.spec();
+    Value::Map(vec![
+        kv("name", Value::String(name.clone())),
+        kv("target", Value::str(spec.target.kind.as_str())),
+        kv("connection", Value::String(spec.target.connection.clone())),
+        kv("delivery", Value::str(spec.delivery.as_str())),
+        kv("backlog", Value::Int(p.backlog.load(Ordering::Relaxed))),
+        kv("maxBacklog", Value::Int(spec.max_backlog as i64)),
+        kv("lagMs", Value::Int(st.lag_ms as i64)),
+        kv("captured", Value::Int(p.captured.load(Ordering::Relaxed) as i64)),
+        kv("applied", Value::Int(st.applied as i64)),
+        kv("batches", Value::Int(st.batches as i64)),
+        kv("retries", Value::Int(st.retries as i64)),
+        kv("deadLettered", Value::Int(st.dead_lettered as i64)),
+        kv("captureErrors", Value::Int(st.capture_errors as i64)),
+        kv("connected", Value::Bool(st.connected)),
+        kv("lastError", opt(&st.last_error)),
     ])
 }
 
@@ -98,6 +124,7 @@ pub fn unregister(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         let id = text(&args[1], "the registration id")?;
         let session = engine().sessions.unregister(&id).map_err(|e| RedisError::String(format!("ERR {e}")))?;
         crate::persistence::replicate_session(ctx, &session);
+        crate::recipes::sessions_changed();
         Ok(RedisValue::SimpleStringStatic("OK"))
     })
 }
@@ -194,6 +221,7 @@ pub fn drop_session(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         let id = text(&args[1], "the session id")?;
         engine().sessions.drop_session(&id).map_err(|e| RedisError::String(format!("ERR {e}")))?;
         ctx.replicate("RG.SESSIONDROP", &[id.as_bytes()][..]);
+        crate::recipes::sessions_changed();
         Ok(RedisValue::SimpleStringStatic("OK"))
     })
 }

@@ -6,6 +6,7 @@ mod args;
 mod builder;
 mod globals;
 mod json;
+mod recipes;
 
 pub use builder::{METHODS as BUILDER_METHODS, READERS};
 
@@ -13,7 +14,7 @@ use builder::Builder;
 use engine::{Api, LockedHost, Natives, ObjRef, RunApi, RunEnv, RunOutput, ScriptCalls, ScriptError, Value};
 use std::cell::{Cell, RefCell};
 
-pub const GLOBALS: &[&str] = &["GB", "execute", "atomic", "log", "configGet", "hashtag", "shardId", "callNext", json::ENCODE, json::DECODE];
+pub const GLOBALS: &[&str] = &["GB", "execute", "atomic", "log", "configGet", "hashtag", "shardId", "callNext", json::ENCODE, json::DECODE, recipes::RECIPE];
 
 /// Object kind of plan builders.
 pub const BUILDER: &str = "GB";
@@ -43,7 +44,9 @@ impl Api for Stdlib {
         self.run_with(env, true)
     }
     fn builtin_packages(&self) -> Vec<engine::Package> {
-        json::packages()
+        let mut p = json::packages();
+        p.extend(recipes::packages());
+        p
     }
 }
 
@@ -112,6 +115,16 @@ impl Natives for ScriptRun {
             "callNext" => globals::call_next(self, &args),
             json::ENCODE => json::encode(&args),
             json::DECODE => json::decode(&args),
+            recipes::RECIPE => match recipes::call(&args)? {
+                recipes::Recipe::Target(v) => Ok(v),
+                recipes::Recipe::Registration(spec) => {
+                    if self.running.get() || self.locked.get().is_some() {
+                        return Err(ScriptError::usage("writeBehind/writeThrough: cannot be called inside a run() or atomic(); call it from the script's top level"));
+                    }
+                    self.registrations.borrow_mut().push(spec);
+                    Ok(Value::Nil)
+                }
+            },
             "atomic" => globals::atomic(self, &args, script),
             "log" => globals::log(&self.env, &args),
             "configGet" => globals::config_get(&self.env, &args),

@@ -21,7 +21,7 @@ pub fn module_path() -> PathBuf {
     assert!(p.exists(), "module not built: {} (run {build} first)", p.display());
     // `cargo test` does not rebuild the cdylib: refuse to test an old one.
     let built = std::fs::metadata(&p).and_then(|m| m.modified()).expect("module mtime");
-    let mut dirs: Vec<PathBuf> = ["src", "engine/src", "stdlib/src", "lang-lua/src", "lang-js/src"].iter().map(|d| root.join(d)).collect();
+    let mut dirs: Vec<PathBuf> = ["src", "engine/src", "stdlib/src", "lang-lua/src", "lang-js/src", "recipes/src"].iter().map(|d| root.join(d)).collect();
     while let Some(dir) = dirs.pop() {
         for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
             if entry.file_type().is_ok_and(|t| t.is_dir()) {

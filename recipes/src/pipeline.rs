@@ -1,0 +1,485 @@
+//! Apply: one thread per recipe reads its streams in batches, coalesces each key's
+//! changes, writes them to the target and only then trims what the target committed.
+//!
+//! - A partial batch waits up to `flushMs` (from its oldest entry) to fill.
+//! - Target unreachable: the batch is tried again with backoff (100 ms doubling to 5 s),
+//!   without limit; nothing is trimmed, so nothing is lost.
+//! - Target rejects the batch: it is applied row by row; a row it rejects is tried again
+//!   (with the rows before it committed and trimmed) up to `maxRetries` times, then written
+//!   to the dead-letter stream with the error, and the rest go on. A value that does not
+//!   convert to its column's type cannot succeed later: it is dead-lettered at once.
+//! - Exactly-once: each transaction also stores the id of its last row in the target, and
+//!   rows at or before the stored id are skipped (a replay after a crash applies nothing
+//!   twice).
+
+use crate::change::{coalesce, dead_letter_key, is_stream_of, parse_entry, Change, Op, STREAM_PREFIX};
+use crate::convert::{convert, Cell, ColType};
+use crate::spec::{Delivery, Spec};
+use crate::target::{Checkpoint, Row, Schema, Target, TargetError};
+use engine::executor::read_stream;
+use engine::streams::{format_id, parse_id, StreamId};
+use engine::{Config, Host, LogLevel, Registration, Value};
+use parking_lot::{Condvar, Mutex, RwLock};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// A client waiting for its change to reach the target (write-through).
+pub struct Waiter {
+    pub stream: Vec<u8>,
+    pub id: StreamId,
+    pub deadline: Instant,
+    pub done: Box<dyn FnOnce(Result<(), String>) + Send>,
+}
+
+/// Counters shown by RG.DUMPREGISTRATIONS and INFO.
+#[derive(Clone, Debug, Default)]
+pub struct Status {
+    pub applied: u64,
+    pub batches: u64,
+    pub retries: u64,
+    pub dead_lettered: u64,
+    pub capture_errors: u64,
+    pub last_error: Option<String>,
+    pub connected: bool,
+    /// Age of the oldest change not yet applied (0 when none waits).
+    pub lag_ms: u64,
+}
+
+pub struct Pipeline {
+    pub name: String,
+    spec: RwLock<(Arc<Spec>, Arc<Registration>, u32)>,
+    streams: Mutex<BTreeSet<Vec<u8>>>,
+    wake: Condvar,
+    woken: Mutex<bool>,
+    stop: AtomicBool,
+    /// This server was a primary at the pipeline's last round (only a primary refuses
+    /// writes beyond `maxBacklog`).
+    pub primary: AtomicBool,
+    /// Changes captured and not yet trimmed, over all its streams.
+    pub backlog: AtomicI64,
+    pub captured: AtomicU64,
+    status: Mutex<Status>,
+    waiters: Mutex<Vec<Waiter>>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+impl Pipeline {
+    pub fn new(name: String, spec: Arc<Spec>, reg: Arc<Registration>, db: u32) -> Arc<Pipeline> {
+        Arc::new(Pipeline {
+            name,
+            spec: RwLock::new((spec, reg, db)),
+            streams: Default::default(),
+            wake: Condvar::new(),
+            woken: Mutex::new(false),
+            stop: AtomicBool::new(false),
+            primary: AtomicBool::new(false),
+            backlog: AtomicI64::new(0),
+            captured: AtomicU64::new(0),
+            status: Default::default(),
+            waiters: Default::default(),
+        })
+    }
+
+    pub fn spec(&self) -> Arc<Spec> {
+        self.spec.read().0.clone()
+    }
+    pub fn db(&self) -> u32 {
+        self.spec.read().2
+    }
+    pub fn registration(&self) -> Arc<Registration> {
+        self.spec.read().1.clone()
+    }
+    /// A new version of the recipe (UPGRADE): same name, same streams, new options.
+    pub fn update(&self, spec: Arc<Spec>, reg: Arc<Registration>, db: u32) {
+        *self.spec.write() = (spec, reg, db);
+        self.notify();
+    }
+    pub fn status(&self) -> Status {
+        self.status.lock().clone()
+    }
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.notify();
+    }
+    pub fn notify(&self) {
+        *self.woken.lock() = true;
+        self.wake.notify_all();
+    }
+
+    /// A change was captured into `stream`.
+    pub fn captured(&self, stream: &[u8]) {
+        self.backlog.fetch_add(1, Ordering::Relaxed);
+        self.captured.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut s = self.streams.lock();
+            if !s.contains(stream) {
+                s.insert(stream.to_vec());
+            }
+        }
+        self.notify();
+    }
+
+    pub fn capture_failed(&self, e: String) {
+        let mut st = self.status.lock();
+        st.capture_errors += 1;
+        st.last_error = Some(e);
+    }
+
+    pub fn add_stream(&self, stream: Vec<u8>) {
+        self.streams.lock().insert(stream);
+    }
+
+    pub fn wait_for(&self, w: Waiter) {
+        self.waiters.lock().push(w);
+        self.notify();
+    }
+
+    fn set_error(&self, e: Option<String>) {
+        let mut st = self.status.lock();
+        if e.is_some() {
+            st.last_error = e;
+        }
+    }
+
+    fn sleep(&self, d: Duration) {
+        let mut w = self.woken.lock();
+        if !*w && !self.stop.load(Ordering::SeqCst) {
+            self.wake.wait_for(&mut w, d);
+        }
+        *w = false;
+    }
+
+    /// Interruptible only by stop (a backoff must not be cut short by new captures).
+    fn back_off(&self, d: Duration) {
+        let end = Instant::now() + d;
+        while Instant::now() < end && !self.stop.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(20).min(end - Instant::now()));
+        }
+    }
+
+    /// Finds the recipe's streams in the keyspace (after a restart or promotion).
+    pub fn discover(&self, host: &dyn Host) {
+        let locked = host.lock(self.db());
+        if !locked.is_primary() {
+            return;
+        }
+        let mut found = Vec::new();
+        let pattern = format!("{STREAM_PREFIX}{}*", glob_escape(&self.name));
+        let mut cursor = 0;
+        loop {
+            let Ok((next, keys)) = engine::scan(&*locked, None, cursor, pattern.as_bytes(), 1000) else { break };
+            found.extend(keys.into_iter().filter(|k| is_stream_of(&self.name, k)));
+            cursor = next;
+            if cursor == 0 {
+                break;
+            }
+        }
+        drop(locked);
+        let mut s = self.streams.lock();
+        s.extend(found);
+        drop(s);
+        self.notify();
+    }
+
+    /// The apply loop (the recipe's own thread) until `stop()`.
+    pub fn run(self: Arc<Self>, host: Arc<dyn Host>, config: Arc<Config>) {
+        let mut conn: Option<(Box<dyn Target>, Schema)> = None;
+        let mut backoff = Duration::from_millis(100);
+        let mut rejections: HashMap<(Vec<u8>, StreamId), u32> = HashMap::new();
+        while !self.stop.load(Ordering::SeqCst) {
+            let (spec, reg, db) = self.spec.read().clone();
+            let streams: Vec<Vec<u8>> = self.streams.lock().iter().cloned().collect();
+            let mut next: Option<Duration> = None;
+            let mut failed = false;
+            let mut backlog = 0i64;
+            let mut oldest: Option<u64> = None;
+            let paused = reg.paused.load(Ordering::Relaxed);
+            let primary = host.lock(db).is_primary();
+            self.primary.store(primary, Ordering::Relaxed);
+            if !primary {
+                self.sleep(Duration::from_millis(500));
+                continue;
+            }
+            for stream in &streams {
+                let (entries, len) = {
+                    let locked = host.lock(db);
+                    if !locked.is_primary() {
+                        break;
+                    }
+                    let len = match locked.call(None, &[b"XLEN", stream]) {
+                        Ok(Value::Int(n)) => n,
+                        _ => 0,
+                    };
+                    let entries = if paused || len == 0 { Ok(Vec::new()) } else { read_stream(&*locked, None, stream, "-", false, spec.batch) };
+                    (entries, len)
+                };
+                backlog += len;
+                let entries = match entries {
+                    Ok(e) => e,
+                    Err(e) => {
+                        self.set_error(Some(format!("reading '{}': {e}", String::from_utf8_lossy(stream))));
+                        continue;
+                    }
+                };
+                let Some(first) = entries.first().and_then(|(id, _)| parse_id(id)) else { continue };
+                oldest = Some(oldest.map_or(first.0, |o: u64| o.min(first.0)));
+                let age = now_ms().saturating_sub(first.0);
+                let waited_for = !self.waiters.lock().is_empty();
+                if entries.len() < spec.batch && age < spec.flush_ms && !waited_for {
+                    let left = Duration::from_millis(spec.flush_ms - age);
+                    next = Some(next.map_or(left, |n| n.min(left)));
+                    continue;
+                }
+                let started = Instant::now();
+                match self.batch(&*host, &config, &spec, db, stream, entries, &mut conn, &mut rejections) {
+                    Ok(n) => {
+                        backoff = Duration::from_millis(100);
+                        reg.record(started.elapsed(), Ok(&[]), false);
+                        let mut st = self.status.lock();
+                        st.applied += n as u64;
+                        st.batches += 1;
+                        next = Some(Duration::ZERO);
+                    }
+                    Err(e) => {
+                        reg.record(started.elapsed(), Err(&e), false);
+                        host.log(LogLevel::Warning, &format!("rg: write-behind '{}': {e} (retrying in {} ms)", self.name, backoff.as_millis()));
+                        let mut st = self.status.lock();
+                        st.retries += 1;
+                        st.last_error = Some(e);
+                        failed = true;
+                        break;
+                    }
+                }
+            }
+            self.backlog.store(backlog, Ordering::Relaxed);
+            {
+                let mut st = self.status.lock();
+                st.connected = conn.is_some();
+                st.lag_ms = oldest.map(|o| now_ms().saturating_sub(o)).unwrap_or(0);
+            }
+            self.expire_waiters(&spec);
+            if failed {
+                self.back_off(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+            match next {
+                Some(d) if d.is_zero() => {}
+                Some(d) => self.sleep(d.min(Duration::from_millis(500))),
+                None => self.sleep(Duration::from_millis(500)),
+            }
+        }
+        // Waiting clients get an answer when the recipe goes away.
+        for w in std::mem::take(&mut *self.waiters.lock()) {
+            (w.done)(Err(format!("write-through '{}' was removed before the change was applied; it stays in the stream", self.name)));
+        }
+    }
+
+    fn expire_waiters(&self, spec: &Spec) {
+        let now = Instant::now();
+        let mut expired = Vec::new();
+        {
+            let mut ws = self.waiters.lock();
+            let mut i = 0;
+            while i < ws.len() {
+                if ws[i].deadline <= now {
+                    expired.push(ws.swap_remove(i));
+                } else {
+                    i += 1;
+                }
+            }
+        }
+        for w in expired {
+            (w.done)(Err(format!(
+                "write-through '{}': the target did not commit the change within {} ms; it is kept and will be applied (at-least-once)",
+                self.name, spec.timeout_ms
+            )));
+        }
+    }
+
+    fn resolve_waiters(&self, stream: &[u8], min: StreamId) {
+        let mut done = Vec::new();
+        {
+            let mut ws = self.waiters.lock();
+            let mut i = 0;
+            while i < ws.len() {
+                if ws[i].stream == stream && ws[i].id < min {
+                    done.push(ws.swap_remove(i));
+                } else {
+                    i += 1;
+                }
+            }
+        }
+        for w in done {
+            (w.done)(Ok(()));
+        }
+    }
+
+    /// One batch of one stream. Ok(rows applied) once everything read was committed (or
+    /// dead-lettered) and trimmed; Err to back off and read the stream again.
+    #[allow(clippy::too_many_arguments)]
+    fn batch(
+        &self,
+        host: &dyn Host,
+        config: &Config,
+        spec: &Spec,
+        db: u32,
+        stream: &[u8],
+        entries: Vec<(String, Value)>,
+        conn: &mut Option<(Box<dyn Target>, Schema)>,
+        rejections: &mut HashMap<(Vec<u8>, StreamId), u32>,
+    ) -> Result<usize, String> {
+        let last = entries.last().and_then(|(id, _)| parse_id(id)).ok_or("bad stream id")?;
+        let mut changes = Vec::with_capacity(entries.len());
+        for (id, fields) in entries {
+            let pairs: Vec<(Vec<u8>, Vec<u8>)> = match fields {
+                Value::Map(m) => m.into_iter().filter_map(|(k, v)| Some((k.as_bytes()?.into_owned(), v.as_bytes()?.into_owned()))).collect(),
+                _ => Vec::new(),
+            };
+            match parse_entry(&id, &pairs) {
+                Ok(c) => changes.push(c),
+                Err(e) => self.dead_letter(host, db, stream, &id, None, &e)?,
+            }
+        }
+        if conn.is_none() {
+            let url = config.connection(&spec.target.connection).ok_or_else(|| format!("no connection '{}': set it with RG.CONFIGSET connection.{} <url> or a module argument", spec.target.connection, spec.target.connection))?;
+            let mut target = crate::target::connect(spec, &url).map_err(|e| e.to_string())?;
+            let schema = target.schema().map_err(|e| e.to_string())?;
+            *conn = Some((target, schema));
+        }
+        let (target, schema) = conn.as_mut().expect("connected");
+        let mut rows = Vec::new();
+        for c in coalesce(changes) {
+            match row(spec, schema, &c) {
+                Ok(r) => rows.push(r),
+                Err(e) => self.dead_letter(host, db, stream, &format_id(c.id), Some(&c), &e)?,
+            }
+        }
+        let stream_name = String::from_utf8_lossy(stream).into_owned();
+        let ckpt = Checkpoint { recipe: &spec.name, stream: &stream_name };
+        let ckpt = (spec.delivery == Delivery::ExactlyOnce).then_some(&ckpt);
+        let applied = match target.apply(&rows, ckpt) {
+            Ok(n) => n,
+            Err(TargetError::Unavailable(e)) => {
+                *conn = None;
+                return Err(e);
+            }
+            Err(TargetError::Rejected(_)) => {
+                // Find the rows the target refuses: one transaction per row.
+                let mut n = 0;
+                for r in &rows {
+                    match target.apply(std::slice::from_ref(r), ckpt) {
+                        Ok(k) => n += k,
+                        Err(TargetError::Unavailable(e)) => {
+                            *conn = None;
+                            self.trim(host, db, stream, r.id);
+                            return Err(e);
+                        }
+                        Err(TargetError::Rejected(e)) => {
+                            let tries = rejections.entry((stream.to_vec(), r.id)).or_insert(0);
+                            *tries += 1;
+                            if *tries <= spec.max_retries {
+                                // Keep what went through; this row is tried again later.
+                                self.trim(host, db, stream, r.id);
+                                return Err(format!("the target rejected key '{}' (try {} of {}): {e}", String::from_utf8_lossy(&r.key), tries, spec.max_retries + 1));
+                            }
+                            rejections.remove(&(stream.to_vec(), r.id));
+                            let change = Change { id: r.id, key: r.key.clone(), op: r.op, fields: Vec::new() };
+                            self.dead_letter(host, db, stream, &format_id(r.id), Some(&change), &e)?;
+                        }
+                    }
+                }
+                n
+            }
+        };
+        self.trim(host, db, stream, (last.0, last.1.saturating_add(1)));
+        Ok(applied)
+    }
+
+    /// Trims the entries before `min` (the target committed them) and answers the clients
+    /// that waited for them.
+    fn trim(&self, host: &dyn Host, db: u32, stream: &[u8], min: StreamId) {
+        let id = format_id(min);
+        let locked = host.lock(db);
+        let _ = locked.call(None, &[b"XTRIM", stream, b"MINID", id.as_bytes()]);
+        drop(locked);
+        self.resolve_waiters(stream, min);
+    }
+
+    /// Writes a change the target will never take to the dead-letter stream.
+    fn dead_letter(&self, host: &dyn Host, db: u32, stream: &[u8], id: &str, change: Option<&Change>, error: &str) -> Result<(), String> {
+        let dlq = dead_letter_key(stream);
+        let mut args: Vec<Vec<u8>> = vec![b"XADD".to_vec(), dlq.clone(), b"*".to_vec(), b"id".to_vec(), id.as_bytes().to_vec(), b"error".to_vec(), error.as_bytes().to_vec()];
+        if let Some(c) = change {
+            args.extend([b"key".to_vec(), c.key.clone(), b"op".to_vec(), if c.op == Op::Upsert { b"u".to_vec() } else { b"d".to_vec() }]);
+            for (f, v) in &c.fields {
+                args.push(f.as_bytes().to_vec());
+                args.push(v.clone());
+            }
+        }
+        let refs: Vec<&[u8]> = args.iter().map(|a| a.as_slice()).collect();
+        let r = host.lock(db).call(None, &refs);
+        match r {
+            Ok(Value::Error(e)) | Err(engine::HostError::Command(e)) => Err(format!("writing to the dead-letter stream '{}': {e}", String::from_utf8_lossy(&dlq))),
+            Err(e) => Err(format!("writing to the dead-letter stream '{}': {e}", String::from_utf8_lossy(&dlq))),
+            Ok(_) => {
+                self.status.lock().dead_lettered += 1;
+                host.log(LogLevel::Warning, &format!("rg: write-behind '{}': entry {id} moved to '{}': {error}", self.name, String::from_utf8_lossy(&dlq)));
+                Ok(())
+            }
+        }
+    }
+}
+
+/// A change as a row of the target: primary key and typed cells (a full row image: every
+/// mapped column, NULL where the hash has no such field).
+pub fn row(spec: &Spec, schema: &Schema, c: &Change) -> Result<Row, String> {
+    let key_text = String::from_utf8_lossy(&c.key);
+    let pk_raw = spec.primary_key(&c.key).ok_or_else(|| format!("key '{key_text}' does not match the recipe's prefix or keyPattern"))?;
+    let ty = |col: &str| -> ColType {
+        spec.target.types.iter().find(|(c, _)| c == col).map(|(_, t)| *t).or_else(|| schema.types.get(col).copied()).unwrap_or(ColType::Text)
+    };
+    let pk = convert(pk_raw, ty(&spec.key_field)).map_err(|e| format!("key '{key_text}': the primary key {e} (column {})", spec.key_field))?;
+    let mut cells = Vec::new();
+    if c.op == Op::Upsert {
+        let field = |name: &str| c.fields.iter().find(|(f, _)| f == name).map(|(_, v)| v);
+        let mapped: Vec<(String, String)> = match (&spec.columns, &schema.columns) {
+            // No mapping on a SQL table: every column of the table, from the field of its name.
+            (None, Some(cols)) => cols.iter().filter(|c| **c != spec.key_field).map(|c| (c.clone(), c.clone())).collect(),
+            _ => spec.mapped(&c.fields).into_iter().map(|(c, f)| (c.to_string(), f.to_string())).filter(|(c, _)| *c != spec.key_field).collect(),
+        };
+        for (col, f) in mapped {
+            if let Some(cols) = &schema.columns {
+                if !cols.contains(&col) {
+                    // allFields on a SQL table: fields without a column are left out.
+                    if spec.columns.as_ref().is_none_or(|m| !m.iter().any(|(c, _)| *c == col)) {
+                        continue;
+                    }
+                }
+            }
+            let cell = match field(&f) {
+                None => Cell::Null,
+                Some(v) => convert(v, ty(&col)).map_err(|e| format!("key '{key_text}': field '{f}' {e} (column {col})"))?,
+            };
+            cells.push((col, cell));
+        }
+    }
+    Ok(Row { id: c.id, key: c.key.clone(), op: c.op, pk, cells })
+}
+
+fn glob_escape(s: &str) -> String {
+    let mut out = String::new();
+    for ch in s.chars() {
+        if matches!(ch, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(ch);
+    }
+    out
+}
+

@@ -1,0 +1,152 @@
+//! The recipes of this shard: one pipeline (and apply thread) per recipe name, following
+//! the sessions. An upgraded session keeps its recipe's pipeline, streams and backlog (only
+//! the options change); a dropped one stops applying, and its stream stays in the keyspace
+//! until a recipe of that name is registered again.
+
+use crate::capture::{capture, event_op, Captured};
+use crate::change::STREAM_PREFIX;
+use crate::pipeline::Pipeline;
+use crate::spec::Spec;
+use engine::{Config, Engine, LockedHost, LogLevel, RecipeHooks, Trigger, Value};
+use parking_lot::RwLock;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+#[derive(Default)]
+pub struct Recipes {
+    pipelines: RwLock<HashMap<String, Arc<Pipeline>>>,
+    /// How many pipelines run (zero lets keyspace events and the command filter return at once).
+    count: AtomicUsize,
+    /// The server is a cluster node (streams get a slot tag).
+    pub cluster: AtomicBool,
+}
+
+impl Recipes {
+    pub fn is_empty(&self) -> bool {
+        self.count.load(Ordering::Relaxed) == 0
+    }
+
+    pub fn all(&self) -> Vec<Arc<Pipeline>> {
+        let mut v: Vec<Arc<Pipeline>> = self.pipelines.read().values().cloned().collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<Pipeline>> {
+        self.pipelines.read().get(name).cloned()
+    }
+
+    /// The pipelines whose keys include `key` (in database `db`).
+    pub fn matching(&self, db: u32, key: &[u8]) -> Vec<Arc<Pipeline>> {
+        if self.is_empty() || key.starts_with(STREAM_PREFIX.as_bytes()) {
+            return Vec::new();
+        }
+        self.pipelines.read().values().filter(|p| p.db() == db && key.starts_with(&p.spec().prefix)).cloned().collect()
+    }
+
+    /// The pipelines whose prefix `key` has, in any database (the command filter does not
+    /// know the client's database).
+    pub fn matching_any_db(&self, key: &[u8]) -> Vec<Arc<Pipeline>> {
+        if self.is_empty() || key.starts_with(STREAM_PREFIX.as_bytes()) {
+            return Vec::new();
+        }
+        self.pipelines.read().values().filter(|p| key.starts_with(&p.spec().prefix)).cloned().collect()
+    }
+
+    /// A keyspace event: captures the change for every recipe of the key. Returns what
+    /// was recorded, with its pipeline; a capture that failed is counted on its pipeline
+    /// and returned as an error.
+    pub fn on_event(&self, locked: &dyn LockedHost, db: u32, event: &str, key: &[u8]) -> Vec<(Arc<Pipeline>, Result<Captured, String>)> {
+        let Some(op) = event_op(event) else { return Vec::new() };
+        let mut out = Vec::new();
+        for p in self.matching(db, key) {
+            let spec = p.spec();
+            match capture(locked, &spec, op, key, self.cluster.load(Ordering::Relaxed)) {
+                Ok(Some(c)) => {
+                    p.captured(&c.stream);
+                    out.push((p, Ok(c)));
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    p.capture_failed(e.clone());
+                    out.push((p, Err(e)));
+                }
+            }
+        }
+        out
+    }
+
+    /// Makes the running pipelines match the recipe registrations of `engine`'s sessions.
+    pub fn sync(&self, engine: &Arc<Engine>) {
+        let mut wanted: HashMap<String, (Arc<Spec>, Arc<engine::Registration>, u32)> = HashMap::new();
+        for (session, reg) in engine.sessions.recipes() {
+            if let Trigger::Recipe { kind, name, options, .. } = &reg.spec.trigger {
+                match Spec::parse(kind, options) {
+                    Ok(spec) => {
+                        wanted.insert(name.clone(), (Arc::new(spec), reg.clone(), session.db));
+                    }
+                    Err(e) => engine.host.log(LogLevel::Warning, &format!("rg: recipe '{name}' of session '{}' is not valid: {e}", session.id)),
+                }
+            }
+        }
+        let mut started = Vec::new();
+        {
+            let mut map = self.pipelines.write();
+            map.retain(|name, p| {
+                let keep = wanted.contains_key(name);
+                if !keep {
+                    p.stop();
+                }
+                keep
+            });
+            for (name, (spec, reg, db)) in wanted {
+                match map.get(&name) {
+                    Some(p) => p.update(spec, reg, db),
+                    None => {
+                        let p = Pipeline::new(name.clone(), spec, reg, db);
+                        map.insert(name.clone(), p.clone());
+                        started.push(p);
+                    }
+                }
+            }
+            self.count.store(map.len(), Ordering::Relaxed);
+        }
+        for p in started {
+            let (host, config, p2) = (engine.host.clone(), engine.config.clone(), p.clone());
+            let spawned = std::thread::Builder::new().name(format!("rg-wb-{}", p.name)).spawn(move || p2.run(host, config));
+            if let Err(e) = spawned {
+                engine.host.log(LogLevel::Warning, &format!("rg: recipe '{}': could not start its thread: {e}", p.name));
+            }
+        }
+        // Streams left by a previous run (restart, promotion, upgrade) are picked up.
+        for p in self.all() {
+            p.discover(&*engine.host);
+        }
+    }
+
+    /// Stops every pipeline (shutdown).
+    pub fn stop_all(&self) {
+        for p in self.pipelines.write().drain().map(|(_, p)| p) {
+            p.stop();
+        }
+        self.count.store(0, Ordering::Relaxed);
+    }
+}
+
+impl RecipeHooks for Recipes {
+    fn check(&self, kind: &str, options: &Value, config: &Config) -> Result<(), String> {
+        let spec = Spec::parse(kind, options)?;
+        if config.connection(&spec.target.connection).is_none() {
+            return Err(format!(
+                "no connection '{}': set it first with RG.CONFIGSET connection.{} <url> (or the module argument connection.{} <url>)",
+                spec.target.connection, spec.target.connection, spec.target.connection
+            ));
+        }
+        Ok(())
+    }
+
+    fn sessions_changed(&self, engine: &Arc<Engine>) {
+        self.sync(engine);
+    }
+}

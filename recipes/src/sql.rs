@@ -1,0 +1,139 @@
+//! SQL shared by the SQL connectors: upsert and delete statements in each dialect. Names
+//! are checked identifiers (see `spec::check_identifier`) or the table's own columns,
+//! always quoted; values are always parameters.
+
+use crate::change::Op;
+use crate::target::Row;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dialect {
+    Postgres,
+    MySql,
+    Sqlite,
+}
+
+impl Dialect {
+    pub fn quote(self, name: &str) -> String {
+        match self {
+            Dialect::MySql => format!("`{}`", name.replace('`', "``")),
+            _ => format!("\"{}\"", name.replace('"', "\"\"")),
+        }
+    }
+
+    /// A table name, possibly `schema.table`.
+    pub fn table(self, name: &str) -> String {
+        name.split('.').map(|p| self.quote(p)).collect::<Vec<_>>().join(".")
+    }
+
+    fn placeholder(self, n: usize, cast: Option<&str>) -> String {
+        match (self, cast) {
+            (Dialect::Postgres, Some(t)) => format!("CAST(${n}::text AS {t})"),
+            (Dialect::Postgres, None) => format!("${n}"),
+            (Dialect::MySql, _) => "?".into(),
+            (Dialect::Sqlite, _) => format!("?{n}"),
+        }
+    }
+}
+
+/// A statement and the (row index, column or None for the key) of each of its parameters.
+pub struct Statement {
+    pub sql: String,
+    pub params: Vec<(usize, Option<usize>)>,
+}
+
+/// Groups `rows` into statements: one multi-row upsert per set of columns and one delete for
+/// all deletes (rows are of distinct keys, so their order does not matter). `cast(column)`
+/// gives the SQL type a text parameter is cast to (PostgreSQL).
+pub fn statements(d: Dialect, table: &str, key: &str, rows: &[&Row], cast: &dyn Fn(&str) -> Option<String>, max_params: usize) -> Vec<Statement> {
+    let mut out = Vec::new();
+    let t = d.table(table);
+    let k = d.quote(key);
+    // Deletes, in chunks.
+    let deletes: Vec<usize> = rows.iter().enumerate().filter(|(_, r)| r.op == Op::Delete).map(|(i, _)| i).collect();
+    for chunk in deletes.chunks(max_params.max(1)) {
+        let mut params = Vec::new();
+        let list: Vec<String> = chunk
+            .iter()
+            .map(|&i| {
+                params.push((i, None));
+                d.placeholder(params.len(), cast(key).as_deref())
+            })
+            .collect();
+        out.push(Statement { sql: format!("DELETE FROM {t} WHERE {k} IN ({})", list.join(", ")), params });
+    }
+    // Upserts, grouped by their columns.
+    let mut groups: Vec<(Vec<&str>, Vec<usize>)> = Vec::new();
+    for (i, r) in rows.iter().enumerate().filter(|(_, r)| r.op == Op::Upsert) {
+        let cols: Vec<&str> = r.cells.iter().map(|(c, _)| c.as_str()).collect();
+        match groups.iter_mut().find(|(c, _)| *c == cols) {
+            Some((_, idx)) => idx.push(i),
+            None => groups.push((cols, vec![i])),
+        }
+    }
+    for (cols, idx) in groups {
+        let per_row = cols.len() + 1;
+        for chunk in idx.chunks((max_params / per_row).max(1)) {
+            let mut params = Vec::new();
+            let mut tuples = Vec::new();
+            for &i in chunk {
+                let mut ph = Vec::new();
+                params.push((i, None));
+                ph.push(d.placeholder(params.len(), cast(key).as_deref()));
+                for (c, col) in cols.iter().enumerate() {
+                    params.push((i, Some(c)));
+                    ph.push(d.placeholder(params.len(), cast(col).as_deref()));
+                }
+                tuples.push(format!("({})", ph.join(", ")));
+            }
+            let names: Vec<String> = std::iter::once(k.clone()).chain(cols.iter().map(|c| d.quote(c))).collect();
+            let update: Vec<String> = cols
+                .iter()
+                .map(|c| {
+                    let q = d.quote(c);
+                    match d {
+                        Dialect::MySql => format!("{q} = VALUES({q})"),
+                        _ => format!("{q} = excluded.{q}"),
+                    }
+                })
+                .collect();
+            let conflict = match (d, update.is_empty()) {
+                (Dialect::MySql, true) => format!(" ON DUPLICATE KEY UPDATE {k} = {k}"),
+                (Dialect::MySql, false) => format!(" ON DUPLICATE KEY UPDATE {}", update.join(", ")),
+                (_, true) => format!(" ON CONFLICT ({k}) DO NOTHING"),
+                (_, false) => format!(" ON CONFLICT ({k}) DO UPDATE SET {}", update.join(", ")),
+            };
+            out.push(Statement { sql: format!("INSERT INTO {t} ({}) VALUES {}{conflict}", names.join(", "), tuples.join(", ")), params });
+        }
+    }
+    out
+}
+
+/// The checkpoint table of exactly-once delivery.
+pub const CHECKPOINTS: &str = "rg_checkpoints";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::convert::Cell;
+
+    fn row(id: u64, op: Op, cols: &[&str]) -> Row {
+        Row { id: (id, 0), key: vec![], op, pk: Cell::Int(id as i64), cells: cols.iter().map(|c| (c.to_string(), Cell::Null)).collect() }
+    }
+
+    #[test]
+    fn groups_upserts_by_columns_and_quotes_names() {
+        let rows = [row(1, Op::Upsert, &["a", "b"]), row(2, Op::Delete, &[]), row(3, Op::Upsert, &["a", "b"]), row(4, Op::Upsert, &["a"])];
+        let refs: Vec<&Row> = rows.iter().collect();
+        let s = statements(Dialect::Postgres, "public.users", "id", &refs, &|c| (c == "id").then(|| "integer".to_string()), 1000);
+        assert_eq!(s.len(), 3);
+        assert_eq!(s[0].sql, "DELETE FROM \"public\".\"users\" WHERE \"id\" IN (CAST($1::text AS integer))");
+        assert_eq!(s[1].sql, "INSERT INTO \"public\".\"users\" (\"id\", \"a\", \"b\") VALUES (CAST($1::text AS integer), $2, $3), (CAST($4::text AS integer), $5, $6) ON CONFLICT (\"id\") DO UPDATE SET \"a\" = excluded.\"a\", \"b\" = excluded.\"b\"");
+        assert_eq!(s[1].params, vec![(0, None), (0, Some(0)), (0, Some(1)), (2, None), (2, Some(0)), (2, Some(1))]);
+        let m = statements(Dialect::MySql, "users", "id", &refs[3..], &|_| None, 1000);
+        assert_eq!(m[0].sql, "INSERT INTO `users` (`id`, `a`) VALUES (?, ?) ON DUPLICATE KEY UPDATE `a` = VALUES(`a`)");
+        // Chunks stay under the parameter limit.
+        let many: Vec<Row> = (0..10).map(|i| row(i, Op::Upsert, &["a"])).collect();
+        let refs: Vec<&Row> = many.iter().collect();
+        assert_eq!(statements(Dialect::Sqlite, "t", "id", &refs, &|_| None, 4).len(), 5);
+    }
+}

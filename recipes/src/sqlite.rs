@@ -1,0 +1,124 @@
+//! SQLite target (`rusqlite`, SQLite bundled). The connection URL is the database file:
+//! `sqlite:///var/lib/app/app.db` or a plain path. Column types come from the declared
+//! types (SQLite affinity rules); timestamps are stored as ISO 8601 text in UTC, booleans as
+//! 0/1.
+
+use crate::convert::{format_timestamp, Cell, ColType};
+use crate::spec::Spec;
+use crate::sql::{self, Dialect};
+use crate::target::{after, Checkpoint, Row, Schema, Target, TargetError};
+use engine::streams::{format_id, parse_id};
+use rusqlite::types::Value as SqlValue;
+use rusqlite::{Connection, ErrorCode};
+use std::time::Duration;
+
+pub struct Sqlite {
+    conn: Connection,
+    table: String,
+    key: String,
+}
+
+fn classify(e: rusqlite::Error) -> TargetError {
+    match &e {
+        rusqlite::Error::SqliteFailure(f, _) if matches!(f.code, ErrorCode::ConstraintViolation | ErrorCode::TypeMismatch | ErrorCode::TooBig) => TargetError::Rejected(format!("sqlite: {e}")),
+        _ => TargetError::Unavailable(format!("sqlite: {e}")),
+    }
+}
+
+pub fn path_of(url: &str) -> &str {
+    url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")).unwrap_or(url)
+}
+
+impl Sqlite {
+    pub fn connect(spec: &Spec, url: &str) -> Result<Sqlite, TargetError> {
+        let conn = Connection::open(path_of(url)).map_err(classify)?;
+        conn.busy_timeout(Duration::from_secs(5)).map_err(classify)?;
+        if spec.delivery == crate::spec::Delivery::ExactlyOnce {
+            conn.execute_batch(&format!("CREATE TABLE IF NOT EXISTS {} (recipe TEXT NOT NULL, stream TEXT NOT NULL, last_id TEXT NOT NULL, PRIMARY KEY (recipe, stream))", sql::CHECKPOINTS)).map_err(classify)?;
+        }
+        Ok(Sqlite { conn, table: spec.target.table.clone(), key: spec.key_field.clone() })
+    }
+}
+
+fn affinity(declared: &str) -> ColType {
+    let t = declared.to_ascii_uppercase();
+    if t.contains("BOOL") {
+        ColType::Bool
+    } else if t.contains("DATE") || t.contains("TIME") {
+        ColType::Timestamp
+    } else if t.contains("INT") {
+        ColType::Int
+    } else if t.contains("CHAR") || t.contains("CLOB") || t.contains("TEXT") {
+        ColType::Text
+    } else if t.contains("BLOB") {
+        ColType::Bytes
+    } else if t.contains("REAL") || t.contains("FLOA") || t.contains("DOUB") || t.contains("NUMERIC") || t.contains("DECIMAL") {
+        ColType::Float
+    } else {
+        ColType::Text
+    }
+}
+
+fn value(c: &Cell) -> SqlValue {
+    match c {
+        Cell::Null => SqlValue::Null,
+        Cell::Int(i) => SqlValue::Integer(*i),
+        Cell::Float(f) => SqlValue::Real(*f),
+        Cell::Bool(b) => SqlValue::Integer(*b as i64),
+        Cell::Timestamp(us) => SqlValue::Text(format_timestamp(*us)),
+        Cell::Text(s) => SqlValue::Text(s.clone()),
+        Cell::Bytes(b) => SqlValue::Blob(b.clone()),
+    }
+}
+
+impl Target for Sqlite {
+    fn schema(&mut self) -> Result<Schema, TargetError> {
+        let mut stmt = self.conn.prepare(&format!("PRAGMA table_info({})", Dialect::Sqlite.table(&self.table))).map_err(classify)?;
+        let cols: Vec<(String, String)> = stmt.query_map([], |r| Ok((r.get::<_, String>(1)?, r.get::<_, String>(2)?))).map_err(classify)?.collect::<Result<_, _>>().map_err(classify)?;
+        if cols.is_empty() {
+            return Err(TargetError::Unavailable(format!("SQLite has no table '{}'", self.table)));
+        }
+        if !cols.iter().any(|(c, _)| *c == self.key) {
+            return Err(TargetError::Unavailable(format!("table '{}' has no key column '{}' (keyField)", self.table, self.key)));
+        }
+        Ok(Schema { types: cols.iter().map(|(c, t)| (c.clone(), affinity(t))).collect(), columns: Some(cols.into_iter().map(|(c, _)| c).collect()) })
+    }
+
+    fn apply(&mut self, rows: &[Row], checkpoint: Option<&Checkpoint>) -> Result<usize, TargetError> {
+        let tx = self.conn.transaction().map_err(classify)?;
+        let last = match checkpoint {
+            Some(c) => {
+                let r: Option<String> = tx
+                    .query_row(&format!("SELECT last_id FROM {} WHERE recipe = ?1 AND stream = ?2", sql::CHECKPOINTS), [c.recipe, c.stream], |r| r.get(0))
+                    .map(Some)
+                    .or_else(|e| if matches!(e, rusqlite::Error::QueryReturnedNoRows) { Ok(None) } else { Err(e) })
+                    .map_err(classify)?;
+                r.and_then(|s| parse_id(&s))
+            }
+            None => None,
+        };
+        let todo = after(rows, last);
+        for st in sql::statements(Dialect::Sqlite, &self.table, &self.key, &todo, &|_| None, 30000) {
+            let params: Vec<SqlValue> = st
+                .params
+                .iter()
+                .map(|(i, c)| match c {
+                    None => value(&todo[*i].pk),
+                    Some(c) => value(&todo[*i].cells[*c].1),
+                })
+                .collect();
+            tx.execute(&st.sql, rusqlite::params_from_iter(params)).map_err(classify)?;
+        }
+        if let (Some(c), Some(last_row)) = (checkpoint, rows.last()) {
+            if last.is_none_or(|l| last_row.id > l) {
+                tx.execute(
+                    &format!("INSERT INTO {} (recipe, stream, last_id) VALUES (?1, ?2, ?3) ON CONFLICT (recipe, stream) DO UPDATE SET last_id = excluded.last_id", sql::CHECKPOINTS),
+                    [c.recipe, c.stream, &format_id(last_row.id)],
+                )
+                .map_err(classify)?;
+            }
+        }
+        tx.commit().map_err(classify)?;
+        Ok(todo.len())
+    }
+}

@@ -1,0 +1,194 @@
+//! Redis glue of the recipes (write-behind, write-through): capture in keyspace events,
+//! refusal of writes beyond `maxBacklog` in the command filter, and RG.WTRUN, which makes a
+//! client's write to a write-through recipe wait for the target.
+
+use crate::blocking::{self, Answer};
+use crate::commands::guarded;
+use crate::host::InPlaceHost;
+use crate::{redis_host, reply};
+use engine::Value;
+use recipes::pipeline::Waiter;
+use recipes::{Kind, Recipes};
+use redis_module::{raw, Context, ContextFlags, RedisResult, RedisString, RedisValue};
+use std::cell::RefCell;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+static RECIPES: OnceLock<Arc<Recipes>> = OnceLock::new();
+
+pub fn recipes() -> Option<&'static Arc<Recipes>> {
+    RECIPES.get()
+}
+
+pub fn init(ctx: &Context, engine: &Arc<engine::Engine>) {
+    let r = Arc::new(Recipes::default());
+    r.cluster.store(ctx.get_flags().contains(ContextFlags::CLUSTER), std::sync::atomic::Ordering::Relaxed);
+    let _ = RECIPES.set(r.clone());
+    let _ = engine.recipes.set(r);
+}
+
+/// The sessions changed from a command (drop, unregister): the recipes follow, off the
+/// main thread (following takes the data lock).
+pub fn sessions_changed() {
+    let Some(r) = recipes().cloned() else { return };
+    let e = crate::engine().clone();
+    crate::engine().soon(Box::new(move || engine::RecipeHooks::sessions_changed(&*r, &e)));
+}
+
+thread_local! {
+    /// Changes captured for write-through recipes during the current RG.WTRUN.
+    static CAPTURED: RefCell<Option<Vec<(Arc<recipes::pipeline::Pipeline>, Vec<u8>, String)>>> = const { RefCell::new(None) };
+}
+
+/// A keyspace event on a primary: captures it for every recipe of the key.
+pub fn on_event(ctx: *mut raw::RedisModuleCtx, db: u32, event: &str, key: &[u8]) {
+    let Some(r) = recipes() else { return };
+    if r.is_empty() {
+        return;
+    }
+    let host = InPlaceHost::new(ctx, redis_host().clone());
+    let locked = engine::Host::lock(&host, db);
+    for (p, result) in r.on_event(&*locked, db, event, key) {
+        match result {
+            Ok(c) => CAPTURED.with(|cap| {
+                if let Some(list) = cap.borrow_mut().as_mut() {
+                    if p.spec().kind == Kind::WriteThrough {
+                        list.push((p.clone(), c.stream, c.id));
+                    }
+                }
+            }),
+            Err(e) => engine::Host::log(&**crate::redis_host(), engine::LogLevel::Warning, &format!("rg: recipe '{}': the change of '{}' could not be captured: {e}", p.name, String::from_utf8_lossy(key))),
+        }
+    }
+}
+
+/// Write commands and the positions of their keys (1-based argument indexes; 0 = all).
+fn key_positions(command: &str) -> Option<&'static [usize]> {
+    Some(match command {
+        "hset" | "hsetnx" | "hmset" | "hincrby" | "hincrbyfloat" | "hdel" | "hexpire" | "hpexpire" | "hexpireat" | "hpexpireat" | "hpersist" | "hgetdel" | "hgetex" | "hsetex" | "expire" | "pexpire" | "expireat" | "pexpireat" | "persist" | "restore" | "move" => &[1],
+        "rename" | "renamenx" | "copy" => &[1, 2],
+        "del" | "unlink" => &[0],
+        _ => return None,
+    })
+}
+
+pub const REFUSE: &str = "rg.refuse";
+pub const WT_RUN: &str = "rg.wtrun";
+
+/// What the command filter does with a command: refuse it (the message), make it wait for
+/// a write-through target, or leave it.
+pub enum Filtered {
+    Refuse(String),
+    WriteThrough,
+    Pass,
+}
+
+/// Called by the command filter for every command while recipes exist.
+pub fn filter(command: &str, args: &dyn Fn(usize) -> Option<Vec<u8>>, argc: usize) -> Filtered {
+    let Some(r) = recipes() else { return Filtered::Pass };
+    if r.is_empty() {
+        return Filtered::Pass;
+    }
+    let Some(positions) = key_positions(command) else { return Filtered::Pass };
+    let keys: Vec<Vec<u8>> = if positions == [0] { (1..argc).filter_map(args).collect() } else { positions.iter().filter(|&&i| i < argc).filter_map(|&i| args(i)).collect() };
+    let mut through = false;
+    for key in &keys {
+        // The filter does not know the client's database: a recipe of any database counts.
+        for p in r.matching_any_db(key) {
+            if !p.primary.load(std::sync::atomic::Ordering::Relaxed) {
+                continue;
+            }
+            let spec = p.spec();
+            let backlog = p.backlog.load(std::sync::atomic::Ordering::Relaxed).max(0) as u64;
+            if spec.max_backlog > 0 && backlog >= spec.max_backlog {
+                return Filtered::Refuse(format!(
+                    "ERR write-behind '{}' has {backlog} changes not yet applied to its target (maxBacklog {}): writes to keys under '{}' are refused until it drains",
+                    p.name,
+                    spec.max_backlog,
+                    String::from_utf8_lossy(&spec.prefix)
+                ));
+            }
+            through |= spec.kind == Kind::WriteThrough;
+        }
+    }
+    if through {
+        Filtered::WriteThrough
+    } else {
+        Filtered::Pass
+    }
+}
+
+/// RG.REFUSE <message>: what a refused write becomes.
+pub fn refuse(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+    guarded(ctx, || {
+        let msg = args.get(1).map(|a| a.to_string_lossy()).unwrap_or_else(|| "ERR refused".into());
+        reply::error(ctx, &msg);
+        Ok(RedisValue::NoReply)
+    })
+}
+
+/// RG.WTRUN <command> [arg ...]: runs a write to a write-through recipe's keys and replies
+/// once the target has committed the change, or with an error after `timeoutMs` (the change
+/// stays captured and is applied later). Inside MULTI/EXEC or a script the client cannot
+/// wait: the write replies at once, as with write-behind.
+pub fn wt_run(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+    guarded(ctx, || {
+        let argv: Vec<Vec<u8>> = args.iter().skip(1).map(|a| a.as_slice().to_vec()).collect();
+        if argv.is_empty() {
+            reply::error(ctx, "ERR wrong number of arguments for 'rg.wtrun' command");
+            return Ok(RedisValue::NoReply);
+        }
+        let flags = ctx.get_flags();
+        let internal = flags.contains(ContextFlags::REPLICATED) || flags.contains(ContextFlags::LOADING);
+        let can_wait = !internal && !flags.contains(ContextFlags::MULTI) && !flags.contains(ContextFlags::LUA) && !flags.contains(ContextFlags::DENY_BLOCKING);
+        let user = if internal { None } else { Some(ctx.get_current_user().to_string_lossy()) };
+        let host = InPlaceHost::new(ctx.ctx, redis_host().clone());
+        CAPTURED.with(|c| *c.borrow_mut() = Some(Vec::new()));
+        let refs: Vec<&[u8]> = argv.iter().map(|a| a.as_slice()).collect();
+        // SAFETY: the context's database is the client's.
+        let db = unsafe { raw::RedisModule_GetSelectedDb.unwrap()(ctx.ctx) }.max(0) as u32;
+        let result = engine::Host::lock(&host, db).call(user.as_deref(), &refs);
+        let captured = CAPTURED.with(|c| c.borrow_mut().take()).unwrap_or_default();
+        let value = match result {
+            Ok(v) => v,
+            Err(e) => {
+                reply::error(ctx, &e.to_string());
+                return Ok(RedisValue::NoReply);
+            }
+        };
+        if captured.is_empty() || !can_wait || matches!(value, Value::Error(_)) {
+            reply::reply(ctx, &value);
+            return Ok(RedisValue::NoReply);
+        }
+        // Wait for every change the write captured; reply with the command's own reply.
+        let unblock = blocking::block_client(ctx);
+        let pending = Arc::new(parking_lot::Mutex::new((captured.len(), None::<String>, Some(unblock), Some(value))));
+        for (p, stream, id) in captured {
+            let id = engine::streams::parse_id(&id).unwrap_or((u64::MAX, 0));
+            let pending = pending.clone();
+            let timeout = Duration::from_millis(p.spec().timeout_ms);
+            p.wait_for(Waiter {
+                stream,
+                id,
+                deadline: Instant::now() + timeout,
+                done: Box::new(move |r| {
+                    let mut g = pending.lock();
+                    g.0 -= 1;
+                    if let Err(e) = r {
+                        g.1.get_or_insert(e);
+                    }
+                    if g.0 == 0 {
+                        let answer = match g.1.take() {
+                            Some(e) => Answer::Exec(Err(format!("ERR {e}"))),
+                            None => Answer::Exec(Ok(g.3.take().unwrap_or(Value::Nil))),
+                        };
+                        if let Some(f) = g.2.take() {
+                            f(answer);
+                        }
+                    }
+                }),
+            });
+        }
+        Ok(RedisValue::NoReply)
+    })
+}
