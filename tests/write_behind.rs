@@ -76,3 +76,257 @@ fn inserts_updates_deletes_expiry_rename_and_types_in_both_languages() {
         assert_eq!(fmt(&cmd(&mut c, &["RG.DROPSESSION", "wb"])), "OK");
     }
 }
+
+/// Writes `user:<i>` for i in `range` from a thread, through server restarts: every write
+/// the server acknowledged is recorded as (i, value). A write that failed (the server was
+/// being killed) is tried again with a new value, so each attempt is distinguishable.
+fn writer(port: u16, range: std::ops::Range<usize>, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> std::thread::JoinHandle<Vec<(usize, String)>> {
+    std::thread::spawn(move || {
+        let open = || redis::Client::open(format!("redis://127.0.0.1:{port}/")).and_then(|c| c.get_connection_with_timeout(Duration::from_secs(1)));
+        let mut conn = None;
+        let mut acked = Vec::new();
+        let mut attempt = 0u64;
+        for i in range {
+            loop {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    return acked;
+                }
+                attempt += 1;
+                let value = format!("v{i}-{attempt}");
+                let c = match conn.as_mut() {
+                    Some(c) => c,
+                    None => match open() {
+                        Ok(c) => conn.insert(c),
+                        Err(_) => {
+                            std::thread::sleep(Duration::from_millis(20));
+                            continue;
+                        }
+                    },
+                };
+                let r: redis::RedisResult<i64> = redis::cmd("HSET").arg(format!("user:{i}")).arg("name").arg(&value).arg("age").arg(i).query(c);
+                match r {
+                    Ok(_) => {
+                        acked.push((i, value));
+                        break;
+                    }
+                    // The server is being killed, restarted, or loading its AOF.
+                    Err(e) if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout() || e.kind() == redis::ErrorKind::BusyLoadingError => {
+                        conn = None;
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    Err(e) => panic!("HSET user:{i} was refused: {e}"),
+                }
+            }
+        }
+        acked
+    })
+}
+
+/// Every acknowledged write is in PostgreSQL: the last acknowledged value of each key.
+fn assert_all_arrived(pg: &Postgres, acked: &[(usize, String)], secs: u64) {
+    let mut last = std::collections::BTreeMap::new();
+    for (i, v) in acked {
+        last.insert(*i, v.clone());
+    }
+    let expected: String = last.iter().map(|(i, v)| format!("{i}|{v}")).collect::<Vec<_>>().join("\n");
+    pg_eventually(pg, "SELECT id, name FROM users ORDER BY id", &expected, secs);
+}
+
+fn kill_three_times_under_load(delivery: &str) -> (Postgres, Vec<(usize, String)>) {
+    let pg = Postgres::start();
+    // The audit trigger is slow (1 ms a row): the pipeline is always behind, so the kills
+    // land while batches are in flight.
+    pg.sql(&format!("{USERS}; CREATE TABLE audit (id integer, name text); \
+        CREATE FUNCTION audit_users() RETURNS trigger AS $$ BEGIN PERFORM pg_sleep(0.001); INSERT INTO audit VALUES (NEW.id, NEW.name); RETURN NEW; END $$ LANGUAGE plpgsql; \
+        CREATE TRIGGER users_audit AFTER INSERT OR UPDATE ON users FOR EACH ROW EXECUTE FUNCTION audit_users();"));
+    let mut s = server_with(&pg, &["--appendonly", "yes", "--appendfsync", "always"]);
+    let mut c = s.conn();
+    let code = lua_recipe(&format!(", batch = 50, delivery = '{delivery}'"));
+    assert_eq!(exec(&mut c, "lua", &code, &["ID", "wb"]), "OK");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let w = writer(s.port, 0..3000, stop.clone());
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_millis(700));
+        // kill -9 mid-load, while the writer writes and the pipeline applies.
+        s.restart();
+    }
+    let acked = w.join().expect("writer");
+    assert_eq!(acked.len(), 3000, "the writer finished every key");
+    assert_all_arrived(&pg, &acked, 60);
+    let mut c = s.conn();
+    common::eventually(&mut c, &["XLEN", "rg:wb:users"], "0");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    (pg, acked)
+}
+
+#[test]
+fn kill_9_three_times_loses_nothing_acknowledged() {
+    let (pg, acked) = kill_three_times_under_load("at-least-once");
+    assert!(acked.len() >= 3000);
+    // At-least-once may apply a change twice after a crash, never zero times.
+    let applied: usize = pg.sql("SELECT count(DISTINCT (id, name)) FROM audit").parse().unwrap();
+    assert!(applied >= 3000, "{applied}");
+    let replayed = pg.sql("SELECT count(*) FROM (SELECT id, name FROM audit GROUP BY id, name HAVING count(*) > 1) d");
+    eprintln!("at-least-once: {} acknowledged writes, {replayed} changes applied more than once after the kills", acked.len());
+}
+
+#[test]
+fn exactly_once_applies_nothing_twice_across_kill_9() {
+    let (pg, acked) = kill_three_times_under_load("exactly-once");
+    eprintln!("exactly-once: {} acknowledged writes, {} audit rows", acked.len(), pg.sql("SELECT count(*) FROM audit"));
+    assert_eq!(pg.sql("SELECT count(*) FROM (SELECT id, name FROM audit GROUP BY id, name HAVING count(*) > 1) d"), "0", "duplicates in the audit table");
+    let ckpt = pg.sql("SELECT recipe, stream FROM rg_checkpoints");
+    assert_eq!(ckpt, "users|rg:wb:users");
+}
+
+#[test]
+fn a_database_outage_loses_nothing_and_max_backlog_refuses_writes_clearly() {
+    let mut pg = Postgres::start();
+    pg.sql(USERS);
+    let s = server_with(&pg, &[]);
+    let mut c = s.conn();
+    assert_eq!(exec(&mut c, "js", &js_recipe(", batch: 20, maxBacklog: 500"), &["ID", "wb"]), "OK");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut acked = writer(s.port, 0..100, stop.clone()).join().expect("writer");
+    assert_all_arrived(&pg, &acked, 20);
+    pg.stop();
+    // Under maxBacklog no client sees an error (the writer panics on any refusal).
+    acked.extend(writer(s.port, 100..400, stop.clone()).join().expect("writer"));
+    assert_eq!(acked.len(), 400);
+    std::thread::sleep(Duration::from_millis(300));
+    let dump = fmt(&cmd(&mut c, &["RG.DUMPREGISTRATIONS"]));
+    assert!(dump.contains(r#""connected", 0"#) && dump.contains(r#""backlog", 300"#), "{dump}");
+    // Beyond it, writes to the recipe's keys are refused before they are applied.
+    let mut refused = None;
+    for i in 400..1000 {
+        let r = fmt(&cmd(&mut c, &["HSET", &format!("user:{i}"), "name", "late", "age", "1"]));
+        if r.starts_with("(error)") {
+            refused = Some((i, r));
+            break;
+        }
+    }
+    let (first_refused, err) = refused.expect("writes beyond maxBacklog are refused");
+    assert!(err.contains("write-behind 'users' has 500 changes not yet applied to its target (maxBacklog 500): writes to keys under 'user:' are refused until it drains"), "{err}");
+    assert_eq!(fmt(&cmd(&mut c, &["EXISTS", &format!("user:{first_refused}")])), "0", "a refused write is not applied");
+    assert_eq!(fmt(&cmd(&mut c, &["SET", "other:1", "x"])), "OK", "other keys are not affected");
+    let info = fmt(&cmd(&mut c, &["INFO", "rg"]));
+    assert!(info.contains("rg_recipes_backlog:500") && info.contains("connected=0"), "{info}");
+    // The database comes back: everything acknowledged arrives, the backlog drains, writes
+    // are accepted again.
+    pg.start_again();
+    let mut all = acked.clone();
+    all.extend((400..first_refused).map(|i| (i, "late".to_string())));
+    assert_all_arrived(&pg, &all, 60);
+    common::eventually(&mut c, &["XLEN", "rg:wb:users"], "0");
+    assert_eq!(fmt(&cmd(&mut c, &["HSET", "user:5000", "name", "again", "age", "1"])), "2");
+    pg_eventually(&pg, "SELECT name FROM users WHERE id = 5000", "again", 20);
+}
+
+#[test]
+fn a_row_the_database_rejects_goes_to_the_dead_letter_stream_after_retries() {
+    let pg = Postgres::start();
+    pg.sql(&format!("{USERS}; ALTER TABLE users ADD CONSTRAINT adult CHECK (age >= 18)"));
+    let s = server_with(&pg, &[]);
+    let mut c = s.conn();
+    assert_eq!(exec(&mut c, "lua", &lua_recipe(", batch = 10, maxRetries = 2"), &["ID", "wb"]), "OK");
+    for i in 1..=20 {
+        let age = if i == 7 { "3" } else { "30" };
+        cmd(&mut c, &["HSET", &format!("user:{i}"), "name", &format!("n{i}"), "age", age]);
+    }
+    pg_eventually(&pg, "SELECT count(*) FROM users", "19", 30);
+    assert_eq!(pg.sql("SELECT count(*) FROM users WHERE id = 7"), "0");
+    common::eventually(&mut c, &["XLEN", "rg:dead:users"], "1");
+    let dead = fmt(&cmd(&mut c, &["XRANGE", "rg:dead:users", "-", "+"]));
+    assert!(dead.contains("adult") && dead.contains("user:7"), "{dead}");
+    let dump = fmt(&cmd(&mut c, &["RG.DUMPREGISTRATIONS"]));
+    assert!(dump.contains(r#""deadLettered", 1"#) && dump.contains(r#""retries", 2"#), "{dump}");
+    common::eventually(&mut c, &["XLEN", "rg:wb:users"], "0");
+}
+
+#[test]
+fn an_upgrade_under_load_keeps_the_stream_and_loses_nothing() {
+    let pg = Postgres::start();
+    pg.sql(USERS);
+    let s = server_with(&pg, &[]);
+    let mut c = s.conn();
+    assert_eq!(exec(&mut c, "lua", &lua_recipe(", batch = 25"), &["ID", "wb"]), "OK");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let w = writer(s.port, 0..2000, stop.clone());
+    for (i, (lang, code)) in [("js", js_recipe(", batch: 7")), ("lua", lua_recipe(", batch = 100, flushMs = 50")), ("js", js_recipe(""))].into_iter().enumerate() {
+        std::thread::sleep(Duration::from_millis(200 + 100 * i as u64));
+        assert_eq!(exec(&mut c, lang, &code, &["ID", "wb", "UPGRADE"]), "OK");
+    }
+    let acked = w.join().expect("writer");
+    assert_all_arrived(&pg, &acked, 60);
+    // No entry is left behind in an orphaned stream.
+    common::eventually(&mut c, &["XLEN", "rg:wb:users"], "0");
+    assert_eq!(fmt(&cmd(&mut c, &["KEYS", "rg:*"])), r#"["rg:wb:users"]"#);
+}
+
+#[test]
+fn write_through_replies_once_the_row_is_committed_or_times_out() {
+    let mut pg = Postgres::start();
+    pg.sql(USERS);
+    let s = server_with(&pg, &[]);
+    let mut c = s.conn();
+    let code = "local r = require('gears.recipes')\nr.writeThrough({ name = 'users', prefix = 'user:', target = r.postgres({ connection = 'pg', table = 'users' }), timeoutMs = 1500 })";
+    assert_eq!(exec(&mut c, "lua", code, &["ID", "wt"]), "OK");
+    for i in 1..=20 {
+        assert_eq!(fmt(&cmd(&mut c, &["HSET", &format!("user:{i}"), "name", "Ann", "age", &i.to_string()])), "2");
+        // The reply came after the commit: the row is there already.
+        assert_eq!(pg.sql(&format!("SELECT age FROM users WHERE id = {i}")), i.to_string());
+    }
+    assert_eq!(fmt(&cmd(&mut c, &["DEL", "user:1"])), "1");
+    assert_eq!(pg.sql("SELECT count(*) FROM users WHERE id = 1"), "0");
+    // Inside MULTI the client cannot wait: the write is applied later.
+    cmd(&mut c, &["MULTI"]);
+    cmd(&mut c, &["HSET", "user:30", "name", "Multi", "age", "30"]);
+    assert_eq!(fmt(&cmd(&mut c, &["EXEC"])), "[2]");
+    pg_eventually(&pg, "SELECT name FROM users WHERE id = 30", "Multi", 20);
+    // The database is down: an error after timeoutMs, and the change still arrives later.
+    pg.stop();
+    let started = Instant::now();
+    let r = fmt(&cmd(&mut c, &["HSET", "user:2", "name", "Late", "age", "2"]));
+    let waited = started.elapsed();
+    assert!(r.contains("write-through 'users': the target did not commit the change within 1500 ms; it is kept and will be applied (at-least-once)"), "{r}");
+    assert!(waited >= Duration::from_millis(1400), "{waited:?}");
+    assert_eq!(fmt(&cmd(&mut c, &["HGET", "user:2", "name"])), r#""Late""#);
+    pg.start_again();
+    pg_eventually(&pg, "SELECT name FROM users WHERE id = 2", "Late", 30);
+}
+
+#[test]
+fn bad_recipes_are_refused_with_clear_errors() {
+    let pg = Postgres::start();
+    let s = server_with(&pg, &[]);
+    let mut c = s.conn();
+    let cases = [
+        ("r.writeBehind({ prefix = 'u:', target = r.postgres({ connection = 'pg', table = 't' }) })", "writeBehind: name is required"),
+        ("r.writeBehind({ name = 'a', target = r.postgres({ connection = 'pg', table = 't' }) })", "writeBehind: prefix is required"),
+        ("r.writeBehind({ name = 'a', prefix = 'u:' })", "writeBehind: target is required"),
+        ("r.writeBehind({ name = 'a', prefix = 'u:', target = r.postgres({ connection = 'nope', table = 't' }) })", "writeBehind: no connection 'nope': set it first with RG.CONFIGSET connection.nope <url>"),
+        ("r.writeBehind({ name = 'a', prefix = 'u:', batch = 0, target = r.postgres({ connection = 'pg', table = 't' }) })", "writeBehind: batch must be between 1 and 100000, got 0"),
+        ("r.writeBehind({ name = 'a', prefix = 'u:', delivery = 'twice', target = r.postgres({ connection = 'pg', table = 't' }) })", "writeBehind: delivery must be 'at-least-once' or 'exactly-once', got 'twice'"),
+        ("r.writeBehind({ name = 'a', prefix = 'u:', keyPattern = 'u:*:*', target = r.postgres({ connection = 'pg', table = 't' }) })", "writeBehind: keyPattern must hold exactly one '*'"),
+        ("r.writeBehind({ name = 'a', prefix = 'u:', colour = 1, target = r.postgres({ connection = 'pg', table = 't' }) })", "writeBehind: unknown option 'colour'"),
+        ("r.writeBehind({ name = 'a', prefix = 'u:', target = r.postgres({ connection = 'pg', table = 't; drop table x' }) })", "writeBehind: target: table must be letters, digits"),
+        ("r.writeBehind({ name = 'a', prefix = 'u:', columns = { ['a b'] = 'x' }, target = r.postgres({ connection = 'pg', table = 't' }) })", "writeBehind: column 'a b' must be 1 to 63 letters"),
+        ("r.writeBehind({ name = 'a', prefix = 'rg:wb:', target = r.postgres({ connection = 'pg', table = 't' }) })", "would capture the recipes' own streams"),
+        ("r.writeBehind(5)", "writeBehind: expected a table/object of options, got int"),
+    ];
+    for (code, expected) in cases {
+        let r = exec(&mut c, "lua", &format!("local r = require('gears.recipes')\n{code}"), &["ID", "bad"]);
+        assert!(r.contains(expected), "{code}\n  got: {r}\n  expected: {expected}");
+    }
+    // Two recipes of one name in different sessions.
+    let ok = "local r = require('gears.recipes')\nr.writeBehind({ name = 'a', prefix = 'u:', target = r.postgres({ connection = 'pg', table = 't' }) })";
+    assert_eq!(exec(&mut c, "lua", ok, &["ID", "one"]), "OK");
+    assert!(exec(&mut c, "lua", ok, &["ID", "two"]).contains("a recipe named 'a' already exists (session 'one')"));
+    // The connection URL is a secret: shown redacted, never in full.
+    assert_eq!(fmt(&cmd(&mut c, &["RG.CONFIGSET", "connection.secret", "postgresql://app:hunter2@127.0.0.1:1/db?password=hunter2"])), "OK");
+    let shown = fmt(&cmd(&mut c, &["RG.CONFIGGET", "connection.secret"]));
+    assert_eq!(shown, r#"["postgresql://app:***@127.0.0.1:1/db?***"]"#);
+    assert!(!fmt(&cmd(&mut c, &["RG.DUMPREGISTRATIONS"])).contains("hunter2"));
+    assert!(!s.log().contains("hunter2"));
+    assert!(fmt(&cmd(&mut c, &["RG.CONFIGSET", "connection.a b", "x"])).contains("bad connection setting"));
+}
