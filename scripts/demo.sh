@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Builds the module, starts redis-server with it on a free port, loads sample data and
-# runs the same map-reduce in Lua and in JavaScript. KEEP=1 leaves the server running.
+# runs the same map-reduce in Lua and in JavaScript, a trigger and a stream consumer, then
+# write-behind to a private PostgreSQL: a burst of HSETs, rows arriving, the backlog
+# draining. KEEP=1 leaves the servers running.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/deps.sh
@@ -12,7 +14,17 @@ redis-server --port "$port" --bind 127.0.0.1 --save "" --dir "$dir" --daemonize 
   --pidfile "$dir/redis.pid" --logfile "$dir/redis.log" \
   --loadmodule "$PWD/target/release/librg.so" >/dev/null
 for _ in $(seq 50); do redis-cli -p "$port" PING >/dev/null 2>&1 && break; sleep 0.1; done
-stop() { if [ -z "${KEEP:-}" ]; then kill "$(cat "$dir/redis.pid")" 2>/dev/null || true; rm -rf "$dir"; fi; }
+pgbin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+pgport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+pgdir="$dir/pg"
+as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+stop() {
+  if [ -z "${KEEP:-}" ]; then
+    kill "$(cat "$dir/redis.pid")" 2>/dev/null || true
+    [ -f "$pgdir/data/postmaster.pid" ] && as_pg "$pgbin/pg_ctl" -D "$pgdir/data" -m fast -w stop >/dev/null 2>&1 || true
+    rm -rf "$dir"
+  fi
+}
 trap stop EXIT
 cli() { redis-cli -p "$port" "$@"; }
 
@@ -50,5 +62,43 @@ for i in $(seq 1 25); do cli XADD orders:eu '*' amount 2.5 >/dev/null; done
 for _ in $(seq 50); do [ "$(cli GET revenue)" = "62.5" ] && break; sleep 0.1; done
 echo "GET revenue -> $(cli GET revenue); XLEN orders:eu -> $(cli XLEN orders:eu) (processed entries are trimmed)"
 echo
+echo "== Write-behind: hashes user:* mirrored to a PostgreSQL table (a private server on port $pgport)"
+mkdir -p "$pgdir"; if [ "$(id -u)" = 0 ]; then chmod 755 "$dir"; chown postgres "$pgdir"; fi
+as_pg "$pgbin/initdb" -D "$pgdir/data" -U postgres --auth=trust --no-sync >/dev/null
+as_pg "$pgbin/pg_ctl" -D "$pgdir/data" -l "$pgdir/log" -o "-p $pgport -k $pgdir -c listen_addresses=127.0.0.1" -w start >/dev/null
+psql() { "$pgbin/psql" -X -q -A -t -d "postgresql://postgres@127.0.0.1:$pgport/postgres" -c "$1"; }
+psql "CREATE TABLE users (id integer PRIMARY KEY, name text, age integer, city text)"
+cli RG.CONFIGSET connection.pg "postgresql://postgres@127.0.0.1:$pgport/postgres" >/dev/null
+code="import { writeBehind, postgres } from 'gears/recipes';
+writeBehind({ name: 'users', prefix: 'user:', target: postgres({ connection: 'pg', table: 'users' }),
+              batch: 500, flushMs: 100, delivery: 'exactly-once' });"
+echo "$code"
+cli RG.EXEC js "$code" ID users-to-pg
+echo "(the 1002 users already in Redis are written again below; new ones are captured as they change)"
+awk 'BEGIN { split("paris rome berlin lisbon", c, " "); for (i = 1; i <= 20000; i++) printf "HSET user:%d name user%d age %d city %s\n", i, i, 18 + i % 50, c[1 + i % 4] }' > "$dir/burst.txt"
+sample() {
+  rows=$(psql "SELECT count(*) FROM users")
+  backlog=$(cli INFO rg | tr -d '\r' | grep '^rg_recipes_backlog:' | cut -d: -f2)
+  echo "  $1 PostgreSQL rows: $rows, backlog in Redis: $backlog"
+}
+echo "a client writes 20000 users (one HSET per request) while the recipe applies them:"
+start=$(date +%s.%N)
+cli < "$dir/burst.txt" >/dev/null &
+writer=$!
+while kill -0 "$writer" 2>/dev/null; do sample "writing..."; sleep 1; done
+wait "$writer"
+echo "  the 20000 HSETs took $(python3 -c "print(round($(date +%s.%N) - $start, 2))") s"
+for _ in $(seq 100); do
+  sample "draining:"
+  [ "$rows" = 20000 ] && [ "$backlog" = 0 ] && break
+  sleep 0.2
+done
+cli DEL user:7 >/dev/null
+cli HSET user:8 city oslo >/dev/null
+sleep 0.5
+echo "DEL user:7 and HSET user:8 city oslo -> PostgreSQL: $(psql "SELECT count(*) FROM users WHERE id = 7") row for 7, user:8 lives in $(psql "SELECT city FROM users WHERE id = 8")"
+echo "exactly-once checkpoint: $(psql "SELECT recipe || ' ' || stream || ' ' || last_id FROM rg_checkpoints")"
+echo
 cli INFO rg | grep -v '^#' | tr -d '\r' | sed '/^$/d'
+if [ -n "${KEEP:-}" ]; then echo "PostgreSQL left running on port $pgport (data in $pgdir)"; fi
 if [ -n "${KEEP:-}" ]; then echo "server left running on port $port (pid $(cat "$dir/redis.pid"))"; fi
