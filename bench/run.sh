@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Benchmarks (release build, shared with the tests). BENCH_KEYS and BENCH_ROUNDS tune size.
+# Benchmarks (release build, shared with the tests). BENCH_KEYS and BENCH_ROUNDS tune size;
+# BENCH_SECS and BENCH_CLIENTS the write-behind load. bench/soak.sh repeats the crash tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/deps.sh
 cargo build --release
 cargo bench --bench countby
+# The seed's write-behind comparison: 48 clients upserting into PostgreSQL vs HSET + write-behind.
+cargo bench --bench write_behind

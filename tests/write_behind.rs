@@ -144,14 +144,17 @@ fn kill_three_times_under_load(delivery: &str) -> (Postgres, Vec<(usize, String)
     let code = lua_recipe(&format!(", batch = 50, delivery = '{delivery}'"));
     assert_eq!(exec(&mut c, "lua", &code, &["ID", "wb"]), "OK");
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let w = writer(s.port, 0..3000, stop.clone());
-    for _ in 0..3 {
+    // WB_KILLS (default 3) kills; bench/soak.sh runs more.
+    let kills: usize = std::env::var("WB_KILLS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
+    let total = 1000 * kills;
+    let w = writer(s.port, 0..total, stop.clone());
+    for _ in 0..kills {
         std::thread::sleep(Duration::from_millis(700));
         // kill -9 mid-load, while the writer writes and the pipeline applies.
         s.restart();
     }
     let acked = w.join().expect("writer");
-    assert_eq!(acked.len(), 3000, "the writer finished every key");
+    assert_eq!(acked.len(), total, "the writer finished every key");
     assert_all_arrived(&pg, &acked, 60);
     let mut c = s.conn();
     common::eventually(&mut c, &["XLEN", "rg:wb:users"], "0");
@@ -162,10 +165,9 @@ fn kill_three_times_under_load(delivery: &str) -> (Postgres, Vec<(usize, String)
 #[test]
 fn kill_9_three_times_loses_nothing_acknowledged() {
     let (pg, acked) = kill_three_times_under_load("at-least-once");
-    assert!(acked.len() >= 3000);
     // At-least-once may apply a change twice after a crash, never zero times.
     let applied: usize = pg.sql("SELECT count(DISTINCT (id, name)) FROM audit").parse().unwrap();
-    assert!(applied >= 3000, "{applied}");
+    assert!(applied >= acked.len(), "{applied}");
     let replayed = pg.sql("SELECT count(*) FROM (SELECT id, name FROM audit GROUP BY id, name HAVING count(*) > 1) d");
     eprintln!("at-least-once: {} acknowledged writes, {replayed} changes applied more than once after the kills", acked.len());
 }
