@@ -37,7 +37,7 @@ pub fn sessions_changed() {
 
 thread_local! {
     /// Changes captured for write-through recipes during the current RG.WTRUN.
-    static CAPTURED: RefCell<Option<Vec<(Arc<recipes::pipeline::Pipeline>, Vec<u8>, String)>>> = const { RefCell::new(None) };
+    static CAPTURED: RefCell<Option<Vec<(Arc<recipes::pipeline::Pipeline>, Vec<u8>, String, Vec<u8>)>>> = const { RefCell::new(None) };
 }
 
 /// A keyspace event on a primary: captures it for every recipe of the key.
@@ -53,7 +53,7 @@ pub fn on_event(ctx: *mut raw::RedisModuleCtx, db: u32, event: &str, key: &[u8])
             Ok(c) => CAPTURED.with(|cap| {
                 if let Some(list) = cap.borrow_mut().as_mut() {
                     if p.spec().kind == Kind::WriteThrough {
-                        list.push((p.clone(), c.stream, c.id));
+                        list.push((p.clone(), c.stream, c.id, key.to_vec()));
                     }
                 }
             }),
@@ -99,6 +99,13 @@ pub fn filter(command: &str, args: &dyn Fn(usize) -> Option<Vec<u8>>, argc: usiz
                 continue;
             }
             let spec = p.spec();
+            if let Some(why) = p.broken() {
+                return Filtered::Refuse(format!(
+                    "ERR write-behind '{}' cannot capture changes: {why}; writes to keys under '{}' are refused so that none is acknowledged without being captured",
+                    p.name,
+                    String::from_utf8_lossy(&spec.prefix)
+                ));
+            }
             let backlog = p.backlog.load(std::sync::atomic::Ordering::Relaxed).max(0) as u64;
             if spec.max_backlog > 0 && backlog >= spec.max_backlog {
                 return Filtered::Refuse(format!(
@@ -163,12 +170,13 @@ pub fn wt_run(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         // Wait for every change the write captured; reply with the command's own reply.
         let unblock = blocking::block_client(ctx);
         let pending = Arc::new(parking_lot::Mutex::new((captured.len(), None::<String>, Some(unblock), Some(value))));
-        for (p, stream, id) in captured {
+        for (p, stream, id, key) in captured {
             let id = engine::streams::parse_id(&id).unwrap_or((u64::MAX, 0));
             let pending = pending.clone();
             let timeout = Duration::from_millis(p.spec().timeout_ms);
             p.wait_for(Waiter {
                 stream,
+                key,
                 id,
                 deadline: Instant::now() + timeout,
                 done: Box::new(move |r| {

@@ -280,6 +280,10 @@ fn write_through_replies_once_the_row_is_committed_or_times_out() {
     }
     assert_eq!(fmt(&cmd(&mut c, &["DEL", "user:1"])), "1");
     assert_eq!(pg.sql("SELECT count(*) FROM users WHERE id = 1"), "0");
+    // A change the target can never take: an error, and the change is in the dead letters.
+    let r = fmt(&cmd(&mut c, &["HSET", "user:40", "name", "Bad", "age", "forty"]));
+    assert!(r.contains("write-through 'users': the target rejected the change; it was moved to the dead-letter stream: key 'user:40': field 'age' 'forty' is not an integer"), "{r}");
+    common::eventually(&mut c, &["XLEN", "rg:dead:users"], "1");
     // Inside MULTI the client cannot wait: the write is applied later.
     cmd(&mut c, &["MULTI"]);
     cmd(&mut c, &["HSET", "user:30", "name", "Multi", "age", "30"]);
@@ -331,4 +335,36 @@ fn bad_recipes_are_refused_with_clear_errors() {
     assert!(!fmt(&cmd(&mut c, &["RG.DUMPREGISTRATIONS"])).contains("hunter2"));
     assert!(!s.log().contains("hunter2"));
     assert!(fmt(&cmd(&mut c, &["RG.CONFIGSET", "connection.a b", "x"])).contains("bad connection setting"));
+}
+
+#[test]
+fn writes_are_refused_while_changes_cannot_be_captured() {
+    let pg = Postgres::start();
+    pg.sql(USERS);
+    let s = server_with(&pg, &[]);
+    let mut c = s.conn();
+    assert_eq!(exec(&mut c, "lua", &lua_recipe(""), &["ID", "wb"]), "OK");
+    cmd(&mut c, &["HSET", "user:1", "name", "Ann"]);
+    pg_eventually(&pg, "SELECT name FROM users", "Ann", 20);
+    // Someone replaces the recipe's stream with a string.
+    cmd(&mut c, &["DEL", "rg:wb:users"]);
+    cmd(&mut c, &["SET", "rg:wb:users", "oops"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let refused = loop {
+        let r = fmt(&cmd(&mut c, &["HSET", "user:2", "name", "Bob"]));
+        if r.starts_with("(error)") {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "writes were never refused: {r}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(refused.contains("write-behind 'users' cannot capture changes") && refused.contains("writes to keys under 'user:' are refused so that none is acknowledged without being captured"), "{refused}");
+    // Once the key is a stream (or gone) again, writes are accepted and captured.
+    cmd(&mut c, &["DEL", "rg:wb:users"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fmt(&cmd(&mut c, &["HSET", "user:3", "name", "Cy"])).starts_with("(error)") {
+        assert!(Instant::now() < deadline, "writes stayed refused");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    pg_eventually(&pg, "SELECT name FROM users WHERE id = 3", "Cy", 20);
 }

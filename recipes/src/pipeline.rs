@@ -28,6 +28,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 /// A client waiting for its change to reach the target (write-through).
 pub struct Waiter {
     pub stream: Vec<u8>,
+    /// The key written (a dead-lettered change fails its waiters).
+    pub key: Vec<u8>,
     pub id: StreamId,
     pub deadline: Instant,
     pub done: Box<dyn FnOnce(Result<(), String>) + Send>,
@@ -62,6 +64,9 @@ pub struct Pipeline {
     pub captured: AtomicU64,
     status: Mutex<Status>,
     waiters: Mutex<Vec<Waiter>>,
+    /// Why changes cannot be captured (a stream key of another type): while set, writes to
+    /// the recipe's keys are refused rather than acknowledged without capture.
+    broken: Mutex<Option<String>>,
 }
 
 fn now_ms() -> u64 {
@@ -82,6 +87,7 @@ impl Pipeline {
             captured: AtomicU64::new(0),
             status: Default::default(),
             waiters: Default::default(),
+            broken: Default::default(),
         })
     }
 
@@ -125,9 +131,15 @@ impl Pipeline {
     }
 
     pub fn capture_failed(&self, e: String) {
+        *self.broken.lock() = Some(e.clone());
         let mut st = self.status.lock();
         st.capture_errors += 1;
         st.last_error = Some(e);
+    }
+
+    /// Why writes to the recipe's keys are refused, if they are.
+    pub fn broken(&self) -> Option<String> {
+        self.broken.lock().clone()
     }
 
     pub fn add_stream(&self, stream: Vec<u8>) {
@@ -198,6 +210,7 @@ impl Pipeline {
             let mut failed = false;
             let mut backlog = 0i64;
             let mut oldest: Option<u64> = None;
+            let mut streams_ok = 0;
             let paused = reg.paused.load(Ordering::Relaxed);
             let primary = host.lock(db).is_primary();
             self.primary.store(primary, Ordering::Relaxed);
@@ -212,7 +225,14 @@ impl Pipeline {
                         break;
                     }
                     let len = match locked.call(None, &[b"XLEN", stream]) {
-                        Ok(Value::Int(n)) => n,
+                        Ok(Value::Int(n)) => {
+                            streams_ok += 1;
+                            n
+                        }
+                        Ok(Value::Error(e)) | Err(engine::HostError::Command(e)) => {
+                            *self.broken.lock() = Some(format!("'{}' is not a stream ({e}); rename or delete it", String::from_utf8_lossy(stream)));
+                            0
+                        }
                         _ => 0,
                     };
                     let entries = if paused || len == 0 { Ok(Vec::new()) } else { read_stream(&*locked, None, stream, "-", false, spec.batch) };
@@ -235,8 +255,10 @@ impl Pipeline {
                     next = Some(next.map_or(left, |n| n.min(left)));
                     continue;
                 }
-                let started = Instant::now();
-                match self.batch(&*host, &config, &spec, db, stream, entries, &mut conn, &mut rejections) {
+                        let started = Instant::now();
+                let result = self.batch(&*host, &config, &spec, db, stream, entries, &mut conn, &mut rejections);
+                let result = result.map_err(|e| scrub(&e, config.connection(&spec.target.connection).as_deref()));
+                match result {
                     Ok(n) => {
                         backoff = Duration::from_millis(100);
                         reg.record(started.elapsed(), Ok(&[]), false);
@@ -257,6 +279,10 @@ impl Pipeline {
                 }
             }
             self.backlog.store(backlog, Ordering::Relaxed);
+            if streams_ok == streams.len() && !streams.is_empty() {
+                // Every stream is a stream again: captures can be recorded.
+                *self.broken.lock() = None;
+            }
             {
                 let mut st = self.status.lock();
                 st.connected = conn.is_some();
@@ -320,6 +346,25 @@ impl Pipeline {
         }
     }
 
+    /// Write-through clients whose change of `key` (at or before `id`) was dead-lettered.
+    fn fail_waiters(&self, stream: &[u8], key: &[u8], id: StreamId, error: &str) {
+        let mut failed = Vec::new();
+        {
+            let mut ws = self.waiters.lock();
+            let mut i = 0;
+            while i < ws.len() {
+                if ws[i].stream == stream && ws[i].key == key && ws[i].id <= id {
+                    failed.push(ws.swap_remove(i));
+                } else {
+                    i += 1;
+                }
+            }
+        }
+        for w in failed {
+            (w.done)(Err(format!("write-through '{}': the target rejected the change; it was moved to the dead-letter stream: {error}", self.name)));
+        }
+    }
+
     /// One batch of one stream. Ok(rows applied) once everything read was committed (or
     /// dead-lettered) and trimmed; Err to back off and read the stream again.
     #[allow(clippy::too_many_arguments)]
@@ -354,9 +399,14 @@ impl Pipeline {
         }
         let (target, schema) = conn.as_mut().expect("connected");
         let mut rows = Vec::new();
+        // The change each row came from (a dead-lettered row keeps its fields).
+        let mut sources = Vec::new();
         for c in coalesce(changes) {
             match row(spec, schema, &c) {
-                Ok(r) => rows.push(r),
+                Ok(r) => {
+                    rows.push(r);
+                    sources.push(c);
+                }
                 Err(e) => self.dead_letter(host, db, stream, &format_id(c.id), Some(&c), &e)?,
             }
         }
@@ -372,7 +422,7 @@ impl Pipeline {
             Err(TargetError::Rejected(_)) => {
                 // Find the rows the target refuses: one transaction per row.
                 let mut n = 0;
-                for r in &rows {
+                for (r, source) in rows.iter().zip(&sources) {
                     match target.apply(std::slice::from_ref(r), ckpt) {
                         Ok(k) => n += k,
                         Err(TargetError::Unavailable(e)) => {
@@ -389,8 +439,7 @@ impl Pipeline {
                                 return Err(format!("the target rejected key '{}' (try {} of {}): {e}", String::from_utf8_lossy(&r.key), tries, spec.max_retries + 1));
                             }
                             rejections.remove(&(stream.to_vec(), r.id));
-                            let change = Change { id: r.id, key: r.key.clone(), op: r.op, fields: Vec::new() };
-                            self.dead_letter(host, db, stream, &format_id(r.id), Some(&change), &e)?;
+                            self.dead_letter(host, db, stream, &format_id(r.id), Some(source), &e)?;
                         }
                     }
                 }
@@ -428,6 +477,9 @@ impl Pipeline {
             Ok(Value::Error(e)) | Err(engine::HostError::Command(e)) => Err(format!("writing to the dead-letter stream '{}': {e}", String::from_utf8_lossy(&dlq))),
             Err(e) => Err(format!("writing to the dead-letter stream '{}': {e}", String::from_utf8_lossy(&dlq))),
             Ok(_) => {
+                if let Some(c) = change {
+                    self.fail_waiters(stream, &c.key, c.id, error);
+                }
                 self.status.lock().dead_lettered += 1;
                 host.log(LogLevel::Warning, &format!("rg: write-behind '{}': entry {id} moved to '{}': {error}", self.name, String::from_utf8_lossy(&dlq)));
                 Ok(())
@@ -483,3 +535,31 @@ fn glob_escape(s: &str) -> String {
     out
 }
 
+
+/// `message` without the connection URL or its password.
+pub fn scrub(message: &str, url: Option<&str>) -> String {
+    let Some(url) = url else { return message.to_string() };
+    let mut out = message.replace(url, &engine::config::redact(url));
+    if let Some(rest) = url.split_once("://").map(|(_, r)| r) {
+        let authority = rest.split('/').next().unwrap_or("");
+        if let Some((userinfo, _)) = authority.rsplit_once('@') {
+            if let Some((_, password)) = userinfo.split_once(':') {
+                if !password.is_empty() {
+                    out = out.replace(password, "***");
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn errors_never_carry_the_connection_secret() {
+        let url = "postgresql://app:hunter2@db:5432/x";
+        let e = super::scrub("could not connect to postgresql://app:hunter2@db:5432/x: password hunter2 rejected", Some(url));
+        assert_eq!(e, "could not connect to postgresql://app:***@db:5432/x: password *** rejected");
+        assert_eq!(super::scrub("plain", None), "plain");
+    }
+}
