@@ -31,7 +31,10 @@ extern "C" fn on_command(fctx: *mut raw::RedisModuleCommandFilterCtx) {
         let Some(engine) = ENGINE.get() else { return };
         // Every command passes here: nothing is done unless some command is hooked or some
         // recipe runs.
-        let recipes = crate::recipes::recipes().is_some_and(|r| !r.is_empty());
+        let recipes = crate::recipes::recipes().is_some_and(|r| {
+            r.ensure(engine);
+            !r.is_empty()
+        });
         if !engine.sessions.has_hooks() && !recipes {
             return;
         }

@@ -43,6 +43,7 @@ thread_local! {
 /// A keyspace event on a primary: captures it for every recipe of the key.
 pub fn on_event(ctx: *mut raw::RedisModuleCtx, db: u32, event: &str, key: &[u8]) {
     let Some(r) = recipes() else { return };
+    r.ensure(crate::engine());
     if r.is_empty() {
         return;
     }
@@ -86,6 +87,9 @@ pub enum Filtered {
 /// Called by the command filter for every command while recipes exist.
 pub fn filter(command: &str, args: &dyn Fn(usize) -> Option<Vec<u8>>, argc: usize) -> Filtered {
     let Some(r) = recipes() else { return Filtered::Pass };
+    if let Some(e) = crate::ENGINE.get() {
+        r.ensure(e);
+    }
     if r.is_empty() {
         return Filtered::Pass;
     }

@@ -340,7 +340,7 @@ impl Sessions {
         }
         let map = self.map.read();
         map.values()
-            .flat_map(|s| s.registrations.iter().filter(|r| r.spec.trigger.stream_prefix().is_some_and(|p| stream.starts_with(p))).map(move |r| (s.clone(), r.clone())))
+            .flat_map(|s| s.registrations.iter().filter(|r| r.spec.trigger.stream_prefix().is_some_and(|p| crate::streams::consumes(p, stream))).map(move |r| (s.clone(), r.clone())))
             .collect()
     }
 

@@ -211,7 +211,7 @@ impl Engine {
         let locked = self.host.lock(session.db);
         let pos = format_id(id);
         locked.replicate(&[STREAM_POSITION.as_bytes(), session.id.as_bytes(), reg.index.to_string().as_bytes(), stream, pos.as_bytes()]);
-        if trim {
+        if trim && !stream.starts_with(RECIPE_STREAMS) {
             // Only what every consumer of this stream has processed is trimmed.
             let slowest = self
                 .sessions
@@ -285,7 +285,7 @@ impl Engine {
                     let mut cursor = 0;
                     loop {
                         let Ok((next, keys)) = crate::scan(&*locked, None, cursor, &pattern, 1000) else { break };
-                        for k in keys {
+                        for k in keys.into_iter().filter(|k| consumes(prefix, k)) {
                             if matches!(locked.call(None, &[b"TYPE", &k]), Ok(Value::String(t)) if t == "stream") {
                                 found.push(k);
                             }
@@ -303,6 +303,15 @@ impl Engine {
             }
         }
     }
+}
+
+/// The streams of recipes (write-behind): a StreamReader reads them only if its prefix
+/// names them, and never trims them (their pipeline trims what its target committed).
+pub const RECIPE_STREAMS: &[u8] = b"rg:wb:";
+
+/// Does a StreamReader registered on `prefix` consume `stream`?
+pub fn consumes(prefix: &[u8], stream: &[u8]) -> bool {
+    stream.starts_with(prefix) && (!stream.starts_with(RECIPE_STREAMS) || prefix.starts_with(RECIPE_STREAMS))
 }
 
 /// Escapes glob characters so a prefix matches literally in SCAN MATCH.

@@ -35,6 +35,13 @@ pub struct Waiter {
     pub done: Box<dyn FnOnce(Result<(), String>) + Send>,
 }
 
+/// A change that will never be applied, and why.
+struct Dead {
+    id: StreamId,
+    change: Option<Change>,
+    error: String,
+}
+
 /// Counters shown by RG.DUMPREGISTRATIONS and INFO.
 #[derive(Clone, Debug, Default)]
 pub struct Status {
@@ -82,7 +89,9 @@ impl Pipeline {
             wake: Condvar::new(),
             woken: Mutex::new(false),
             stop: AtomicBool::new(false),
-            primary: AtomicBool::new(false),
+            // Until its first round says otherwise (a replica): writes are wrapped for
+            // write-through from the moment the recipe exists.
+            primary: AtomicBool::new(true),
             backlog: AtomicI64::new(0),
             captured: AtomicU64::new(0),
             status: Default::default(),
@@ -166,11 +175,13 @@ impl Pipeline {
         *w = false;
     }
 
-    /// Interruptible only by stop (a backoff must not be cut short by new captures).
-    fn back_off(&self, d: Duration) {
+    /// Interruptible only by stop (a backoff must not be cut short by new captures);
+    /// write-through clients still get their timeout on time.
+    fn back_off(&self, d: Duration, spec: &Spec) {
         let end = Instant::now() + d;
         while Instant::now() < end && !self.stop.load(Ordering::SeqCst) {
             std::thread::sleep(Duration::from_millis(20).min(end - Instant::now()));
+            self.expire_waiters(spec);
         }
     }
 
@@ -198,48 +209,77 @@ impl Pipeline {
         self.notify();
     }
 
+    /// Looks at every stream: its length (the backlog) and whether it is still a stream.
+    /// Returns the backlog and the oldest entry's millisecond, if any.
+    fn survey(&self, host: &dyn Host, db: u32, streams: &[Vec<u8>]) -> (i64, Option<u64>) {
+        let (mut backlog, mut oldest, mut ok) = (0i64, None::<u64>, 0);
+        let locked = host.lock(db);
+        for stream in streams {
+            match locked.call(None, &[b"XLEN", stream]) {
+                Ok(Value::Int(n)) => {
+                    ok += 1;
+                    backlog += n;
+                    if n > 0 {
+                        if let Ok(first) = read_stream(&*locked, None, stream, "-", false, 1) {
+                            if let Some(id) = first.first().and_then(|(id, _)| parse_id(id)) {
+                                oldest = Some(oldest.map_or(id.0, |o| o.min(id.0)));
+                            }
+                        }
+                    }
+                }
+                Ok(Value::Error(e)) | Err(engine::HostError::Command(e)) => {
+                    *self.broken.lock() = Some(format!("'{}' is not a stream ({e}); rename or delete it", String::from_utf8_lossy(stream)));
+                }
+                _ => {}
+            }
+        }
+        if ok == streams.len() {
+            // Every stream is a stream (or gone): captures can be recorded again.
+            *self.broken.lock() = None;
+        }
+        (backlog, oldest)
+    }
+
     /// The apply loop (the recipe's own thread) until `stop()`.
     pub fn run(self: Arc<Self>, host: Arc<dyn Host>, config: Arc<Config>) {
         let mut conn: Option<(Box<dyn Target>, Schema)> = None;
         let mut backoff = Duration::from_millis(100);
         let mut rejections: HashMap<(Vec<u8>, StreamId), u32> = HashMap::new();
+        let mut was_primary = false;
+        let mut connected_for: Option<Arc<Spec>> = None;
         while !self.stop.load(Ordering::SeqCst) {
             let (spec, reg, db) = self.spec.read().clone();
-            let streams: Vec<Vec<u8>> = self.streams.lock().iter().cloned().collect();
-            let mut next: Option<Duration> = None;
-            let mut failed = false;
-            let mut backlog = 0i64;
-            let mut oldest: Option<u64> = None;
-            let mut streams_ok = 0;
-            let paused = reg.paused.load(Ordering::Relaxed);
+            // A new version of the recipe (UPGRADE) may name another table, key or
+            // connection: connect again.
+            if connected_for.as_ref().is_some_and(|c| !Arc::ptr_eq(c, &spec)) {
+                conn = None;
+            }
+            connected_for = Some(spec.clone());
             let primary = host.lock(db).is_primary();
             self.primary.store(primary, Ordering::Relaxed);
             if !primary {
-                self.sleep(Duration::from_millis(500));
+                was_primary = false;
+                self.sleep(Duration::from_millis(200));
                 continue;
             }
-            for stream in &streams {
-                let (entries, len) = {
-                    let locked = host.lock(db);
-                    if !locked.is_primary() {
-                        break;
-                    }
-                    let len = match locked.call(None, &[b"XLEN", stream]) {
-                        Ok(Value::Int(n)) => {
-                            streams_ok += 1;
-                            n
-                        }
-                        Ok(Value::Error(e)) | Err(engine::HostError::Command(e)) => {
-                            *self.broken.lock() = Some(format!("'{}' is not a stream ({e}); rename or delete it", String::from_utf8_lossy(stream)));
-                            0
-                        }
-                        _ => 0,
-                    };
-                    let entries = if paused || len == 0 { Ok(Vec::new()) } else { read_stream(&*locked, None, stream, "-", false, spec.batch) };
-                    (entries, len)
-                };
-                backlog += len;
-                let entries = match entries {
+            if !was_primary {
+                // Started, or just promoted: the streams the keyspace holds are ours.
+                was_primary = true;
+                self.discover(&*host);
+            }
+            let streams: Vec<Vec<u8>> = self.streams.lock().iter().cloned().collect();
+            let (backlog, oldest) = self.survey(&*host, db, &streams);
+            self.backlog.store(backlog, Ordering::Relaxed);
+            {
+                let mut st = self.status.lock();
+                st.connected = conn.is_some();
+                st.lag_ms = oldest.map(|o| now_ms().saturating_sub(o)).unwrap_or(0);
+            }
+            let mut next: Option<Duration> = None;
+            let mut failed = false;
+            let paused = reg.paused.load(Ordering::Relaxed);
+            for stream in streams.iter().filter(|_| !paused && backlog > 0) {
+                let entries = match read_stream(&*host.lock(db), None, stream, "-", false, spec.batch) {
                     Ok(e) => e,
                     Err(e) => {
                         self.set_error(Some(format!("reading '{}': {e}", String::from_utf8_lossy(stream))));
@@ -247,7 +287,6 @@ impl Pipeline {
                     }
                 };
                 let Some(first) = entries.first().and_then(|(id, _)| parse_id(id)) else { continue };
-                oldest = Some(oldest.map_or(first.0, |o: u64| o.min(first.0)));
                 let age = now_ms().saturating_sub(first.0);
                 let waited_for = !self.waiters.lock().is_empty();
                 if entries.len() < spec.batch && age < spec.flush_ms && !waited_for {
@@ -255,8 +294,9 @@ impl Pipeline {
                     next = Some(next.map_or(left, |n| n.min(left)));
                     continue;
                 }
-                        let started = Instant::now();
+                let started = Instant::now();
                 let result = self.batch(&*host, &config, &spec, db, stream, entries, &mut conn, &mut rejections);
+                // Errors may quote the connection URL: its secrets never reach a reply or log.
                 let result = result.map_err(|e| scrub(&e, config.connection(&spec.target.connection).as_deref()));
                 match result {
                     Ok(n) => {
@@ -265,6 +305,7 @@ impl Pipeline {
                         let mut st = self.status.lock();
                         st.applied += n as u64;
                         st.batches += 1;
+                        st.connected = true;
                         next = Some(Duration::ZERO);
                     }
                     Err(e) => {
@@ -273,24 +314,15 @@ impl Pipeline {
                         let mut st = self.status.lock();
                         st.retries += 1;
                         st.last_error = Some(e);
+                        st.connected = conn.is_some();
                         failed = true;
                         break;
                     }
                 }
             }
-            self.backlog.store(backlog, Ordering::Relaxed);
-            if streams_ok == streams.len() && !streams.is_empty() {
-                // Every stream is a stream again: captures can be recorded.
-                *self.broken.lock() = None;
-            }
-            {
-                let mut st = self.status.lock();
-                st.connected = conn.is_some();
-                st.lag_ms = oldest.map(|o| now_ms().saturating_sub(o)).unwrap_or(0);
-            }
             self.expire_waiters(&spec);
             if failed {
-                self.back_off(backoff);
+                self.back_off(backoff, &spec);
                 backoff = (backoff * 2).min(Duration::from_secs(5));
                 continue;
             }
@@ -322,7 +354,7 @@ impl Pipeline {
         }
         for w in expired {
             (w.done)(Err(format!(
-                "write-through '{}': the target did not commit the change within {} ms; it is kept and will be applied (at-least-once)",
+                "write-through '{}': the target did not commit the change within {} ms; it is kept and will be applied later",
                 self.name, spec.timeout_ms
             )));
         }
@@ -361,7 +393,7 @@ impl Pipeline {
             }
         }
         for w in failed {
-            (w.done)(Err(format!("write-through '{}': the target rejected the change; it was moved to the dead-letter stream: {error}", self.name)));
+            (w.done)(Err(format!("write-through '{}': the change cannot be applied; it was moved to the dead-letter stream: {error}", self.name)));
         }
     }
 
@@ -380,6 +412,10 @@ impl Pipeline {
         rejections: &mut HashMap<(Vec<u8>, StreamId), u32>,
     ) -> Result<usize, String> {
         let last = entries.last().and_then(|(id, _)| parse_id(id)).ok_or("bad stream id")?;
+        // Changes that can never be applied. They are written to the dead-letter stream
+        // only together with the trim that removes them, so a batch tried again does not
+        // dead-letter them twice.
+        let mut dead: Vec<Dead> = Vec::new();
         let mut changes = Vec::with_capacity(entries.len());
         for (id, fields) in entries {
             let pairs: Vec<(Vec<u8>, Vec<u8>)> = match fields {
@@ -388,7 +424,7 @@ impl Pipeline {
             };
             match parse_entry(&id, &pairs) {
                 Ok(c) => changes.push(c),
-                Err(e) => self.dead_letter(host, db, stream, &id, None, &e)?,
+                Err(e) => dead.push(Dead { id: parse_id(&id).unwrap_or_default(), change: None, error: e }),
             }
         }
         if conn.is_none() {
@@ -407,7 +443,7 @@ impl Pipeline {
                     rows.push(r);
                     sources.push(c);
                 }
-                Err(e) => self.dead_letter(host, db, stream, &format_id(c.id), Some(&c), &e)?,
+                Err(e) => dead.push(Dead { id: c.id, change: Some(c), error: e }),
             }
         }
         let stream_name = String::from_utf8_lossy(stream).into_owned();
@@ -427,7 +463,7 @@ impl Pipeline {
                         Ok(k) => n += k,
                         Err(TargetError::Unavailable(e)) => {
                             *conn = None;
-                            self.trim(host, db, stream, r.id);
+                            self.commit(host, db, stream, r.id, dead)?;
                             return Err(e);
                         }
                         Err(TargetError::Rejected(e)) => {
@@ -435,19 +471,30 @@ impl Pipeline {
                             *tries += 1;
                             if *tries <= spec.max_retries {
                                 // Keep what went through; this row is tried again later.
-                                self.trim(host, db, stream, r.id);
-                                return Err(format!("the target rejected key '{}' (try {} of {}): {e}", String::from_utf8_lossy(&r.key), tries, spec.max_retries + 1));
+                                let msg = format!("the target rejected key '{}' (try {} of {}): {e}", String::from_utf8_lossy(&r.key), tries, spec.max_retries + 1);
+                                self.commit(host, db, stream, r.id, dead)?;
+                                return Err(msg);
                             }
                             rejections.remove(&(stream.to_vec(), r.id));
-                            self.dead_letter(host, db, stream, &format_id(r.id), Some(source), &e)?;
+                            dead.push(Dead { id: r.id, change: Some(source.clone()), error: e });
                         }
                     }
                 }
                 n
             }
         };
-        self.trim(host, db, stream, (last.0, last.1.saturating_add(1)));
+        self.commit(host, db, stream, (last.0, last.1.saturating_add(1)), dead)?;
         Ok(applied)
+    }
+
+    /// After the target committed everything before `min`: writes the dead letters before
+    /// `min`, then trims. (A crash between the two can only write a dead letter twice.)
+    fn commit(&self, host: &dyn Host, db: u32, stream: &[u8], min: StreamId, dead: Vec<Dead>) -> Result<(), String> {
+        for d in dead.into_iter().filter(|d| d.id < min) {
+            self.dead_letter(host, db, stream, &format_id(d.id), d.change.as_ref(), &d.error)?;
+        }
+        self.trim(host, db, stream, min);
+        Ok(())
     }
 
     /// Trims the entries before `min` (the target committed them) and answers the clients

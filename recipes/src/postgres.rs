@@ -73,6 +73,8 @@ impl Target for Postgres {
             let (name, sql_type, cat, typname): (String, String, String, String) = (r.get(0), r.get(1), r.get(2), r.get(3));
             let ty = match (cat.as_str(), typname.as_str()) {
                 (_, "bytea") => ColType::Bytes,
+                // Exact numbers and times of day: PostgreSQL reads them from the text.
+                (_, "numeric" | "time" | "timetz" | "interval") => ColType::Text,
                 ("N", "int2" | "int4" | "int8") => ColType::Int,
                 ("N", _) => ColType::Float,
                 ("B", _) => ColType::Bool,

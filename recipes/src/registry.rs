@@ -20,6 +20,8 @@ pub struct Recipes {
     count: AtomicUsize,
     /// The server is a cluster node (streams get a slot tag).
     pub cluster: AtomicBool,
+    /// The sessions generation the pipelines were last made to match.
+    synced: std::sync::atomic::AtomicU64,
 }
 
 impl Recipes {
@@ -69,6 +71,8 @@ impl Recipes {
                 }
                 Ok(None) => {}
                 Err(e) => {
+                    // Watch that stream: the refusal lifts once it is a stream again.
+                    p.add_stream(crate::change::stream_key(&spec.name, key, self.cluster.load(Ordering::Relaxed)));
                     p.capture_failed(e.clone());
                     out.push((p, Err(e)));
                 }
@@ -77,8 +81,27 @@ impl Recipes {
         out
     }
 
-    /// Makes the running pipelines match the recipe registrations of `engine`'s sessions.
+    /// Makes the pipelines match the sessions if they changed since last time. Cheap when
+    /// they did not; takes no data lock (safe on the main thread, inside a command), so the
+    /// capture never misses a recipe that was just installed, loaded or promoted.
+    pub fn ensure(&self, engine: &Arc<Engine>) {
+        if self.synced.load(Ordering::Acquire) != engine.sessions.generation() {
+            self.reconcile(engine);
+        }
+    }
+
+    /// Makes the pipelines match the sessions, then looks for streams left by a previous
+    /// run (restart, promotion, upgrade). Takes the data lock: not from the main thread.
     pub fn sync(&self, engine: &Arc<Engine>) {
+        self.reconcile(engine);
+        for p in self.all() {
+            p.discover(&*engine.host);
+        }
+    }
+
+    /// Makes the running pipelines match the recipe registrations of `engine`'s sessions.
+    fn reconcile(&self, engine: &Arc<Engine>) {
+        let generation = engine.sessions.generation();
         let mut wanted: HashMap<String, (Arc<Spec>, Arc<engine::Registration>, u32)> = HashMap::new();
         for (session, reg) in engine.sessions.recipes() {
             if let Trigger::Recipe { kind, name, options, .. } = &reg.spec.trigger {
@@ -111,6 +134,7 @@ impl Recipes {
                 }
             }
             self.count.store(map.len(), Ordering::Relaxed);
+            self.synced.store(generation, Ordering::Release);
         }
         for p in started {
             let (host, config, p2) = (engine.host.clone(), engine.config.clone(), p.clone());
@@ -118,10 +142,6 @@ impl Recipes {
             if let Err(e) = spawned {
                 engine.host.log(LogLevel::Warning, &format!("rg: recipe '{}': could not start its thread: {e}", p.name));
             }
-        }
-        // Streams left by a previous run (restart, promotion, upgrade) are picked up.
-        for p in self.all() {
-            p.discover(&*engine.host);
         }
     }
 

@@ -115,7 +115,7 @@ pub struct Spec {
 }
 
 const OPTIONS: &[&str] = &["name", "prefix", "keyField", "keyPattern", "columns", "allFields", "target", "batch", "flushMs", "delivery", "maxBacklog", "maxRetries", "timeoutMs", "description"];
-const TARGET_OPTIONS: &[&str] = &["kind", "connection", "table", "collection", "database", "types"];
+const TARGET_OPTIONS: &[&str] = &["kind", "connection", "table", "collection", "database", "types", "columns"];
 
 fn key_name(k: &Value) -> Option<String> {
     match k {
@@ -174,9 +174,34 @@ fn types(v: &Value) -> Result<Vec<(String, ColType)>, String> {
     Ok(out)
 }
 
-fn target(v: &Value) -> Result<TargetSpec, String> {
+/// `columns`: `{ column = 'field' }` or a list of names (column = field).
+fn columns(v: &Value) -> Result<Vec<(String, String)>, String> {
+    let mut cols = Vec::new();
+    match v {
+        Value::Array(items) => {
+            for i in items {
+                let c = text("columns[]", i)?;
+                cols.push((c.clone(), c));
+            }
+        }
+        Value::Map(m) => {
+            for (c, f) in m {
+                let c = key_name(c).ok_or("columns: column names must be strings")?;
+                let f = text(&format!("columns.{c}"), f)?;
+                cols.push((c, f));
+            }
+        }
+        other => return Err(format!("columns must map column names to hash fields ({{ column = 'field' }}) or list field names, got {}", other.type_name())),
+    }
+    if cols.is_empty() {
+        return Err("columns must name at least one column".into());
+    }
+    Ok(cols)
+}
+
+fn target(v: &Value) -> Result<(TargetSpec, Option<Vec<(String, String)>>), String> {
     let mut kind = None;
-    let (mut connection, mut table, mut database, mut ty) = (None, None, None, Vec::new());
+    let (mut connection, mut table, mut database, mut ty, mut cols) = (None, None, None, Vec::new(), None);
     for (k, v) in entries("target", v, TARGET_OPTIONS).map_err(|e| format!("target: {e}"))? {
         match k.as_str() {
             "kind" => {
@@ -187,6 +212,7 @@ fn target(v: &Value) -> Result<TargetSpec, String> {
             "table" | "collection" => table = Some(text(&format!("target.{k}"), &v)?),
             "database" => database = Some(text("target.database", &v)?),
             "types" => ty = types(&v)?,
+            "columns" => cols = Some(columns(&v).map_err(|e| format!("target: {e}"))?),
             _ => {}
         }
     }
@@ -197,7 +223,7 @@ fn target(v: &Value) -> Result<TargetSpec, String> {
     if table.is_empty() || !table.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.') {
         return Err(format!("target: {what} must be letters, digits, '_' or '.', got '{table}'"));
     }
-    Ok(TargetSpec { kind, connection, table, database, types: ty })
+    Ok((TargetSpec { kind, connection, table, database, types: ty }, cols))
 }
 
 /// A column or field name that can be written into SQL (quoted) safely.
@@ -227,7 +253,8 @@ impl Spec {
             max_retries: 3,
             timeout_ms: 5000,
         };
-        let (mut have_target, mut key_field) = (false, None);
+        let (mut have_target, mut key_field, mut target_columns) = (false, None, None);
+        let mut timeout_given = false;
         for (k, v) in entries("options", options, OPTIONS)? {
             match k.as_str() {
                 "name" => spec.name = text("name", &v)?,
@@ -238,29 +265,7 @@ impl Spec {
                     let (a, b) = p.split_once('*').filter(|(_, b)| !b.contains('*')).ok_or_else(|| format!("keyPattern must hold exactly one '*' (the part of the key that is the primary key), got '{p}'"))?;
                     spec.key_pattern = Some((a.as_bytes().to_vec(), b.as_bytes().to_vec()));
                 }
-                "columns" => {
-                    let mut cols = Vec::new();
-                    match &v {
-                        Value::Array(items) => {
-                            for i in items {
-                                let c = text("columns[]", i)?;
-                                cols.push((c.clone(), c));
-                            }
-                        }
-                        Value::Map(m) => {
-                            for (c, f) in m {
-                                let c = key_name(c).ok_or("columns: column names must be strings")?;
-                                let f = text(&format!("columns.{c}"), f)?;
-                                cols.push((c, f));
-                            }
-                        }
-                        other => return Err(format!("columns must map column names to hash fields ({{ column = 'field' }}) or list field names, got {}", other.type_name())),
-                    }
-                    if cols.is_empty() {
-                        return Err("columns must name at least one column".into());
-                    }
-                    spec.columns = Some(cols);
-                }
+                "columns" => spec.columns = Some(columns(&v)?),
                 "allFields" => {
                     spec.all_fields = match v {
                         Value::Bool(b) => b,
@@ -268,7 +273,9 @@ impl Spec {
                     }
                 }
                 "target" => {
-                    spec.target = target(&v)?;
+                    let (t, cols) = target(&v)?;
+                    spec.target = t;
+                    target_columns = cols;
                     have_target = true;
                 }
                 "batch" => spec.batch = int("batch", &v, 1, 100_000)? as usize,
@@ -282,12 +289,24 @@ impl Spec {
                 }
                 "maxBacklog" => spec.max_backlog = int("maxBacklog", &v, 0, i64::MAX)? as u64,
                 "maxRetries" => spec.max_retries = int("maxRetries", &v, 0, 1_000_000)? as u32,
-                "timeoutMs" => spec.timeout_ms = int("timeoutMs", &v, 1, 3_600_000)? as u64,
+                "timeoutMs" => {
+                    spec.timeout_ms = int("timeoutMs", &v, 1, 3_600_000)? as u64;
+                    timeout_given = true;
+                }
                 _ => {}
             }
         }
         if spec.name.is_empty() {
             return Err("name is required".into());
+        }
+        if timeout_given && spec.kind == Kind::WriteBehind {
+            return Err("timeoutMs applies to writeThrough (how long a client's write waits for the target); writeBehind does not wait".into());
+        }
+        // `columns` may also be given on the target (postgres({ ..., columns = {...} })).
+        match (&spec.columns, target_columns) {
+            (Some(_), Some(_)) => return Err("columns is given twice: on the recipe and on its target; give it once".into()),
+            (None, Some(c)) => spec.columns = Some(c),
+            _ => {}
         }
         if !have_target {
             return Err("target is required, e.g. target = postgres({ connection = 'main', table = 'users' })".into());
