@@ -35,9 +35,12 @@ pub fn sessions_changed() {
     crate::engine().soon(Box::new(move || engine::RecipeHooks::sessions_changed(&*r, &e)));
 }
 
+/// A change captured for a write-through recipe: its pipeline, stream, id and key.
+type WriteThroughCapture = (Arc<recipes::pipeline::Pipeline>, Vec<u8>, String, Vec<u8>);
+
 thread_local! {
     /// Changes captured for write-through recipes during the current RG.WTRUN.
-    static CAPTURED: RefCell<Option<Vec<(Arc<recipes::pipeline::Pipeline>, Vec<u8>, String, Vec<u8>)>>> = const { RefCell::new(None) };
+    static CAPTURED: RefCell<Option<Vec<WriteThroughCapture>>> = const { RefCell::new(None) };
 }
 
 /// A keyspace event on a primary: captures it for every recipe of the key.

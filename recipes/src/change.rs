@@ -171,4 +171,44 @@ mod tests {
         let out = coalesce(vec![mk(1, "a", Op::Upsert), mk(2, "b", Op::Upsert), mk(3, "a", Op::Delete)]);
         assert_eq!(out, vec![mk(2, "b", Op::Upsert), mk(3, "a", Op::Delete)]);
     }
+
+    /// Applies changes to a model table (key -> row).
+    fn apply(table: &mut std::collections::BTreeMap<Vec<u8>, Vec<(String, Vec<u8>)>>, changes: &[Change]) {
+        for c in changes {
+            match c.op {
+                Op::Upsert => {
+                    table.insert(c.key.clone(), c.fields.clone());
+                }
+                Op::Delete => {
+                    table.remove(&c.key);
+                }
+            }
+        }
+    }
+
+    proptest::proptest! {
+        /// Coalescing a batch of full row images gives the same table as applying every
+        /// change in order, keeps ids increasing, and leaves one change per key.
+        #[test]
+        fn coalescing_is_invisible_in_the_result(ops in proptest::collection::vec((0u8..6, proptest::bool::ANY, 0u8..4), 0..60)) {
+            let changes: Vec<Change> = ops
+                .iter()
+                .enumerate()
+                .map(|(i, (k, up, v))| Change {
+                    id: (i as u64 / 3, i as u64 % 3),
+                    key: vec![b'k', *k],
+                    op: if *up { Op::Upsert } else { Op::Delete },
+                    fields: if *up { vec![("f".to_string(), vec![*v])] } else { vec![] },
+                })
+                .collect();
+            let (mut all, mut some) = (Default::default(), Default::default());
+            apply(&mut all, &changes);
+            let c = coalesce(changes);
+            apply(&mut some, &c);
+            proptest::prop_assert_eq!(all, some);
+            proptest::prop_assert!(c.windows(2).all(|w| w[0].id < w[1].id));
+            let keys: std::collections::BTreeSet<_> = c.iter().map(|x| x.key.clone()).collect();
+            proptest::prop_assert_eq!(keys.len(), c.len());
+        }
+    }
 }

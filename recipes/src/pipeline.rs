@@ -463,7 +463,7 @@ impl Pipeline {
                         Ok(k) => n += k,
                         Err(TargetError::Unavailable(e)) => {
                             *conn = None;
-                            self.commit(host, db, stream, r.id, dead)?;
+                            self.commit(host, db, stream, r.id, dead, rejections)?;
                             return Err(e);
                         }
                         Err(TargetError::Rejected(e)) => {
@@ -472,7 +472,7 @@ impl Pipeline {
                             if *tries <= spec.max_retries {
                                 // Keep what went through; this row is tried again later.
                                 let msg = format!("the target rejected key '{}' (try {} of {}): {e}", String::from_utf8_lossy(&r.key), tries, spec.max_retries + 1);
-                                self.commit(host, db, stream, r.id, dead)?;
+                                self.commit(host, db, stream, r.id, dead, rejections)?;
                                 return Err(msg);
                             }
                             rejections.remove(&(stream.to_vec(), r.id));
@@ -483,17 +483,19 @@ impl Pipeline {
                 n
             }
         };
-        self.commit(host, db, stream, (last.0, last.1.saturating_add(1)), dead)?;
+        self.commit(host, db, stream, (last.0, last.1.saturating_add(1)), dead, rejections)?;
         Ok(applied)
     }
 
     /// After the target committed everything before `min`: writes the dead letters before
     /// `min`, then trims. (A crash between the two can only write a dead letter twice.)
-    fn commit(&self, host: &dyn Host, db: u32, stream: &[u8], min: StreamId, dead: Vec<Dead>) -> Result<(), String> {
+    fn commit(&self, host: &dyn Host, db: u32, stream: &[u8], min: StreamId, dead: Vec<Dead>, rejections: &mut HashMap<(Vec<u8>, StreamId), u32>) -> Result<(), String> {
         for d in dead.into_iter().filter(|d| d.id < min) {
             self.dead_letter(host, db, stream, &format_id(d.id), d.change.as_ref(), &d.error)?;
         }
         self.trim(host, db, stream, min);
+        // Rows that went through at last need no count of their rejections.
+        rejections.retain(|(s, id), _| s != stream || *id >= min);
         Ok(())
     }
 

@@ -199,7 +199,11 @@ fn columns(v: &Value) -> Result<Vec<(String, String)>, String> {
     Ok(cols)
 }
 
-fn target(v: &Value) -> Result<(TargetSpec, Option<Vec<(String, String)>>), String> {
+/// (column, hash field) pairs.
+type Columns = Vec<(String, String)>;
+
+/// The target, and `columns` if it was given there.
+fn target(v: &Value) -> Result<(TargetSpec, Option<Columns>), String> {
     let mut kind = None;
     let (mut connection, mut table, mut database, mut ty, mut cols) = (None, None, None, Vec::new(), None);
     for (k, v) in entries("target", v, TARGET_OPTIONS).map_err(|e| format!("target: {e}"))? {
