@@ -2,7 +2,8 @@
 //! clients writing records (a) straight to PostgreSQL, one upsert per request, and (b) as
 //! HSETs to Redis with a write-behind recipe to the same PostgreSQL table. Reports
 //! requests/s, p50/p95/p99 latency and PostgreSQL rows/s for both (ratios against (a)), and
-//! the rate at which the backlog left when the clients stop drains.
+//! the rate at which the backlog left when the clients stop drains. (c) the same HSETs with
+//! no recipe, on the same server, gives the cost of capture.
 //!
 //! `BENCH_SECS` (default 10) is the length of each load; `BENCH_CLIENTS` (default 48);
 //! `BENCH_KEYS` (default 100000) the id space the clients write into.
@@ -103,18 +104,23 @@ fn main() {
     pg.sql(table);
     let s = Server::start_with(&["connection.pg", &url], &[]);
     let mut c = s.conn();
+    let port = s.port;
+    let hset_load = move |prefix: &'static str| {
+        run(
+            clients,
+            secs,
+            move || redis::Client::open(format!("redis://127.0.0.1:{port}/")).and_then(|c| c.get_connection()).expect("connect to Redis"),
+            move |c, i| {
+                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+                let _: i64 = redis::cmd("HSET").arg(format!("{prefix}{}", i % keys)).arg("name").arg(format!("rec{i}")).arg("amount").arg(i as f64 * 0.5).arg("updated").arg(now).query(c).expect("HSET");
+            },
+        )
+    };
+    // (c) The same HSETs with no recipe: what Redis alone answers.
+    let plain = hset_load("plain:");
     let code = "import { writeBehind, postgres } from 'gears/recipes';\nwriteBehind({ name: 'records', prefix: 'rec:', target: postgres({ connection: 'pg', table: 'records' }), batch: 500, flushMs: 100, maxBacklog: 0 });";
     assert_eq!(exec(&mut c, "js", code, &["ID", "records"]), "OK");
-    let port = s.port;
-    let hset = run(
-        clients,
-        secs,
-        move || redis::Client::open(format!("redis://127.0.0.1:{port}/")).and_then(|c| c.get_connection()).expect("connect to Redis"),
-        move |c, i| {
-            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
-            let _: i64 = redis::cmd("HSET").arg(format!("rec:{}", i % keys)).arg("name").arg(format!("rec{i}")).arg("amount").arg(i as f64 * 0.5).arg("updated").arg(now).query(c).expect("HSET");
-        },
-    );
+    let hset = hset_load("rec:");
     let applied_during = recipe_field(&mut c, "applied");
     let backlog_at_stop = recipe_field(&mut c, "backlog");
     let drain_start = Instant::now();
@@ -131,6 +137,13 @@ fn main() {
     println!("{:<34} {:>12.0} {:>10} {:>10} {:>10} {:>16.0}", "(a) upsert straight to PostgreSQL", direct.rate(), ms(direct.pct(0.5)), ms(direct.pct(0.95)), ms(direct.pct(0.99)), direct.rate());
     let pg_rows = applied_during as f64 / hset.secs;
     println!("{:<34} {:>12.0} {:>10} {:>10} {:>10} {:>16.0}", "(b) HSET + write-behind", hset.rate(), ms(hset.pct(0.5)), ms(hset.pct(0.95)), ms(hset.pct(0.99)), pg_rows);
+    println!("{:<34} {:>12.0} {:>10} {:>10} {:>10} {:>16}", "(c) plain HSET, no recipe", plain.rate(), ms(plain.pct(0.5)), ms(plain.pct(0.95)), ms(plain.pct(0.99)), "-");
+    println!(
+        "ratio (b)/(c), the cost of capture: requests/s {:.2}x, p50 {:.2}x, p99 {:.2}x",
+        hset.rate() / plain.rate(),
+        hset.pct(0.5).as_secs_f64() / plain.pct(0.5).as_secs_f64(),
+        hset.pct(0.99).as_secs_f64() / plain.pct(0.99).as_secs_f64()
+    );
     println!(
         "ratio (b)/(a): requests/s {:.2}x, p50 {:.2}x, p95 {:.2}x, p99 {:.2}x",
         hset.rate() / direct.rate(),
