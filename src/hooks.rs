@@ -54,6 +54,7 @@ extern "C" fn on_command(fctx: *mut raw::RedisModuleCommandFilterCtx) {
                     return;
                 }
                 crate::recipes::Filtered::WriteThrough => {
+                    // RG.WTRUN runs the command's hook itself, if it has one.
                     insert_arg(fctx, 0, crate::recipes::WT_RUN.as_bytes());
                     return;
                 }
@@ -96,45 +97,44 @@ pub fn hook_run(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
             reply::error(ctx, "ERR wrong number of arguments for 'rg.hookrun' command");
             return Ok(RedisValue::NoReply);
         }
-        let engine = engine();
-        let host: Arc<dyn engine::Host> = Arc::new(InPlaceHost::new(ctx.ctx, redis_host().clone()));
         let flags = ctx.get_flags();
         // The primary's stream and the AOF carry what hooks already decided; commands from
         // EVAL scripts are not hooked.
         let bypass = flags.contains(ContextFlags::REPLICATED) || flags.contains(ContextFlags::LOADING) || flags.contains(ContextFlags::LUA);
         let user = if bypass { None } else { Some(ctx.get_current_user().to_string_lossy()) };
-        let name = String::from_utf8_lossy(&argv[0]).to_ascii_lowercase();
-        let hooked = if bypass { None } else { engine.sessions.hook_for(&name, argv.get(1).map(|a| a.as_slice())) };
-        let pass_through = |ctx: &Context| {
-            let refs: Vec<&[u8]> = argv.iter().map(|a| a.as_slice()).collect();
-            match host.lock(0).call(user.as_deref(), &refs) {
-                Ok(v) => reply::reply(ctx, &v),
-                Err(e) => reply::error(ctx, &e.to_string()),
-            }
-        };
-        let Some((session, reg)) = hooked else {
-            pass_through(ctx);
-            return Ok(RedisValue::NoReply);
-        };
-        // Redis checked the client's permissions for RG.HOOKRUN, not for the command it
-        // stands for: a client may not get a hook's answer for a command it may not run.
-        if let Some(u) = user.as_deref() {
-            let refs: Vec<&[u8]> = argv.iter().map(|a| a.as_slice()).collect();
-            if let Err(e) = crate::host::check_acl(ctx, u, &refs) {
-                reply::error(ctx, &e.to_string());
-                return Ok(RedisValue::NoReply);
-            }
-        }
-        let record = Value::Array(argv.iter().map(|a| Value::from_bytes(a.clone())).collect());
-        let call = HookCall { args: argv.clone(), user: user.clone() };
-        match engine.fire_hook(host.clone(), &session, &reg, vec![record], Some(call)) {
-            Ok(out) if !out.errors.is_empty() => reply::error(ctx, &out.errors.join("; ")),
-            // Steps that let nothing through leave the command as it was.
-            Ok(out) if out.results.is_empty() => pass_through(ctx),
-            Ok(mut out) if out.results.len() == 1 => reply::reply(ctx, &out.results.remove(0)),
-            Ok(out) => reply::reply(ctx, &Value::Array(out.results)),
-            Err(e) => reply::error(ctx, &e.message),
+        match run(ctx, &argv, user, bypass) {
+            Ok(v) => reply::reply(ctx, &v),
+            Err(e) => reply::error(ctx, &e),
         }
         Ok(RedisValue::NoReply)
     })
+}
+
+/// Runs a command through its hook, if it has one (else runs it as is), in place, as
+/// `user`; returns its reply or the error to send.
+pub fn run(ctx: &Context, argv: &[Vec<u8>], user: Option<String>, bypass: bool) -> Result<Value, String> {
+    let engine = engine();
+    let host: Arc<dyn engine::Host> = Arc::new(InPlaceHost::new(ctx.ctx, redis_host().clone()));
+    let name = String::from_utf8_lossy(&argv[0]).to_ascii_lowercase();
+    let hooked = if bypass { None } else { engine.sessions.hook_for(&name, argv.get(1).map(|a| a.as_slice())) };
+    let refs: Vec<&[u8]> = argv.iter().map(|a| a.as_slice()).collect();
+    let pass_through = || host.lock(0).call(user.as_deref(), &refs).map_err(|e| e.to_string());
+    let Some((session, reg)) = hooked else {
+        return pass_through();
+    };
+    // Redis checked the client's permissions for RG.HOOKRUN, not for the command it stands
+    // for: a client may not get a hook's answer for a command it may not run.
+    if let Some(u) = user.as_deref() {
+        crate::host::check_acl(ctx, u, &refs).map_err(|e| e.to_string())?;
+    }
+    let record = Value::Array(argv.iter().map(|a| Value::from_bytes(a.clone())).collect());
+    let call = HookCall { args: argv.to_vec(), user: user.clone() };
+    match engine.fire_hook(host.clone(), &session, &reg, vec![record], Some(call)) {
+        Ok(out) if !out.errors.is_empty() => Err(out.errors.join("; ")),
+        // Steps that let nothing through leave the command as it was.
+        Ok(out) if out.results.is_empty() => pass_through(),
+        Ok(mut out) if out.results.len() == 1 => Ok(out.results.remove(0)),
+        Ok(out) => Ok(Value::Array(out.results)),
+        Err(e) => Err(e.message),
+    }
 }

@@ -161,12 +161,15 @@ pub fn wt_run(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         let refs: Vec<&[u8]> = argv.iter().map(|a| a.as_slice()).collect();
         // SAFETY: the context's database is the client's.
         let db = unsafe { raw::RedisModule_GetSelectedDb.unwrap()(ctx.ctx) }.max(0) as u32;
-        let result = engine::Host::lock(&host, db).call(user.as_deref(), &refs);
+        // The command goes through its hook, if it has one.
+        // (Hooks do not fire for commands from the primary, the AOF or scripts.)
+        let no_hooks = internal || flags.contains(ContextFlags::LUA);
+        let result = if internal { engine::Host::lock(&host, db).call(None, &refs).map_err(|e| e.to_string()) } else { crate::hooks::run(ctx, &argv, user.clone(), no_hooks) };
         let captured = CAPTURED.with(|c| c.borrow_mut().take()).unwrap_or_default();
         let value = match result {
             Ok(v) => v,
             Err(e) => {
-                reply::error(ctx, &e.to_string());
+                reply::error(ctx, &e);
                 return Ok(RedisValue::NoReply);
             }
         };

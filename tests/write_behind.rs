@@ -289,6 +289,9 @@ fn write_through_replies_once_the_row_is_committed_or_times_out() {
     cmd(&mut c, &["HSET", "user:30", "name", "Multi", "age", "30"]);
     assert_eq!(fmt(&cmd(&mut c, &["EXEC"])), "[2]");
     pg_eventually(&pg, "SELECT name FROM users WHERE id = 30", "Multi", 20);
+    // Nor inside a script.
+    assert_eq!(fmt(&cmd(&mut c, &["EVAL", "return redis.call('HSET', KEYS[1], 'name', 'Lua', 'age', '31')", "1", "user:31"])), "2");
+    pg_eventually(&pg, "SELECT name FROM users WHERE id = 31", "Lua", 20);
     // The database is down: an error after timeoutMs, and the change still arrives later.
     pg.stop();
     let started = Instant::now();
@@ -432,4 +435,23 @@ fn stream_consumers_leave_recipe_streams_alone_and_upgrades_reconnect() {
     cmd(&mut c, &["HSET", "user:6", "name", "b", "age", "3"]);
     pg_eventually(&pg, "SELECT id, name FROM users2", "6|b", 20);
     assert_eq!(pg.sql("SELECT count(*) FROM users"), "5");
+}
+
+#[test]
+fn a_hooked_write_to_a_write_through_recipe_runs_its_hook_and_waits() {
+    let pg = Postgres::start();
+    pg.sql(USERS);
+    let s = server_with(&pg, &[]);
+    let mut c = s.conn();
+    let code = "local r = require('gears.recipes')\nr.writeThrough({ name = 'users', prefix = 'user:', target = r.postgres({ connection = 'pg', table = 'users' }) })";
+    assert_eq!(exec(&mut c, "lua", code, &["ID", "wt"]), "OK");
+    // The hook writes names in capitals, and refuses a name 'nobody'.
+    let hook = "GB('CommandReader'):map(function(a) if a[4] == 'nobody' then error('no nobody') end return callNext(a[2], a[3], string.upper(a[4])) end):register({hook = 'HSET', prefix = 'user:'})";
+    assert_eq!(exec(&mut c, "lua", hook, &["ID", "caps"]), "OK");
+    let r = fmt(&cmd(&mut c, &["HSET", "user:1", "name", "ann"]));
+    assert_eq!(r, "1", "{}", s.log());
+    assert_eq!(pg.sql("SELECT name FROM users WHERE id = 1"), "ANN");
+    assert!(fmt(&cmd(&mut c, &["HSET", "user:2", "name", "nobody"])).contains("no nobody"));
+    assert_eq!(fmt(&cmd(&mut c, &["EXISTS", "user:2"])), "0");
+    assert_eq!(pg.sql("SELECT count(*) FROM users WHERE id = 2"), "0");
 }
