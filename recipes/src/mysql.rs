@@ -7,7 +7,7 @@ use crate::convert::{format_timestamp, Cell, ColType};
 use crate::spec::Spec;
 use crate::sql::{self, Dialect};
 use crate::target::{after, Checkpoint, Row, Schema, Target, TargetError};
-use engine::streams::{format_id, parse_id};
+use engine::streams::parse_id;
 use mysql::prelude::Queryable;
 use mysql::{Conn, Opts, OptsBuilder, TxOpts, Value};
 use std::time::Duration;
@@ -146,24 +146,11 @@ impl Target for MySql {
         let todo = after(rows, last);
         // A prepared statement holds at most 65535 parameters.
         for st in sql::statements(Dialect::MySql, &self.table, &self.key, &todo, &|_| None, 30000) {
-            let params: Vec<Value> = st
-                .params
-                .iter()
-                .map(|(i, c)| match c {
-                    None => value(&todo[*i].pk),
-                    Some(c) => value(&todo[*i].cells[*c].1),
-                })
-                .collect();
+            let params: Vec<Value> = st.cells(&todo).map(value).collect();
             tx.exec_drop(&st.sql, params).map_err(classify)?;
         }
-        if let (Some(c), Some(last_row)) = (checkpoint, rows.last()) {
-            if last.is_none_or(|l| last_row.id > l) {
-                tx.exec_drop(
-                    format!("INSERT INTO {} (recipe, stream, last_id) VALUES (?, ?, ?) ON DUPLICATE KEY UPDATE last_id = VALUES(last_id)", sql::CHECKPOINTS),
-                    (c.recipe, c.stream, format_id(last_row.id)),
-                )
-                .map_err(classify)?;
-            }
+        if let (Some(c), Some(id)) = (checkpoint, sql::next_checkpoint(rows, last)) {
+            tx.exec_drop(format!("INSERT INTO {} (recipe, stream, last_id) VALUES (?, ?, ?) ON DUPLICATE KEY UPDATE last_id = VALUES(last_id)", sql::CHECKPOINTS), (c.recipe, c.stream, id)).map_err(classify)?;
         }
         tx.commit().map_err(classify)?;
         Ok(todo.len())

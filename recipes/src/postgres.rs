@@ -6,7 +6,7 @@ use crate::convert::{Cell, ColType};
 use crate::spec::Spec;
 use crate::sql::{self, Dialect};
 use crate::target::{after, Checkpoint, Row, Schema, Target, TargetError};
-use engine::streams::{format_id, parse_id};
+use engine::streams::parse_id;
 use postgres::types::ToSql;
 use postgres::{Client, NoTls};
 use std::collections::HashMap;
@@ -18,7 +18,6 @@ pub struct Postgres {
     key: String,
     /// Column -> SQL type (as `format_type` names it).
     sql_types: HashMap<String, String>,
-    exactly_once: bool,
 }
 
 fn classify(e: postgres::Error) -> TargetError {
@@ -44,8 +43,8 @@ impl Postgres {
         config.connect_timeout(Duration::from_secs(5));
         config.keepalives_idle(Duration::from_secs(10));
         let client = config.connect(NoTls).map_err(classify)?;
-        let mut pg = Postgres { client, table: spec.target.table.clone(), key: spec.key_field.clone(), sql_types: HashMap::new(), exactly_once: spec.delivery == crate::spec::Delivery::ExactlyOnce };
-        if pg.exactly_once {
+        let mut pg = Postgres { client, table: spec.target.table.clone(), key: spec.key_field.clone(), sql_types: HashMap::new() };
+        if spec.delivery == crate::spec::Delivery::ExactlyOnce {
             pg.client
                 .batch_execute(&format!("CREATE TABLE IF NOT EXISTS {} (recipe text NOT NULL, stream text NOT NULL, last_id text NOT NULL, PRIMARY KEY (recipe, stream))", sql::CHECKPOINTS))
                 .map_err(classify)?;
@@ -104,29 +103,24 @@ impl Target for Postgres {
         let types = &self.sql_types;
         let cast = |col: &str| types.get(col).filter(|t| t.as_str() != "text" && t.as_str() != "bytea").cloned();
         for st in sql::statements(Dialect::Postgres, &self.table, &self.key, &todo, &cast, 30000) {
-            let mut values: Vec<Box<dyn ToSql + Sync>> = Vec::with_capacity(st.params.len());
-            for (i, c) in &st.params {
-                let cell = match c {
-                    None => &todo[*i].pk,
-                    Some(c) => &todo[*i].cells[*c].1,
-                };
-                values.push(match cell {
-                    Cell::Bytes(b) => Box::new(b.clone()),
-                    other => Box::new(other.to_text()),
-                });
-            }
+            let values: Vec<Box<dyn ToSql + Sync>> = st
+                .cells(&todo)
+                .map(|cell| -> Box<dyn ToSql + Sync> {
+                    match cell {
+                        Cell::Bytes(b) => Box::new(b.clone()),
+                        other => Box::new(other.to_text()),
+                    }
+                })
+                .collect();
             let refs: Vec<&(dyn ToSql + Sync)> = values.iter().map(|v| &**v as &(dyn ToSql + Sync)).collect();
             tx.execute(st.sql.as_str(), &refs).map_err(classify)?;
         }
-        if let (Some(c), Some(last_row)) = (checkpoint, rows.last()) {
-            let id = format_id(last_row.id);
-            if last.is_none_or(|l| last_row.id > l) {
-                tx.execute(
-                    &format!("INSERT INTO {} (recipe, stream, last_id) VALUES ($1, $2, $3) ON CONFLICT (recipe, stream) DO UPDATE SET last_id = excluded.last_id", sql::CHECKPOINTS),
-                    &[&c.recipe, &c.stream, &id],
-                )
-                .map_err(classify)?;
-            }
+        if let (Some(c), Some(id)) = (checkpoint, sql::next_checkpoint(rows, last)) {
+            tx.execute(
+                &format!("INSERT INTO {} (recipe, stream, last_id) VALUES ($1, $2, $3) ON CONFLICT (recipe, stream) DO UPDATE SET last_id = excluded.last_id", sql::CHECKPOINTS),
+                &[&c.recipe, &c.stream, &id],
+            )
+            .map_err(classify)?;
         }
         tx.commit().map_err(classify)?;
         Ok(todo.len())

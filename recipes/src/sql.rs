@@ -3,7 +3,9 @@
 //! always quoted; values are always parameters.
 
 use crate::change::Op;
+use crate::convert::Cell;
 use crate::target::Row;
+use engine::streams::{format_id, StreamId};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Dialect {
@@ -108,13 +110,28 @@ pub fn statements(d: Dialect, table: &str, key: &str, rows: &[&Row], cast: &dyn 
     out
 }
 
+impl Statement {
+    /// The cells of its parameters, in order.
+    pub fn cells<'a>(&'a self, rows: &'a [&'a Row]) -> impl Iterator<Item = &'a Cell> + 'a {
+        self.params.iter().map(move |(i, c)| match c {
+            None => &rows[*i].pk,
+            Some(c) => &rows[*i].cells[*c].1,
+        })
+    }
+}
+
 /// The checkpoint table of exactly-once delivery.
 pub const CHECKPOINTS: &str = "rg_checkpoints";
+
+/// The id to store as the checkpoint after applying `rows` over the stored `last`, if it
+/// moves forward.
+pub fn next_checkpoint(rows: &[Row], last: Option<StreamId>) -> Option<String> {
+    rows.last().filter(|r| last.is_none_or(|l| r.id > l)).map(|r| format_id(r.id))
+}
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::convert::Cell;
 
     fn row(id: u64, op: Op, cols: &[&str]) -> Row {
         Row { id: (id, 0), key: vec![], op, pk: Cell::Int(id as i64), cells: cols.iter().map(|c| (c.to_string(), Cell::Null)).collect() }

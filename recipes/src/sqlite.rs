@@ -7,7 +7,7 @@ use crate::convert::{format_timestamp, Cell, ColType};
 use crate::spec::Spec;
 use crate::sql::{self, Dialect};
 use crate::target::{after, Checkpoint, Row, Schema, Target, TargetError};
-use engine::streams::{format_id, parse_id};
+use engine::streams::parse_id;
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, ErrorCode};
 use std::time::Duration;
@@ -99,24 +99,15 @@ impl Target for Sqlite {
         };
         let todo = after(rows, last);
         for st in sql::statements(Dialect::Sqlite, &self.table, &self.key, &todo, &|_| None, 30000) {
-            let params: Vec<SqlValue> = st
-                .params
-                .iter()
-                .map(|(i, c)| match c {
-                    None => value(&todo[*i].pk),
-                    Some(c) => value(&todo[*i].cells[*c].1),
-                })
-                .collect();
+            let params: Vec<SqlValue> = st.cells(&todo).map(value).collect();
             tx.execute(&st.sql, rusqlite::params_from_iter(params)).map_err(classify)?;
         }
-        if let (Some(c), Some(last_row)) = (checkpoint, rows.last()) {
-            if last.is_none_or(|l| last_row.id > l) {
-                tx.execute(
-                    &format!("INSERT INTO {} (recipe, stream, last_id) VALUES (?1, ?2, ?3) ON CONFLICT (recipe, stream) DO UPDATE SET last_id = excluded.last_id", sql::CHECKPOINTS),
-                    [c.recipe, c.stream, &format_id(last_row.id)],
-                )
-                .map_err(classify)?;
-            }
+        if let (Some(c), Some(id)) = (checkpoint, sql::next_checkpoint(rows, last)) {
+            tx.execute(
+                &format!("INSERT INTO {} (recipe, stream, last_id) VALUES (?1, ?2, ?3) ON CONFLICT (recipe, stream) DO UPDATE SET last_id = excluded.last_id", sql::CHECKPOINTS),
+                [c.recipe, c.stream, &id],
+            )
+            .map_err(classify)?;
         }
         tx.commit().map_err(classify)?;
         Ok(todo.len())
