@@ -125,7 +125,9 @@ redis_module! {
         ["rg.hookrun", hooks::hook_run, "", 0, 0, 0, ""],
         // What writes become when the command filter refuses them (maxBacklog) or makes
         // them wait for a write-through target.
-        ["rg.refuse", recipes::refuse, "", 0, 0, 0, ""],
-        ["rg.wtrun", recipes::wt_run, "", 0, 0, 0, ""],
+        // In @write where the server can say so (7.2+), so that users allowed to write
+        // may also get what their writes become.
+        ["rg.refuse", recipes::refuse, "", 0, 0, 0, "", "write"],
+        ["rg.wtrun", recipes::wt_run, "", 0, 0, 0, "", "write"],
     ],
 }
