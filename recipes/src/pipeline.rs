@@ -117,6 +117,9 @@ impl Pipeline {
     pub fn status(&self) -> Status {
         self.status.lock().clone()
     }
+    pub fn stopped(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
     pub fn stop(&self) {
         self.stop.store(true, Ordering::SeqCst);
         self.notify();

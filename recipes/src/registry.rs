@@ -138,7 +138,18 @@ impl Recipes {
         }
         for p in started {
             let (host, config, p2) = (engine.host.clone(), engine.config.clone(), p.clone());
-            let spawned = std::thread::Builder::new().name(format!("rg-wb-{}", p.name)).spawn(move || p2.run(host, config));
+            let spawned = std::thread::Builder::new().name(format!("rg-wb-{}", p.name)).spawn(move || {
+                // A panic (a driver's, say) must not end the recipe: it is logged and the
+                // loop starts again; what was not trimmed is applied again.
+                while !p2.stopped() {
+                    let (p3, host2, config2) = (p2.clone(), host.clone(), config.clone());
+                    if let Err(e) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || p3.run(host2, config2))) {
+                        let what = e.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| e.downcast_ref::<String>().cloned()).unwrap_or_default();
+                        host.log(LogLevel::Warning, &format!("rg: recipe '{}': its apply thread failed ({what}); starting it again in 1 s", p2.name));
+                        std::thread::sleep(std::time::Duration::from_secs(1));
+                    }
+                }
+            });
             if let Err(e) = spawned {
                 engine.host.log(LogLevel::Warning, &format!("rg: recipe '{}': could not start its thread: {e}", p.name));
             }
