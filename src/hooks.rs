@@ -53,7 +53,7 @@ extern "C" fn on_command(fctx: *mut raw::RedisModuleCommandFilterCtx) {
                     insert_arg(fctx, 1, msg.as_bytes());
                     return;
                 }
-                crate::recipes::Filtered::WriteThrough => {
+                crate::recipes::Filtered::Wrap => {
                     // RG.WTRUN runs the command's hook itself, if it has one.
                     insert_arg(fctx, 0, crate::recipes::WT_RUN.as_bytes());
                     return;

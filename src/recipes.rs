@@ -41,6 +41,8 @@ type WriteThroughCapture = (Arc<recipes::pipeline::Pipeline>, Vec<u8>, String, V
 thread_local! {
     /// Changes captured for write-through recipes during the current RG.WTRUN.
     static CAPTURED: RefCell<Option<Vec<WriteThroughCapture>>> = const { RefCell::new(None) };
+    /// Captures that failed during the current RG.WTRUN.
+    static FAILED: RefCell<Option<Vec<String>>> = const { RefCell::new(None) };
 }
 
 /// A keyspace event on a primary: captures it for every recipe of the key.
@@ -61,7 +63,14 @@ pub fn on_event(ctx: *mut raw::RedisModuleCtx, db: u32, event: &str, key: &[u8])
                     }
                 }
             }),
-            Err(e) => engine::Host::log(&**crate::redis_host(), engine::LogLevel::Warning, &format!("rg: recipe '{}': the change of '{}' could not be captured: {e}", p.name, String::from_utf8_lossy(key))),
+            Err(e) => {
+                engine::Host::log(&**crate::redis_host(), engine::LogLevel::Warning, &format!("rg: recipe '{}': the change of '{}' could not be captured: {e}", p.name, String::from_utf8_lossy(key)));
+                FAILED.with(|f| {
+                    if let Some(list) = f.borrow_mut().as_mut() {
+                        list.push(format!("write-behind '{}': the change of '{}' was made but could not be captured ({e}); it will not reach the target", p.name, String::from_utf8_lossy(key)));
+                    }
+                });
+            }
         }
     }
 }
@@ -79,11 +88,11 @@ fn key_positions(command: &str) -> Option<&'static [usize]> {
 pub const REFUSE: &str = "rg.refuse";
 pub const WT_RUN: &str = "rg.wtrun";
 
-/// What the command filter does with a command: refuse it (the message), make it wait for
-/// a write-through target, or leave it.
+/// What the command filter does with a command: refuse it (the message), run it as
+/// RG.WTRUN (a write to a recipe's keys), or leave it.
 pub enum Filtered {
     Refuse(String),
-    WriteThrough,
+    Wrap,
     Pass,
 }
 
@@ -98,7 +107,7 @@ pub fn filter(command: &str, args: &dyn Fn(usize) -> Option<Vec<u8>>, argc: usiz
     }
     let Some(positions) = key_positions(command) else { return Filtered::Pass };
     let keys: Vec<Vec<u8>> = if positions == [0] { (1..argc).filter_map(args).collect() } else { positions.iter().filter(|&&i| i < argc).filter_map(|&i| args(i)).collect() };
-    let mut through = false;
+    let mut wrap = false;
     for key in &keys {
         // The filter does not know the client's database: a recipe of any database counts.
         for p in r.matching_any_db(key) {
@@ -122,14 +131,53 @@ pub fn filter(command: &str, args: &dyn Fn(usize) -> Option<Vec<u8>>, argc: usiz
                     String::from_utf8_lossy(&spec.prefix)
                 ));
             }
-            through |= spec.kind == Kind::WriteThrough;
+            wrap = true;
         }
     }
-    if through {
-        Filtered::WriteThrough
+    if wrap {
+        Filtered::Wrap
     } else {
         Filtered::Pass
     }
+}
+
+/// Checks that the streams the keys of `argv` are captured into are streams (or do not
+/// exist yet); otherwise the write is refused before it is applied.
+fn check_streams(host: &InPlaceHost, db: u32, argv: &[Vec<u8>]) -> Result<(), String> {
+    let Some(r) = recipes() else { return Ok(()) };
+    let command = String::from_utf8_lossy(&argv[0]).to_ascii_lowercase();
+    let Some(positions) = key_positions(&command) else { return Ok(()) };
+    let keys: Vec<&Vec<u8>> = if positions == [0] { argv.iter().skip(1).collect() } else { positions.iter().filter_map(|&i| argv.get(i)).collect() };
+    let cluster = r.cluster.load(std::sync::atomic::Ordering::Relaxed);
+    let locked = engine::Host::lock(host, db);
+    for key in keys {
+        for p in r.matching(db, key) {
+            let spec = p.spec();
+            let stream = recipes::change::stream_key(&spec.name, key, cluster);
+            match locked.call(None, &[b"TYPE", &stream]) {
+                Ok(Value::String(t)) if t == "stream" || t == "none" => {}
+                Ok(v) => {
+                    let why = format!("'{}' is not a stream (it is a {})", String::from_utf8_lossy(&stream), v.as_str_lossy().unwrap_or_default());
+                    p.add_stream(stream.clone());
+                    p.capture_failed(why.clone());
+                    return Err(format!(
+                        "ERR write-behind '{}' cannot capture changes: {why}; writes to keys under '{}' are refused so that none is acknowledged without being captured",
+                        p.name,
+                        String::from_utf8_lossy(&spec.prefix)
+                    ));
+                }
+                Err(e) => return Err(format!("ERR write-behind '{}': cannot check its stream: {e}", p.name)),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Module calls give status replies as strings: the commands wrapped here that answer
+/// `+OK` (RENAME, RESTORE, HMSET) must still answer `+OK`, not `"OK"`.
+fn is_status_ok(command: &[u8], v: &Value) -> bool {
+    let c = String::from_utf8_lossy(command).to_ascii_lowercase();
+    matches!(c.as_str(), "rename" | "restore" | "hmset") && matches!(v, Value::String(s) if s == "OK")
 }
 
 /// RG.REFUSE <message>: what a refused write becomes.
@@ -141,10 +189,13 @@ pub fn refuse(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     })
 }
 
-/// RG.WTRUN <command> [arg ...]: runs a write to a write-through recipe's keys and replies
-/// once the target has committed the change, or with an error after `timeoutMs` (the change
-/// stays captured and is applied later). Inside MULTI/EXEC or a script the client cannot
-/// wait: the write replies at once, as with write-behind.
+/// RG.WTRUN <command> [arg ...]: what a write to a recipe's keys becomes. It checks first
+/// that the change can be captured (else the write is refused, not applied), runs the
+/// command (through its hook, if any), and replies with an error if a capture failed all
+/// the same, so that no write is acknowledged without its capture. For a write-through
+/// recipe it replies once the target has committed the change, or with an error after
+/// `timeoutMs` (the change stays captured and is applied later); inside MULTI/EXEC or a
+/// script the client cannot wait, and the write replies at once, as with write-behind.
 pub fn wt_run(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     guarded(ctx, || {
         let argv: Vec<Vec<u8>> = args.iter().skip(1).map(|a| a.as_slice().to_vec()).collect();
@@ -157,15 +208,29 @@ pub fn wt_run(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         let can_wait = !internal && !flags.contains(ContextFlags::MULTI) && !flags.contains(ContextFlags::LUA) && !flags.contains(ContextFlags::DENY_BLOCKING);
         let user = if internal { None } else { Some(ctx.get_current_user().to_string_lossy()) };
         let host = InPlaceHost::new(ctx.ctx, redis_host().clone());
-        CAPTURED.with(|c| *c.borrow_mut() = Some(Vec::new()));
         let refs: Vec<&[u8]> = argv.iter().map(|a| a.as_slice()).collect();
         // SAFETY: the context's database is the client's.
         let db = unsafe { raw::RedisModule_GetSelectedDb.unwrap()(ctx.ctx) }.max(0) as u32;
+        // Before the write: every stream it will be captured into must be able to take it.
+        if !internal {
+            if let Err(e) = check_streams(&host, db, &argv) {
+                reply::error(ctx, &e);
+                return Ok(RedisValue::NoReply);
+            }
+        }
+        CAPTURED.with(|c| *c.borrow_mut() = Some(Vec::new()));
+        FAILED.with(|c| *c.borrow_mut() = Some(Vec::new()));
         // The command goes through its hook, if it has one.
         // (Hooks do not fire for commands from the primary, the AOF or scripts.)
         let no_hooks = internal || flags.contains(ContextFlags::LUA);
         let result = if internal { engine::Host::lock(&host, db).call(None, &refs).map_err(|e| e.to_string()) } else { crate::hooks::run(ctx, &argv, user.clone(), no_hooks) };
         let captured = CAPTURED.with(|c| c.borrow_mut().take()).unwrap_or_default();
+        let failed = FAILED.with(|c| c.borrow_mut().take()).unwrap_or_default();
+        if !failed.is_empty() {
+            // Never acknowledged without its capture.
+            reply::error(ctx, &format!("ERR {}", failed.join("; ")));
+            return Ok(RedisValue::NoReply);
+        }
         let value = match result {
             Ok(v) => v,
             Err(e) => {
@@ -174,10 +239,15 @@ pub fn wt_run(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
             }
         };
         if captured.is_empty() || !can_wait || matches!(value, Value::Error(_)) {
-            reply::reply(ctx, &value);
+            if is_status_ok(&argv[0], &value) {
+                ctx.reply_simple_string("OK");
+            } else {
+                reply::reply(ctx, &value);
+            }
             return Ok(RedisValue::NoReply);
         }
         // Wait for every change the write captured; reply with the command's own reply.
+        let status_ok = is_status_ok(&argv[0], &value);
         let unblock = blocking::block_client(ctx);
         let pending = Arc::new(parking_lot::Mutex::new((captured.len(), None::<String>, Some(unblock), Some(value))));
         for (p, stream, id, key) in captured {
@@ -198,7 +268,10 @@ pub fn wt_run(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
                     if g.0 == 0 {
                         let answer = match g.1.take() {
                             Some(e) => Answer::Exec(Err(format!("ERR {e}"))),
-                            None => Answer::Exec(Ok(g.3.take().unwrap_or(Value::Nil))),
+                            None => match g.3.take() {
+                                Some(_) if status_ok => Answer::Ok,
+                                v => Answer::Exec(Ok(v.unwrap_or(Value::Nil))),
+                            },
                         };
                         if let Some(f) = g.2.take() {
                             f(answer);
