@@ -3,7 +3,8 @@
 //! HSETs to Redis with a write-behind recipe to the same PostgreSQL table. Reports
 //! requests/s, p50/p95/p99 latency and PostgreSQL rows/s for both (ratios against (a)), and
 //! the rate at which the backlog left when the clients stop drains. (c) the same HSETs with
-//! no recipe, on the same server, gives the cost of capture.
+//! no recipe, on the same server, and (d) with the recipe paused (capture without apply)
+//! give the cost of capture.
 //!
 //! `BENCH_SECS` (default 10) is the length of each load; `BENCH_CLIENTS` (default 48);
 //! `BENCH_KEYS` (default 100000) the id space the clients write into.
@@ -11,7 +12,7 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use common::{exec, Server};
+use common::{canon::fmt, cmd, exec, Server};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -132,14 +133,26 @@ fn main() {
     let applied_total = recipe_field(&mut c, "applied");
     let captured = recipe_field(&mut c, "captured");
 
+    // (d) The same HSETs with the recipe paused: capture only, no apply thread competing
+    // for the CPU (the backlog just grows).
+    assert_eq!(fmt(&cmd(&mut c, &["RG.PAUSEREGISTRATIONS", "records/0"])), "OK");
+    let captured_only = hset_load("rec:");
+
     println!("write-behind benchmark: {clients} clients, {secs} s per load, ids in 0..{keys}, PostgreSQL and Redis on loopback, 2-core machine");
     println!("{:<34} {:>12} {:>10} {:>10} {:>10} {:>16}", "", "requests/s", "p50", "p95", "p99", "PG rows/s");
     println!("{:<34} {:>12.0} {:>10} {:>10} {:>10} {:>16.0}", "(a) upsert straight to PostgreSQL", direct.rate(), ms(direct.pct(0.5)), ms(direct.pct(0.95)), ms(direct.pct(0.99)), direct.rate());
     let pg_rows = applied_during as f64 / hset.secs;
     println!("{:<34} {:>12.0} {:>10} {:>10} {:>10} {:>16.0}", "(b) HSET + write-behind", hset.rate(), ms(hset.pct(0.5)), ms(hset.pct(0.95)), ms(hset.pct(0.99)), pg_rows);
     println!("{:<34} {:>12.0} {:>10} {:>10} {:>10} {:>16}", "(c) plain HSET, no recipe", plain.rate(), ms(plain.pct(0.5)), ms(plain.pct(0.95)), ms(plain.pct(0.99)), "-");
+    println!("{:<34} {:>12.0} {:>10} {:>10} {:>10} {:>16}", "(d) HSET, recipe paused (capture)", captured_only.rate(), ms(captured_only.pct(0.5)), ms(captured_only.pct(0.95)), ms(captured_only.pct(0.99)), "-");
     println!(
-        "ratio (b)/(c), the cost of capture: requests/s {:.2}x, p50 {:.2}x, p99 {:.2}x",
+        "ratio (d)/(c), capture alone: requests/s {:.2}x, p50 {:.2}x, p99 {:.2}x",
+        captured_only.rate() / plain.rate(),
+        captured_only.pct(0.5).as_secs_f64() / plain.pct(0.5).as_secs_f64(),
+        captured_only.pct(0.99).as_secs_f64() / plain.pct(0.99).as_secs_f64()
+    );
+    println!(
+        "ratio (b)/(c), capture and apply sharing the CPU: requests/s {:.2}x, p50 {:.2}x, p99 {:.2}x",
         hset.rate() / plain.rate(),
         hset.pct(0.5).as_secs_f64() / plain.pct(0.5).as_secs_f64(),
         hset.pct(0.99).as_secs_f64() / plain.pct(0.99).as_secs_f64()

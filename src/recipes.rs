@@ -143,21 +143,28 @@ pub fn filter(command: &str, args: &dyn Fn(usize) -> Option<Vec<u8>>, argc: usiz
 
 /// Checks that the streams the keys of `argv` are captured into are streams (or do not
 /// exist yet); otherwise the write is refused before it is applied.
-fn check_streams(host: &InPlaceHost, db: u32, argv: &[Vec<u8>]) -> Result<(), String> {
+fn check_streams(ctx: &Context, db: u32, argv: &[Vec<u8>]) -> Result<(), String> {
     let Some(r) = recipes() else { return Ok(()) };
     let command = String::from_utf8_lossy(&argv[0]).to_ascii_lowercase();
     let Some(positions) = key_positions(&command) else { return Ok(()) };
     let keys: Vec<&Vec<u8>> = if positions == [0] { argv.iter().skip(1).collect() } else { positions.iter().filter_map(|&i| argv.get(i)).collect() };
     let cluster = r.cluster.load(std::sync::atomic::Ordering::Relaxed);
-    let locked = engine::Host::lock(host, db);
     for key in keys {
         for p in r.matching(db, key) {
             let spec = p.spec();
             let stream = recipes::change::stream_key(&spec.name, key, cluster);
-            match locked.call(None, &[b"TYPE", &stream]) {
-                Ok(Value::String(t)) if t == "stream" || t == "none" => {}
-                Ok(v) => {
-                    let why = format!("'{}' is not a stream (it is a {})", String::from_utf8_lossy(&stream), v.as_str_lossy().unwrap_or_default());
+            match key_type(ctx, &stream) {
+                raw::REDISMODULE_KEYTYPE_STREAM | raw::REDISMODULE_KEYTYPE_EMPTY => {}
+                other => {
+                    let name = match other {
+                        raw::REDISMODULE_KEYTYPE_STRING => "string",
+                        raw::REDISMODULE_KEYTYPE_LIST => "list",
+                        raw::REDISMODULE_KEYTYPE_HASH => "hash",
+                        raw::REDISMODULE_KEYTYPE_SET => "set",
+                        raw::REDISMODULE_KEYTYPE_ZSET => "zset",
+                        _ => "module type",
+                    };
+                    let why = format!("'{}' is not a stream (it is a {name})", String::from_utf8_lossy(&stream));
                     p.add_stream(stream.clone());
                     p.capture_failed(why.clone());
                     return Err(format!(
@@ -166,7 +173,6 @@ fn check_streams(host: &InPlaceHost, db: u32, argv: &[Vec<u8>]) -> Result<(), St
                         String::from_utf8_lossy(&spec.prefix)
                     ));
                 }
-                Err(e) => return Err(format!("ERR write-behind '{}': cannot check its stream: {e}", p.name)),
             }
         }
     }
@@ -178,6 +184,21 @@ fn check_streams(host: &InPlaceHost, db: u32, argv: &[Vec<u8>]) -> Result<(), St
 fn is_status_ok(command: &[u8], v: &Value) -> bool {
     let c = String::from_utf8_lossy(command).to_ascii_lowercase();
     matches!(c.as_str(), "rename" | "restore" | "hmset") && matches!(v, Value::String(s) if s == "OK")
+}
+
+/// The type of `key` in the context's database, by the key API (no command dispatch).
+fn key_type(ctx: &Context, key: &[u8]) -> isize {
+    // SAFETY: main thread inside a command; the string and key are freed before returning.
+    unsafe {
+        let s = raw::RedisModule_CreateString.unwrap()(ctx.ctx, key.as_ptr() as *const std::os::raw::c_char, key.len());
+        let k = raw::RedisModule_OpenKey.unwrap()(ctx.ctx, s, raw::REDISMODULE_READ as std::os::raw::c_int) as *mut raw::RedisModuleKey;
+        let t = if k.is_null() { raw::REDISMODULE_KEYTYPE_EMPTY } else { raw::RedisModule_KeyType.unwrap()(k) as isize };
+        if !k.is_null() {
+            raw::RedisModule_CloseKey.unwrap()(k);
+        }
+        raw::RedisModule_FreeString.unwrap()(ctx.ctx, s);
+        t
+    }
 }
 
 /// RG.REFUSE <message>: what a refused write becomes.
@@ -213,7 +234,7 @@ pub fn wt_run(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         let db = unsafe { raw::RedisModule_GetSelectedDb.unwrap()(ctx.ctx) }.max(0) as u32;
         // Before the write: every stream it will be captured into must be able to take it.
         if !internal {
-            if let Err(e) = check_streams(&host, db, &argv) {
+            if let Err(e) = check_streams(ctx, db, &argv) {
                 reply::error(ctx, &e);
                 return Ok(RedisValue::NoReply);
             }
