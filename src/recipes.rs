@@ -75,14 +75,26 @@ pub fn on_event(ctx: *mut raw::RedisModuleCtx, db: u32, event: &str, key: &[u8])
     }
 }
 
-/// Write commands and the positions of their keys (1-based argument indexes; 0 = all).
-fn key_positions(command: &str) -> Option<&'static [usize]> {
-    Some(match command {
+/// The argument indexes of the keys of a write command that recipes capture (None for
+/// other commands), given its argument count.
+fn key_indexes(command: &str, argc: usize) -> Option<Vec<usize>> {
+    let positions: &[usize] = match command {
         "hset" | "hsetnx" | "hmset" | "hincrby" | "hincrbyfloat" | "hdel" | "hexpire" | "hpexpire" | "hexpireat" | "hpexpireat" | "hpersist" | "hgetdel" | "hgetex" | "hsetex" | "expire" | "pexpire" | "expireat" | "pexpireat" | "persist" | "restore" | "move" => &[1],
         "rename" | "renamenx" | "copy" => &[1, 2],
-        "del" | "unlink" => &[0],
+        // Every argument is a key.
+        "del" | "unlink" => return Some((1..argc).collect()),
         _ => return None,
-    })
+    };
+    Some(positions.iter().copied().filter(|&i| i < argc).collect())
+}
+
+/// The error of a write refused because its changes cannot be captured.
+fn cannot_capture(p: &recipes::pipeline::Pipeline, why: &str) -> String {
+    format!(
+        "ERR write-behind '{}' cannot capture changes: {why}; writes to keys under '{}' are refused so that none is acknowledged without being captured",
+        p.name,
+        String::from_utf8_lossy(&p.spec().prefix)
+    )
 }
 
 pub const REFUSE: &str = "rg.refuse";
@@ -105,22 +117,17 @@ pub fn filter(command: &str, args: &dyn Fn(usize) -> Option<Vec<u8>>, argc: usiz
     if r.is_empty() {
         return Filtered::Pass;
     }
-    let Some(positions) = key_positions(command) else { return Filtered::Pass };
-    let keys: Vec<Vec<u8>> = if positions == [0] { (1..argc).filter_map(args).collect() } else { positions.iter().filter(|&&i| i < argc).filter_map(|&i| args(i)).collect() };
+    let Some(indexes) = key_indexes(command, argc) else { return Filtered::Pass };
     let mut wrap = false;
-    for key in &keys {
+    for key in indexes.into_iter().filter_map(args) {
         // The filter does not know the client's database: a recipe of any database counts.
-        for p in r.matching_any_db(key) {
+        for p in r.matching(None, &key) {
             if !p.primary.load(std::sync::atomic::Ordering::Relaxed) {
                 continue;
             }
             let spec = p.spec();
             if let Some(why) = p.broken() {
-                return Filtered::Refuse(format!(
-                    "ERR write-behind '{}' cannot capture changes: {why}; writes to keys under '{}' are refused so that none is acknowledged without being captured",
-                    p.name,
-                    String::from_utf8_lossy(&spec.prefix)
-                ));
+                return Filtered::Refuse(cannot_capture(&p, &why));
             }
             let backlog = p.backlog.load(std::sync::atomic::Ordering::Relaxed).max(0) as u64;
             if spec.max_backlog > 0 && backlog >= spec.max_backlog {
@@ -146,33 +153,17 @@ pub fn filter(command: &str, args: &dyn Fn(usize) -> Option<Vec<u8>>, argc: usiz
 fn check_streams(ctx: &Context, db: u32, argv: &[Vec<u8>]) -> Result<(), String> {
     let Some(r) = recipes() else { return Ok(()) };
     let command = String::from_utf8_lossy(&argv[0]).to_ascii_lowercase();
-    let Some(positions) = key_positions(&command) else { return Ok(()) };
-    let keys: Vec<&Vec<u8>> = if positions == [0] { argv.iter().skip(1).collect() } else { positions.iter().filter_map(|&i| argv.get(i)).collect() };
+    let Some(indexes) = key_indexes(&command, argv.len()) else { return Ok(()) };
     let cluster = r.cluster.load(std::sync::atomic::Ordering::Relaxed);
-    for key in keys {
-        for p in r.matching(db, key) {
-            let spec = p.spec();
-            let stream = recipes::change::stream_key(&spec.name, key, cluster);
-            match key_type(ctx, &stream) {
-                raw::REDISMODULE_KEYTYPE_STREAM | raw::REDISMODULE_KEYTYPE_EMPTY => {}
-                other => {
-                    let name = match other {
-                        raw::REDISMODULE_KEYTYPE_STRING => "string",
-                        raw::REDISMODULE_KEYTYPE_LIST => "list",
-                        raw::REDISMODULE_KEYTYPE_HASH => "hash",
-                        raw::REDISMODULE_KEYTYPE_SET => "set",
-                        raw::REDISMODULE_KEYTYPE_ZSET => "zset",
-                        _ => "module type",
-                    };
-                    let why = format!("'{}' is not a stream (it is a {name})", String::from_utf8_lossy(&stream));
-                    p.add_stream(stream.clone());
-                    p.capture_failed(why.clone());
-                    return Err(format!(
-                        "ERR write-behind '{}' cannot capture changes: {why}; writes to keys under '{}' are refused so that none is acknowledged without being captured",
-                        p.name,
-                        String::from_utf8_lossy(&spec.prefix)
-                    ));
-                }
+    for key in indexes.into_iter().map(|i| &argv[i]) {
+        for p in r.matching(Some(db), key) {
+            let stream = recipes::change::stream_key(&p.spec().name, key, cluster);
+            let t = key_type(ctx, &stream);
+            if t != "stream" && t != "none" {
+                let why = format!("'{}' is not a stream (it is a {t})", String::from_utf8_lossy(&stream));
+                p.add_stream(stream);
+                p.capture_failed(why.clone());
+                return Err(cannot_capture(&p, &why));
             }
         }
     }
@@ -187,15 +178,11 @@ fn is_status_ok(command: &[u8], v: &Value) -> bool {
 }
 
 /// The type of `key` in the context's database, by the key API (no command dispatch).
-fn key_type(ctx: &Context, key: &[u8]) -> isize {
-    // SAFETY: main thread inside a command; the string and key are freed before returning.
+fn key_type(ctx: &Context, key: &[u8]) -> String {
+    // SAFETY: main thread inside a command; the string is freed before returning.
     unsafe {
         let s = raw::RedisModule_CreateString.unwrap()(ctx.ctx, key.as_ptr() as *const std::os::raw::c_char, key.len());
-        let k = raw::RedisModule_OpenKey.unwrap()(ctx.ctx, s, raw::REDISMODULE_READ as std::os::raw::c_int) as *mut raw::RedisModuleKey;
-        let t = if k.is_null() { raw::REDISMODULE_KEYTYPE_EMPTY } else { raw::RedisModule_KeyType.unwrap()(k) as isize };
-        if !k.is_null() {
-            raw::RedisModule_CloseKey.unwrap()(k);
-        }
+        let t = crate::triggers::key_type(ctx.ctx, s);
         raw::RedisModule_FreeString.unwrap()(ctx.ctx, s);
         t
     }
@@ -208,6 +195,15 @@ pub fn refuse(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         reply::error(ctx, &msg);
         Ok(RedisValue::NoReply)
     })
+}
+
+/// A blocked write-through client: the changes it still waits for, the first error, how to
+/// unblock it, and the command's own reply.
+struct Pending {
+    left: usize,
+    error: Option<String>,
+    unblock: Option<Box<dyn FnOnce(Answer) + Send>>,
+    answer: Option<Answer>,
 }
 
 /// RG.WTRUN <command> [arg ...]: what a write to a recipe's keys becomes. It checks first
@@ -259,18 +255,14 @@ pub fn wt_run(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
                 return Ok(RedisValue::NoReply);
             }
         };
-        if captured.is_empty() || !can_wait || matches!(value, Value::Error(_)) {
-            if is_status_ok(&argv[0], &value) {
-                ctx.reply_simple_string("OK");
-            } else {
-                reply::reply(ctx, &value);
-            }
+        let answer = if is_status_ok(&argv[0], &value) { Answer::Ok } else { Answer::Exec(Ok(value)) };
+        let waits = !captured.is_empty() && can_wait && !matches!(answer, Answer::Exec(Ok(Value::Error(_))));
+        if !waits {
+            blocking::send(ctx, &answer);
             return Ok(RedisValue::NoReply);
         }
         // Wait for every change the write captured; reply with the command's own reply.
-        let status_ok = is_status_ok(&argv[0], &value);
-        let unblock = blocking::block_client(ctx);
-        let pending = Arc::new(parking_lot::Mutex::new((captured.len(), None::<String>, Some(unblock), Some(value))));
+        let pending = Arc::new(parking_lot::Mutex::new(Pending { left: captured.len(), error: None, unblock: Some(blocking::block_client(ctx)), answer: Some(answer) }));
         for (p, stream, id, key) in captured {
             let id = engine::streams::parse_id(&id).unwrap_or((u64::MAX, 0));
             let pending = pending.clone();
@@ -282,20 +274,17 @@ pub fn wt_run(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
                 deadline: Instant::now() + timeout,
                 done: Box::new(move |r| {
                     let mut g = pending.lock();
-                    g.0 -= 1;
+                    g.left -= 1;
                     if let Err(e) = r {
-                        g.1.get_or_insert(e);
+                        g.error.get_or_insert(e);
                     }
-                    if g.0 == 0 {
-                        let answer = match g.1.take() {
+                    if g.left == 0 {
+                        let answer = match g.error.take() {
                             Some(e) => Answer::Exec(Err(format!("ERR {e}"))),
-                            None => match g.3.take() {
-                                Some(_) if status_ok => Answer::Ok,
-                                v => Answer::Exec(Ok(v.unwrap_or(Value::Nil))),
-                            },
+                            None => g.answer.take().unwrap_or(Answer::Ok),
                         };
-                        if let Some(f) = g.2.take() {
-                            f(answer);
+                        if let Some(unblock) = g.unblock.take() {
+                            unblock(answer);
                         }
                     }
                 }),

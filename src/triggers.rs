@@ -15,7 +15,7 @@ pub fn subscribe(ctx: &Context) -> bool {
     unsafe { raw::RedisModule_SubscribeToKeyspaceEvents.unwrap()(ctx.ctx, types, Some(on_keyspace_event)) == raw::REDISMODULE_OK as c_int }
 }
 
-fn key_type(ctx: *mut raw::RedisModuleCtx, key: *mut raw::RedisModuleString) -> String {
+pub(crate) fn key_type(ctx: *mut raw::RedisModuleCtx, key: *mut raw::RedisModuleString) -> String {
     // SAFETY: GIL held (keyspace callbacks run with it); the key is closed before returning.
     unsafe {
         let k = raw::RedisModule_OpenKey.unwrap()(ctx, key, raw::REDISMODULE_READ as c_int) as *mut raw::RedisModuleKey;

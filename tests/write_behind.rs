@@ -265,14 +265,21 @@ fn an_upgrade_under_load_keeps_the_stream_and_loses_nothing() {
     assert_eq!(fmt(&cmd(&mut c, &["KEYS", "rg:*"])), r#"["rg:wb:users"]"#);
 }
 
-#[test]
-fn write_through_replies_once_the_row_is_committed_or_times_out() {
-    let mut pg = Postgres::start();
+/// PostgreSQL with the users table, and a server with a Lua write-through recipe on
+/// `user:` (`opts` added to its options).
+fn write_through(opts: &str) -> (Postgres, Server, redis::Connection) {
+    let pg = Postgres::start();
     pg.sql(USERS);
     let s = server_with(&pg, &[]);
     let mut c = s.conn();
-    let code = "local r = require('gears.recipes')\nr.writeThrough({ name = 'users', prefix = 'user:', target = r.postgres({ connection = 'pg', table = 'users' }), timeoutMs = 1500 })";
-    assert_eq!(exec(&mut c, "lua", code, &["ID", "wt"]), "OK");
+    let code = format!("local r = require('gears.recipes')\nr.writeThrough({{ name = 'users', prefix = 'user:', target = r.postgres({{ connection = 'pg', table = 'users' }}){opts} }})");
+    assert_eq!(exec(&mut c, "lua", &code, &["ID", "wt"]), "OK");
+    (pg, s, c)
+}
+
+#[test]
+fn write_through_replies_once_the_row_is_committed_or_times_out() {
+    let (mut pg, _server, mut c) = write_through(", timeoutMs = 1500");
     for i in 1..=20 {
         assert_eq!(fmt(&cmd(&mut c, &["HSET", &format!("user:{i}"), "name", "Ann", "age", &i.to_string()])), "2");
         // The reply came after the commit: the row is there already.
@@ -439,12 +446,7 @@ fn stream_consumers_leave_recipe_streams_alone_and_upgrades_reconnect() {
 
 #[test]
 fn a_hooked_write_to_a_write_through_recipe_runs_its_hook_and_waits() {
-    let pg = Postgres::start();
-    pg.sql(USERS);
-    let s = server_with(&pg, &[]);
-    let mut c = s.conn();
-    let code = "local r = require('gears.recipes')\nr.writeThrough({ name = 'users', prefix = 'user:', target = r.postgres({ connection = 'pg', table = 'users' }) })";
-    assert_eq!(exec(&mut c, "lua", code, &["ID", "wt"]), "OK");
+    let (pg, s, mut c) = write_through("");
     // The hook writes names in capitals, and refuses a name 'nobody'.
     let hook = "GB('CommandReader'):map(function(a) if a[4] == 'nobody' then error('no nobody') end return callNext(a[2], a[3], string.upper(a[4])) end):register({hook = 'HSET', prefix = 'user:'})";
     assert_eq!(exec(&mut c, "lua", hook, &["ID", "caps"]), "OK");
@@ -458,12 +460,7 @@ fn a_hooked_write_to_a_write_through_recipe_runs_its_hook_and_waits() {
 
 #[test]
 fn users_allowed_to_write_may_write_to_write_through_keys_where_the_server_has_acl_categories() {
-    let pg = Postgres::start();
-    pg.sql(USERS);
-    let s = server_with(&pg, &[]);
-    let mut c = s.conn();
-    let code = "local r = require('gears.recipes')\nr.writeThrough({ name = 'users', prefix = 'user:', target = r.postgres({ connection = 'pg', table = 'users' }) })";
-    assert_eq!(exec(&mut c, "lua", code, &["ID", "wt"]), "OK");
+    let (pg, s, mut c) = write_through("");
     assert_eq!(fmt(&cmd(&mut c, &["ACL", "SETUSER", "app", "on", "nopass", "~user:*", "+@write", "+@read", "+@connection"])), "OK");
     let mut app = s.conn();
     assert_eq!(fmt(&cmd(&mut app, &["AUTH", "app", "x"])), "OK");

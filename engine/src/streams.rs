@@ -279,23 +279,10 @@ impl Engine {
                     if !locked.is_primary() {
                         return;
                     }
-                    let mut pattern = glob_escape(prefix);
-                    pattern.push(b'*');
-                    let mut found = Vec::new();
-                    let mut cursor = 0;
-                    loop {
-                        let Ok((next, keys)) = crate::scan(&*locked, None, cursor, &pattern, 1000) else { break };
-                        for k in keys.into_iter().filter(|k| consumes(prefix, k)) {
-                            if matches!(locked.call(None, &[b"TYPE", &k]), Ok(Value::String(t)) if t == "stream") {
-                                found.push(k);
-                            }
-                        }
-                        cursor = next;
-                        if cursor == 0 {
-                            break;
-                        }
-                    }
-                    found
+                    keys_with_prefix(&*locked, prefix)
+                        .into_iter()
+                        .filter(|k| consumes(prefix, k) && matches!(locked.call(None, &[b"TYPE", k]), Ok(Value::String(t)) if t == "stream"))
+                        .collect::<Vec<_>>()
                 };
                 for s in streams {
                     self.stream_ready(session.clone(), reg.clone(), s);
@@ -312,6 +299,22 @@ pub const RECIPE_STREAMS: &[u8] = b"rg:wb:";
 /// Does a StreamReader registered on `prefix` consume `stream`?
 pub fn consumes(prefix: &[u8], stream: &[u8]) -> bool {
     stream.starts_with(prefix) && (!stream.starts_with(RECIPE_STREAMS) || prefix.starts_with(RECIPE_STREAMS))
+}
+
+/// Every key that starts with `prefix` (a whole SCAN, under the caller's lock).
+pub fn keys_with_prefix(locked: &dyn crate::LockedHost, prefix: &[u8]) -> Vec<Vec<u8>> {
+    let mut pattern = glob_escape(prefix);
+    pattern.push(b'*');
+    let mut found = Vec::new();
+    let mut cursor = 0;
+    while let Ok((next, keys)) = crate::scan(locked, None, cursor, &pattern, 1000) {
+        found.extend(keys);
+        cursor = next;
+        if cursor == 0 {
+            break;
+        }
+    }
+    found
 }
 
 /// Escapes glob characters so a prefix matches literally in SCAN MATCH.

@@ -106,9 +106,6 @@ impl Pipeline {
     pub fn db(&self) -> u32 {
         self.spec.read().2
     }
-    pub fn registration(&self) -> Arc<Registration> {
-        self.spec.read().1.clone()
-    }
     /// A new version of the recipe (UPGRADE): same name, same streams, new options.
     pub fn update(&self, spec: Arc<Spec>, reg: Arc<Registration>, db: u32) {
         *self.spec.write() = (spec, reg, db);
@@ -163,13 +160,6 @@ impl Pipeline {
         self.notify();
     }
 
-    fn set_error(&self, e: Option<String>) {
-        let mut st = self.status.lock();
-        if e.is_some() {
-            st.last_error = e;
-        }
-    }
-
     fn sleep(&self, d: Duration) {
         let mut w = self.woken.lock();
         if !*w && !self.stop.load(Ordering::SeqCst) {
@@ -190,25 +180,15 @@ impl Pipeline {
 
     /// Finds the recipe's streams in the keyspace (after a restart or promotion).
     pub fn discover(&self, host: &dyn Host) {
-        let locked = host.lock(self.db());
-        if !locked.is_primary() {
-            return;
-        }
-        let mut found = Vec::new();
-        let pattern = format!("{STREAM_PREFIX}{}*", glob_escape(&self.name));
-        let mut cursor = 0;
-        loop {
-            let Ok((next, keys)) = engine::scan(&*locked, None, cursor, pattern.as_bytes(), 1000) else { break };
-            found.extend(keys.into_iter().filter(|k| is_stream_of(&self.name, k)));
-            cursor = next;
-            if cursor == 0 {
-                break;
+        let found: Vec<Vec<u8>> = {
+            let locked = host.lock(self.db());
+            if !locked.is_primary() {
+                return;
             }
-        }
-        drop(locked);
-        let mut s = self.streams.lock();
-        s.extend(found);
-        drop(s);
+            let prefix = format!("{STREAM_PREFIX}{}", self.name);
+            engine::streams::keys_with_prefix(&*locked, prefix.as_bytes()).into_iter().filter(|k| is_stream_of(&self.name, k)).collect()
+        };
+        self.streams.lock().extend(found);
         self.notify();
     }
 
@@ -285,7 +265,7 @@ impl Pipeline {
                 let entries = match read_stream(&*host.lock(db), None, stream, "-", false, spec.batch) {
                     Ok(e) => e,
                     Err(e) => {
-                        self.set_error(Some(format!("reading '{}': {e}", String::from_utf8_lossy(stream))));
+                        self.status.lock().last_error = Some(format!("reading '{}': {e}", String::from_utf8_lossy(stream)));
                         continue;
                     }
                 };
@@ -336,68 +316,35 @@ impl Pipeline {
             }
         }
         // Waiting clients get an answer when the recipe goes away.
-        for w in std::mem::take(&mut *self.waiters.lock()) {
-            (w.done)(Err(format!("write-through '{}' was removed before the change was applied; it stays in the stream", self.name)));
+        self.answer_waiters(|_| true, || Err(format!("write-through '{}' was removed before the change was applied; it stays in the stream", self.name)));
+    }
+
+    /// Takes the waiting clients `pick` selects and gives each its answer.
+    fn answer_waiters(&self, pick: impl Fn(&Waiter) -> bool, answer: impl Fn() -> Result<(), String>) {
+        let picked: Vec<Waiter> = self.waiters.lock().extract_if(.., |w| pick(w)).collect();
+        for w in picked {
+            (w.done)(answer());
         }
     }
 
     fn expire_waiters(&self, spec: &Spec) {
         let now = Instant::now();
-        let mut expired = Vec::new();
-        {
-            let mut ws = self.waiters.lock();
-            let mut i = 0;
-            while i < ws.len() {
-                if ws[i].deadline <= now {
-                    expired.push(ws.swap_remove(i));
-                } else {
-                    i += 1;
-                }
-            }
-        }
-        for w in expired {
-            (w.done)(Err(format!(
-                "write-through '{}': the target did not commit the change within {} ms; it is kept and will be applied later",
-                self.name, spec.timeout_ms
-            )));
-        }
+        self.answer_waiters(
+            |w| w.deadline <= now,
+            || Err(format!("write-through '{}': the target did not commit the change within {} ms; it is kept and will be applied later", self.name, spec.timeout_ms)),
+        );
     }
 
     fn resolve_waiters(&self, stream: &[u8], min: StreamId) {
-        let mut done = Vec::new();
-        {
-            let mut ws = self.waiters.lock();
-            let mut i = 0;
-            while i < ws.len() {
-                if ws[i].stream == stream && ws[i].id < min {
-                    done.push(ws.swap_remove(i));
-                } else {
-                    i += 1;
-                }
-            }
-        }
-        for w in done {
-            (w.done)(Ok(()));
-        }
+        self.answer_waiters(|w| w.stream == stream && w.id < min, || Ok(()));
     }
 
     /// Write-through clients whose change of `key` (at or before `id`) was dead-lettered.
     fn fail_waiters(&self, stream: &[u8], key: &[u8], id: StreamId, error: &str) {
-        let mut failed = Vec::new();
-        {
-            let mut ws = self.waiters.lock();
-            let mut i = 0;
-            while i < ws.len() {
-                if ws[i].stream == stream && ws[i].key == key && ws[i].id <= id {
-                    failed.push(ws.swap_remove(i));
-                } else {
-                    i += 1;
-                }
-            }
-        }
-        for w in failed {
-            (w.done)(Err(format!("write-through '{}': the change cannot be applied; it was moved to the dead-letter stream: {error}", self.name)));
-        }
+        self.answer_waiters(
+            |w| w.stream == stream && w.key == key && w.id <= id,
+            || Err(format!("write-through '{}': the change cannot be applied; it was moved to the dead-letter stream: {error}", self.name)),
+        );
     }
 
     /// One batch of one stream. Ok(rows applied) once everything read was committed (or
@@ -575,18 +522,6 @@ pub fn row(spec: &Spec, schema: &Schema, c: &Change) -> Result<Row, String> {
     }
     Ok(Row { id: c.id, key: c.key.clone(), op: c.op, pk, cells })
 }
-
-fn glob_escape(s: &str) -> String {
-    let mut out = String::new();
-    for ch in s.chars() {
-        if matches!(ch, '*' | '?' | '[' | ']' | '\\') {
-            out.push('\\');
-        }
-        out.push(ch);
-    }
-    out
-}
-
 
 /// `message` without the connection URL or its password.
 pub fn scrub(message: &str, url: Option<&str>) -> String {

@@ -39,21 +39,13 @@ impl Recipes {
         self.pipelines.read().get(name).cloned()
     }
 
-    /// The pipelines whose keys include `key` (in database `db`).
-    pub fn matching(&self, db: u32, key: &[u8]) -> Vec<Arc<Pipeline>> {
+    /// The pipelines whose keys include `key`: in database `db`, or in any database when
+    /// it is not known (the command filter does not know the client's database).
+    pub fn matching(&self, db: Option<u32>, key: &[u8]) -> Vec<Arc<Pipeline>> {
         if self.is_empty() || key.starts_with(STREAM_PREFIX.as_bytes()) {
             return Vec::new();
         }
-        self.pipelines.read().values().filter(|p| p.db() == db && key.starts_with(&p.spec().prefix)).cloned().collect()
-    }
-
-    /// The pipelines whose prefix `key` has, in any database (the command filter does not
-    /// know the client's database).
-    pub fn matching_any_db(&self, key: &[u8]) -> Vec<Arc<Pipeline>> {
-        if self.is_empty() || key.starts_with(STREAM_PREFIX.as_bytes()) {
-            return Vec::new();
-        }
-        self.pipelines.read().values().filter(|p| key.starts_with(&p.spec().prefix)).cloned().collect()
+        self.pipelines.read().values().filter(|p| db.is_none_or(|d| p.db() == d) && key.starts_with(&p.spec().prefix)).cloned().collect()
     }
 
     /// A keyspace event: captures the change for every recipe of the key. Returns what
@@ -62,7 +54,7 @@ impl Recipes {
     pub fn on_event(&self, locked: &dyn LockedHost, db: u32, event: &str, key: &[u8]) -> Vec<(Arc<Pipeline>, Result<Captured, String>)> {
         let Some(op) = event_op(event) else { return Vec::new() };
         let mut out = Vec::new();
-        for p in self.matching(db, key) {
+        for p in self.matching(Some(db), key) {
             let spec = p.spec();
             match capture(locked, &spec, op, key, self.cluster.load(Ordering::Relaxed)) {
                 Ok(Some(c)) => {
