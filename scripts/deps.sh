@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing Gears needs on Debian 12 (bookworm), if missing:
 # a C toolchain, libclang (bindgen of redis-module), redis-server 7.0 from Debian, and
-# valkey-server 8 (a 7.2-compatible server) from bookworm-backports, and the databases the
+# valkey-server 8 (a 7.2-compatible server) from bookworm-backports (on the mirror the machine's
+# apt sources already use), tcl (Redis's own test suite), and the databases the
 # recipes write to: PostgreSQL and MariaDB from Debian (the tests start private instances;
 # the services apt may start are stopped again), SQLite (bundled in the build) and
 # SecantusDB (a MongoDB-wire-compatible server, from PyPI: Debian has no mongod).
@@ -20,16 +21,15 @@ command -v mariadbd >/dev/null || need+=(mariadb-server mariadb-client)
 
 if ! command -v valkey-server >/dev/null; then
   if ! grep -rqs bookworm-backports /etc/apt/sources.list /etc/apt/sources.list.d/; then
-    $SUDO tee /etc/apt/sources.list.d/backports.sources >/dev/null <<'SRC'
-Types: deb
-URIs: http://deb.debian.org/debian
-Suites: bookworm-backports
-Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-SRC
+    # Use the mirror this machine already takes bookworm from; never a hard-coded address.
+    uri=$(scripts/apt-mirror.sh bookworm)
+    [ -n "$uri" ] || { echo "deps.sh: no apt source for bookworm found to derive bookworm-backports from" >&2; exit 1; }
+    printf 'Types: deb\nURIs: %s\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' "$uri" \
+      | $SUDO tee /etc/apt/sources.list.d/backports.sources >/dev/null
   fi
   need_valkey=1
 fi
+command -v tclsh >/dev/null || need+=(tcl)
 
 if [ ${#need[@]} -gt 0 ] || [ -n "${need_valkey:-}" ]; then
   export DEBIAN_FRONTEND=noninteractive
@@ -44,3 +44,6 @@ if ! command -v secantusd-py >/dev/null; then
 fi
 
 command -v cargo >/dev/null || { echo "cargo (Rust stable) is required: https://rustup.rs" >&2; exit 1; }
+
+# Redis 7.4.1 (hash-field expiry, newer Module APIs) has no package here: built once into a cache.
+scripts/redis74.sh >/dev/null

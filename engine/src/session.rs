@@ -357,8 +357,8 @@ impl Sessions {
                 if r.paused.load(Ordering::Relaxed) || !matches!(r.spec.trigger, Trigger::Keys { .. }) {
                     continue;
                 }
-                let t = key_type_cache.get_or_insert_with(&key_type);
-                if r.spec.trigger.matches_key(event, key, t) {
+                let mut t = || key_type_cache.get_or_insert_with(&key_type).clone();
+                if r.spec.trigger.matches_key(event, key, &mut t) {
                     out.push((s.clone(), r.clone()));
                 }
             }

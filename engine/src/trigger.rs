@@ -132,13 +132,18 @@ impl Trigger {
         }
     }
 
-    /// Does a keyspace event on `key` of type `key_type` fire this trigger?
-    pub fn matches_key(&self, event: &str, key: &[u8], key_type: &str) -> bool {
+    /// Does a keyspace event on `key` fire this trigger? The key's type is asked for only
+    /// when the prefix and event match and the trigger filters on types: an event nothing
+    /// waits for opens no key.
+    pub fn matches_key(&self, event: &str, key: &[u8], key_type: &mut dyn FnMut() -> String) -> bool {
         match self {
             Trigger::Keys { prefix, event_types, key_types, .. } => {
                 key.starts_with(prefix)
                     && event_types.as_ref().is_none_or(|e| e.iter().any(|x| x == event))
-                    && key_types.as_ref().is_none_or(|t| t.iter().any(|x| x == key_type))
+                    && key_types.as_ref().is_none_or(|t| {
+                        let kt = key_type();
+                        t.iter().any(|x| *x == kt)
+                    })
             }
             Trigger::Command { .. } | Trigger::Stream { .. } | Trigger::Hook { .. } | Trigger::Recipe { .. } => false,
         }
