@@ -15,6 +15,7 @@ pub fn rg_info(ctx: &InfoContext, _for_crash_report: bool) {
             failures += st.failures;
         }
     }
+    let interpreters = engine.interpreters(None);
     let mut b = ctx.builder().add_section("");
     let fields: Vec<(String, String)> = vec![
         ("executions_created".into(), c.created.to_string()),
@@ -28,6 +29,12 @@ pub fn rg_info(ctx: &InfoContext, _for_crash_report: bool) {
         ("trigger_calls".into(), triggered.to_string()),
         ("trigger_failures".into(), failures.to_string()),
         ("packages".into(), engine.packages.all().len().to_string()),
+        ("sessions_unbuilt".into(), engine.sessions.all().iter().filter(|s| s.unbuilt.is_some()).count().to_string()),
+        ("executions_memory_bytes".into(), engine.registry.kept_bytes().to_string()),
+        ("executions_memory_limit".into(), engine.config.get_i64("max-executions-memory").to_string()),
+        ("interpreters".into(), interpreters.instances.to_string()),
+        ("interpreters_memory_bytes".into(), interpreters.bytes.to_string()),
+        ("interpreters_memory_limit".into(), engine.config.get_i64(engine::instances::CAP_SETTING).to_string()),
     ]
     .into_iter()
     .chain(recipe_fields())

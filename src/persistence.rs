@@ -1,14 +1,15 @@
 //! Sessions in RDB (aux fields, also in the AOF's RDB preamble), in the replication stream
 //! and the AOF (the internal commands RG.SESSIONLOAD and RG.SESSIONDROP), and cleared when
-//! the server starts loading another state.
+//! the server starts loading another state. Loading never drops a session and is bounded in
+//! time: see `Engine::load_session`. Also the main thread's share of instance purging (its
+//! cron tick).
 
 use crate::commands::{guarded, text};
 use crate::{engine, ENGINE};
-use engine::{NoDataHost, SessionDef};
+use engine::SessionDef;
 use redis_module::native_types::RedisType;
 use redis_module::{raw, Context, ContextFlags, RedisError, RedisResult, RedisString, RedisValue};
 use std::os::raw::{c_int, c_void};
-use std::sync::Arc;
 
 /// The module type that carries sessions as aux data (it holds no keys).
 pub static SESSIONS_TYPE: RedisType = RedisType::new(
@@ -78,13 +79,15 @@ extern "C" fn aux_load(rdb: *mut raw::RedisModuleIO, encver: c_int, _when: c_int
             }
         }
         let n = raw::load_unsigned(rdb).map_err(|e| e.to_string())?;
-        let host: Arc<dyn engine::Host> = Arc::new(NoDataHost { shard_id: engine.host.shard_id() });
         for _ in 0..n {
             let blob = raw::load_string_buffer(rdb).map_err(|e| e.to_string())?;
-            match SessionDef::decode(blob.as_ref()).and_then(|def| engine.restore_session(&def, host.clone()).map(|_| ())) {
-                Ok(()) => {}
-                // One bad session must not stop the dataset from loading.
-                Err(e) => log_warning(&format!("rg: a session could not be restored from RDB: {e}")),
+            match SessionDef::decode(blob.as_ref()) {
+                // Kept even if it cannot be rebuilt now (listed with its error, retried).
+                Ok(def) => {
+                    engine.load_session(&def);
+                }
+                // Unreadable: one bad session must not stop the dataset from loading.
+                Err(e) => log_warning(&format!("rg: a saved session could not be read from RDB: {e}")),
             }
         }
         Ok(())
@@ -106,10 +109,12 @@ extern "C" fn on_loading(_ctx: *mut raw::RedisModuleCtx, _eid: raw::RedisModuleE
             raw::REDISMODULE_SUBEVENT_LOADING_AOF_START,
             raw::REDISMODULE_SUBEVENT_LOADING_REPL_START,
         ];
-        if sub == raw::REDISMODULE_SUBEVENT_LOADING_ENDED as u64 {
-            // Stream consumers resume from their saved positions (off this thread, which
-            // holds the lock they need).
+        if sub == raw::REDISMODULE_SUBEVENT_LOADING_ENDED as u64 || sub == raw::REDISMODULE_SUBEVENT_LOADING_FAILED as u64 {
             if let Some(e) = ENGINE.get() {
+                // Sessions not rebuilt while loading are rebuilt on workers now.
+                e.end_load();
+                // Stream consumers resume from their saved positions (off this thread, which
+                // holds the lock they need).
                 let e2 = e.clone();
                 e.soon(Box::new(move || e2.kick_streams()));
             }
@@ -119,6 +124,7 @@ extern "C" fn on_loading(_ctx: *mut raw::RedisModuleCtx, _eid: raw::RedisModuleE
             if let Some(e) = ENGINE.get() {
                 e.sessions.clear();
                 e.packages.clear_loaded();
+                e.begin_load();
             }
         }
     });
@@ -136,13 +142,27 @@ extern "C" fn on_role_changed(_ctx: *mut raw::RedisModuleCtx, _eid: raw::RedisMo
     });
 }
 
+/// The main thread's cron tick (`hz` times a second): it drops its instances of sessions
+/// dropped or upgraded since, and those evicted by `rg.interpreters-memory-limit` (workers
+/// are told directly; this thread cannot be).
+extern "C" fn on_cron(_ctx: *mut raw::RedisModuleCtx, _eid: raw::RedisModuleEvent, _sub: u64, _data: *mut c_void) {
+    let _ = std::panic::catch_unwind(|| {
+        if let Some(e) = ENGINE.get() {
+            e.purge_thread();
+        }
+    });
+}
+
+/// Subscribes to loading, role changes and the cron tick.
 pub fn subscribe_loading(ctx: &Context) -> bool {
     let loading = raw::RedisModuleEvent { id: raw::REDISMODULE_EVENT_LOADING as u64, dataver: 1 };
     let role = raw::RedisModuleEvent { id: raw::REDISMODULE_EVENT_REPLICATION_ROLE_CHANGED as u64, dataver: 1 };
+    let cron = raw::RedisModuleEvent { id: raw::REDISMODULE_EVENT_CRON_LOOP as u64, dataver: 1 };
     // SAFETY: called once from the module's load function with its context.
     unsafe {
         raw::RedisModule_SubscribeToServerEvent.unwrap()(ctx.ctx, loading, Some(on_loading)) == raw::REDISMODULE_OK as c_int
             && raw::RedisModule_SubscribeToServerEvent.unwrap()(ctx.ctx, role, Some(on_role_changed)) == raw::REDISMODULE_OK as c_int
+            && raw::RedisModule_SubscribeToServerEvent.unwrap()(ctx.ctx, cron, Some(on_cron)) == raw::REDISMODULE_OK as c_int
     }
 }
 
@@ -185,9 +205,8 @@ pub fn session_load(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
             return Err(RedisError::Str("ERR wrong number of arguments for RG.SESSIONLOAD"));
         }
         let def = SessionDef::decode(args[1].as_slice()).map_err(|e| RedisError::String(format!("ERR {e}")))?;
-        let engine = engine();
-        let host: Arc<dyn engine::Host> = Arc::new(NoDataHost { shard_id: engine.host.shard_id() });
-        engine.restore_session(&def, host).map_err(|e| RedisError::String(format!("ERR {e}")))?;
+        // Kept even if it cannot be rebuilt now (listed with its error, retried).
+        engine().load_session(&def);
         ctx.replicate_verbatim();
         Ok(RedisValue::SimpleStringStatic("OK"))
     })

@@ -21,7 +21,15 @@ pub const SETTINGS: &[Setting] = &[
     Setting { name: "lua-memory-limit", default: "268435456", min: 0, max: i64::MAX, load_time_only: false, help: "bytes each Lua runtime may allocate (0 = no limit)" },
     Setting { name: "js-memory-limit", default: "268435456", min: 0, max: i64::MAX, load_time_only: false, help: "bytes each JavaScript runtime may allocate (0 = no limit)" },
     Setting { name: "keys-batch-size", default: "500", min: 1, max: 1_000_000, load_time_only: false, help: "keys read per lock acquisition by KeysReader" },
+    Setting { name: "interpreters-memory-limit", default: "1073741824", min: 0, max: i64::MAX, load_time_only: false, help: "bytes all interpreter instances together may hold; idle ones are dropped beyond it, new ones refused (0 = no limit)" },
+    Setting { name: "max-executions-memory", default: "268435456", min: 0, max: i64::MAX, load_time_only: false, help: "bytes the results of kept executions may take; the oldest finished ones are evicted beyond it (0 = no limit)" },
+    Setting { name: "max-script-size", default: "1048576", min: 0, max: 536_870_912, load_time_only: false, help: "bytes a script or package source may have (0 = no limit)" },
 ];
+
+/// The names of the known settings, for error messages.
+fn known_settings() -> String {
+    SETTINGS.iter().map(|s| s.name).collect::<Vec<_>>().join(", ")
+}
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
@@ -33,7 +41,7 @@ pub enum ConfigError {
     BadConnectionName(String),
     #[error("'{0}' must be a connection URL, got an empty value")]
     EmptyConnection(String),
-    #[error("unknown setting '{0}'; known settings: execution-threads, max-executions, script-timeout, lua-memory-limit, js-memory-limit, keys-batch-size, connection.<name>")]
+    #[error("unknown setting '{0}'; known settings: {known}, connection.<name>", known = known_settings())]
     Unknown(String),
 }
 

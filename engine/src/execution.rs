@@ -1,5 +1,6 @@
 //! Executions (one per RG.EXEC) and the registry that keeps them, with eviction of
-//! finished executions beyond `rg.max-executions`.
+//! finished executions beyond `rg.max-executions` (a count) and `rg.max-executions-memory`
+//! (the bytes of their outcomes).
 
 use crate::executor::StepStat;
 use crate::Value;
@@ -60,6 +61,8 @@ pub struct Execution {
     pub description: Option<String>,
     pub created_ms: u64,
     pub abort: Arc<AtomicBool>,
+    /// Bytes its outcome takes once finished (counted against `rg.max-executions-memory`).
+    kept_bytes: AtomicU64,
     state: Mutex<ExecutionState>,
     finished: Condvar,
 }
@@ -76,6 +79,7 @@ impl Execution {
             description,
             created_ms: now_ms(),
             abort: Arc::new(AtomicBool::new(false)),
+            kept_bytes: AtomicU64::new(0),
             state: Mutex::new(ExecutionState {
                 status: Status::Created,
                 outcome: None,
@@ -161,6 +165,22 @@ impl Execution {
     pub fn outcome(&self) -> Option<Outcome> {
         self.state.lock().outcome.clone()
     }
+
+    /// Bytes its outcome takes (0 until finished).
+    pub fn kept_bytes(&self) -> u64 {
+        self.kept_bytes.load(Ordering::Relaxed)
+    }
+}
+
+impl Outcome {
+    /// About how many bytes the outcome takes in memory.
+    pub fn approx_size(&self) -> usize {
+        match self {
+            Outcome::Records { results, errors } => results.iter().map(Value::approx_size).sum::<usize>() + errors.iter().map(|e| e.len() + 24).sum::<usize>(),
+            Outcome::Returned(v) => v.approx_size(),
+            Outcome::Failed(e) => e.len() + 24,
+        }
+    }
 }
 
 /// Why a registry operation was refused.
@@ -179,6 +199,8 @@ pub struct Registry {
     shard_id: String,
     seq: AtomicU64,
     max: AtomicU64,
+    /// Bytes the outcomes of finished executions may take together (0: no limit).
+    max_bytes: AtomicU64,
     list: Mutex<VecDeque<Arc<Execution>>>,
 }
 
@@ -192,12 +214,43 @@ pub struct RegistryCounts {
 
 impl Registry {
     pub fn new(shard_id: String, max_executions: u64) -> Registry {
-        Registry { shard_id, seq: AtomicU64::new(0), max: AtomicU64::new(max_executions), list: Mutex::new(VecDeque::new()) }
+        Registry { shard_id, seq: AtomicU64::new(0), max: AtomicU64::new(max_executions), max_bytes: AtomicU64::new(0), list: Mutex::new(VecDeque::new()) }
     }
 
     pub fn set_max(&self, max: u64) {
         self.max.store(max, Ordering::Relaxed);
         self.evict(&mut self.list.lock());
+    }
+
+    /// Sets `rg.max-executions-memory` (0: no limit) and evicts what no longer fits.
+    pub fn set_max_bytes(&self, max_bytes: u64) {
+        self.max_bytes.store(max_bytes, Ordering::Relaxed);
+        self.evict(&mut self.list.lock());
+    }
+
+    /// Ends `exec` with `outcome` and evicts what no longer fits. An outcome that alone
+    /// takes more than `rg.max-executions-memory` is not kept: the execution fails with an
+    /// error saying so instead.
+    pub fn finish(&self, exec: &Execution, outcome: Outcome, aborted: bool) {
+        let max_bytes = self.max_bytes.load(Ordering::Relaxed);
+        let mut size = outcome.approx_size() as u64;
+        let outcome = if max_bytes > 0 && size > max_bytes {
+            let failed = Outcome::Failed(format!(
+                "the execution's results take about {size} bytes, more than rg.max-executions-memory ({max_bytes} bytes): they were not kept; return fewer or smaller records (or raise rg.max-executions-memory)"
+            ));
+            size = failed.approx_size() as u64;
+            failed
+        } else {
+            outcome
+        };
+        exec.kept_bytes.store(size, Ordering::Relaxed);
+        exec.finish(outcome, aborted);
+        self.finished();
+    }
+
+    /// Bytes the outcomes of the executions kept take together.
+    pub fn kept_bytes(&self) -> u64 {
+        self.list.lock().iter().map(|e| e.kept_bytes()).sum()
     }
 
     /// Creates an execution with a fresh id `<shard-id>-<seq>` (or the given one).
@@ -223,12 +276,17 @@ impl Registry {
         Ok(e)
     }
 
-    /// Drops the oldest finished executions while there are more than the maximum.
+    /// Drops the oldest finished executions while there are more than the maximum, or
+    /// while their outcomes take more than the maximum bytes.
     fn evict(&self, list: &mut VecDeque<Arc<Execution>>) {
         let max = self.max.load(Ordering::Relaxed) as usize;
+        let max_bytes = self.max_bytes.load(Ordering::Relaxed);
+        let mut bytes: u64 = list.iter().map(|e| e.kept_bytes()).sum();
+        let over = |len: usize, bytes: u64| len > max || (max_bytes > 0 && bytes > max_bytes);
         let mut i = 0;
-        while list.len() > max && i < list.len() {
+        while over(list.len(), bytes) && i < list.len() {
             if list[i].status().is_finished() {
+                bytes -= list[i].kept_bytes();
                 list.remove(i);
             } else {
                 i += 1;
@@ -270,5 +328,54 @@ impl Registry {
             }
         }
         c
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn records(bytes: usize) -> Outcome {
+        Outcome::Records { results: vec![Value::String("x".repeat(bytes))], errors: Vec::new() }
+    }
+
+    #[test]
+    fn finished_executions_are_evicted_oldest_first_beyond_the_bytes_limit() {
+        let r = Registry::new("s".into(), 100);
+        r.set_max_bytes(10_000);
+        let ids: Vec<String> = (0..4)
+            .map(|_| {
+                let e = r.create(None, "lua", None).unwrap();
+                r.finish(&e, records(4_000), false);
+                e.id.clone()
+            })
+            .collect();
+        let kept: Vec<String> = r.all().iter().map(|e| e.id.clone()).collect();
+        assert_eq!(kept, ids[2..].to_vec());
+        assert!(r.kept_bytes() <= 10_000);
+        // A running execution is never evicted, whatever it will take.
+        let running = r.create(None, "lua", None).unwrap();
+        r.set_max_bytes(1);
+        assert_eq!(r.all().len(), 1);
+        assert_eq!(r.all()[0].id, running.id);
+    }
+
+    #[test]
+    fn results_larger_than_the_limit_alone_end_in_an_error() {
+        let r = Registry::new("s".into(), 100);
+        r.set_max_bytes(1_000);
+        let e = r.create(None, "js", None).unwrap();
+        r.finish(&e, records(5_000), false);
+        match e.outcome() {
+            Some(Outcome::Failed(m)) => assert!(m.contains("rg.max-executions-memory (1000 bytes)") && m.contains("not kept"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(e.kept_bytes() < 1_000);
+        assert_eq!(e.status(), Status::Done);
+        // No limit: everything is kept.
+        r.set_max_bytes(0);
+        let e = r.create(None, "js", None).unwrap();
+        r.finish(&e, records(5_000), false);
+        assert_eq!(e.outcome(), Some(records(5_000)));
     }
 }

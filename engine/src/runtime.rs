@@ -3,7 +3,7 @@
 
 use crate::execution::{Execution, Outcome, Registry};
 use crate::executor::RunOutput;
-
+use crate::instances::{Ledger, Ticket};
 use crate::workers::WorkerPool;
 use crate::{Config, Host, Instance, Language, Natives, ScriptError, ScriptErrorKind, Value};
 use std::cell::RefCell;
@@ -87,6 +87,8 @@ pub enum EngineError {
     Registry(#[from] crate::execution::RegistryError),
     #[error("the engine is shutting down")]
     ShuttingDown,
+    #[error("the script is {size} bytes, more than rg.max-script-size ({limit} bytes)")]
+    ScriptTooLarge { size: usize, limit: usize },
 }
 
 /// Recipe registrations (`Trigger::Recipe`) are carried out outside the engine (the
@@ -109,6 +111,12 @@ pub struct Engine {
     languages: Arc<Vec<Arc<dyn Language>>>,
     api: Arc<dyn Api>,
     pool: WorkerPool,
+    /// One thread that compiles scripts for RG.EXEC, off the Redis main thread.
+    checker: WorkerPool,
+    /// Every interpreter instance, with its memory (`rg.interpreters-memory-limit`).
+    pub(crate) ledger: Arc<Ledger>,
+    /// While loading (RDB, AOF): the time left for rebuilding sessions on the loading thread.
+    pub(crate) load_budget: parking_lot::Mutex<Option<std::time::Duration>>,
     /// What the module adds for recipe registrations (write-behind): set once at load.
     pub recipes: std::sync::OnceLock<Arc<dyn RecipeHooks>>,
     pub(crate) timers: Arc<crate::streams::Timers>,
@@ -121,10 +129,17 @@ pub const SESSION_LOAD: &str = "RG.SESSIONLOAD";
 struct SessionInstance {
     version: u64,
     instance: Box<dyn Instance>,
+    ticket: Ticket,
+}
+
+/// An instance kept for syntax checks on the thread that asks for them.
+struct Checker {
+    instance: Box<dyn Instance>,
+    ticket: Ticket,
 }
 
 /// Is `session` running on this thread right now?
-fn session_busy(session: &str) -> bool {
+pub fn session_busy(session: &str) -> bool {
     SESSION_INSTANCES.with(|c| c.borrow().get(session).is_some_and(|s| s.try_borrow_mut().is_err()))
 }
 
@@ -142,13 +157,13 @@ impl crate::ScriptCalls for InstanceCalls<'_> {
 }
 
 thread_local! {
-    /// The sessions generation this thread's instance cache was last checked against.
-    static SEEN_GENERATION: std::cell::Cell<u64> = const { std::cell::Cell::new(u64::MAX) };
+    /// The sessions generation and ledger evictions this thread last purged against.
+    static SEEN: std::cell::Cell<(u64, u64)> = const { std::cell::Cell::new((u64::MAX, u64::MAX)) };
     /// Each thread's instances of the sessions it has fired.
     static SESSION_INSTANCES: RefCell<HashMap<String, std::rc::Rc<RefCell<SessionInstance>>>> = RefCell::new(HashMap::new());
 
-    /// Instances used on the calling thread (the Redis main thread) for syntax checks.
-    static CHECKERS: RefCell<HashMap<&'static str, Box<dyn Instance>>> = RefCell::new(HashMap::new());
+    /// Instances used on the calling thread for `Engine::check`.
+    static CHECKERS: RefCell<HashMap<&'static str, Checker>> = RefCell::new(HashMap::new());
 }
 
 impl Engine {
@@ -156,11 +171,107 @@ impl Engine {
         let languages = Arc::new(languages);
         let threads = config.get_i64("execution-threads").max(1) as usize;
         let registry = Registry::new(host.shard_id(), config.get_i64("max-executions").max(1) as u64);
+        registry.set_max_bytes(config.get_i64("max-executions-memory").max(0) as u64);
         let packages: Arc<crate::Packages> = Default::default();
         for p in api.builtin_packages() {
             let _ = packages.load(p, true);
         }
-        Arc::new(Engine { pool: WorkerPool::new(threads, languages.clone()), host, config, registry, sessions: Default::default(), packages, languages, api, recipes: Default::default(), timers: crate::streams::Timers::start() })
+        let ledger: Arc<Ledger> = Default::default();
+        let engine = Arc::new(Engine {
+            pool: WorkerPool::new(threads, languages.clone(), ledger.clone()),
+            checker: WorkerPool::named("rg-check", 1, languages.clone(), ledger.clone()),
+            ledger,
+            load_budget: Default::default(),
+            host,
+            config,
+            registry,
+            sessions: Default::default(),
+            packages,
+            languages,
+            api,
+            recipes: Default::default(),
+            timers: crate::streams::Timers::start(),
+        });
+        // Every worker purges after each job, and at once when sessions change.
+        for pool in [&engine.pool, &engine.checker] {
+            let weak = Arc::downgrade(&engine);
+            pool.set_after_job(Box::new(move |_| {
+                if let Some(e) = weak.upgrade() {
+                    e.purge_thread();
+                }
+            }));
+        }
+        let weak = Arc::downgrade(&engine);
+        engine.sessions.on_change(Box::new(move || {
+            if let Some(e) = weak.upgrade() {
+                e.request_purge();
+            }
+        }));
+        engine
+    }
+
+    /// `rg.interpreters-memory-limit` in bytes (0: no limit).
+    pub(crate) fn memory_cap(&self) -> usize {
+        self.config.get_i64(crate::instances::CAP_SETTING).max(0) as usize
+    }
+
+    /// Tells every worker to purge now (idle ones included); the thread that owns the
+    /// other instances (the Redis main thread) purges on its next `purge_thread`.
+    pub fn request_purge(&self) {
+        let make = || -> crate::workers::Job { Box::new(|_| {}) };
+        self.pool.broadcast(&make);
+        self.checker.broadcast(&make);
+    }
+
+    /// Drops this thread's instances of sessions dropped or upgraded since, and those the
+    /// ledger asked to go. Cheap when nothing changed: the Redis main thread calls it on
+    /// every cron tick.
+    pub fn purge_thread(&self) {
+        let now = (self.sessions.generation(), self.ledger.evictions());
+        if SEEN.with(|s| s.replace(now)) == now {
+            return;
+        }
+        // Instances are dropped outside the borrow of the cache (dropping one runs the
+        // interpreter's finalizers).
+        let gone: Vec<_> = SESSION_INSTANCES.with(|c| {
+            let mut c = c.borrow_mut();
+            let ids: Vec<String> = c
+                .iter()
+                .filter(|(id, s)| s.try_borrow().is_ok_and(|i| i.ticket.must_go() || !self.sessions.get(id).is_some_and(|cur| cur.version == i.version)))
+                .map(|(id, _)| id.clone())
+                .collect();
+            ids.into_iter().filter_map(|id| c.remove(&id)).collect()
+        });
+        drop(gone);
+        let gone: Vec<_> = CHECKERS.with(|c| {
+            let mut c = c.borrow_mut();
+            let names: Vec<&'static str> = c.iter().filter(|(_, k)| k.ticket.must_go()).map(|(n, _)| *n).collect();
+            names.into_iter().filter_map(|n| c.remove(n)).collect()
+        });
+        drop(gone);
+    }
+
+    /// After a call: asks idle instances to go while all are over the cap, and purges.
+    fn enforce_cap(&self) {
+        if self.ledger.enforce(self.memory_cap()) {
+            self.request_purge();
+            self.purge_thread();
+        }
+    }
+
+    /// A setting changed (RG.CONFIGSET): applies what must follow at once.
+    pub fn setting_changed(&self, name: &str) {
+        match crate::normalize_setting(name).as_str() {
+            "max-executions" => self.registry.set_max(self.config.get_i64("max-executions").max(1) as u64),
+            "max-executions-memory" => self.registry.set_max_bytes(self.config.get_i64("max-executions-memory").max(0) as u64),
+            crate::instances::CAP_SETTING => self.enforce_cap(),
+            _ => {}
+        }
+    }
+
+    /// Interpreter instances: how many, and the bytes they hold (all, or one language's).
+    pub fn interpreters(&self, language: Option<&str>) -> crate::instances::Usage {
+        self.ledger.usage(language)
     }
 
     pub fn language(&self, name: &str) -> Result<Arc<dyn Language>, EngineError> {
@@ -172,23 +283,84 @@ impl Engine {
         self.languages.iter().map(|l| l.name()).collect()
     }
 
-    /// Compiles `source` on the calling thread without running it.
+    /// Refuses a source longer than `rg.max-script-size`.
+    pub fn check_size(&self, source: &str) -> Result<(), EngineError> {
+        let limit = self.config.get_i64("max-script-size").max(0) as usize;
+        if limit > 0 && source.len() > limit {
+            return Err(EngineError::ScriptTooLarge { size: source.len(), limit });
+        }
+        Ok(())
+    }
+
+    /// Compiles `source` on the calling thread without running it. Compiling a large
+    /// script takes a while: the Redis main thread uses `submit_checked` instead.
     pub fn check(&self, language: &str, source: &str) -> Result<(), EngineError> {
         let lang = self.language(language)?;
-        CHECKERS.with(|c| {
+        self.check_size(source)?;
+        let name = lang.name();
+        let r = CHECKERS.with(|c| -> Result<(), ScriptError> {
             let mut c = c.borrow_mut();
-            if !c.contains_key(lang.name()) {
-                c.insert(lang.name(), lang.new_instance(self.config.limits(lang.name()))?);
+            if c.get(name).is_some_and(|k| k.ticket.must_go()) {
+                c.remove(name);
             }
-            let inst = c.get_mut(lang.name()).expect("checker just inserted");
-            inst.check(source)?;
-            Ok(())
-        })
+            if !c.contains_key(name) {
+                let ticket = self.ledger.admit(name, &format!("checking a {name} script"), self.memory_cap())?;
+                c.insert(name, Checker { instance: lang.new_instance(self.config.limits(name))?, ticket });
+            }
+            let k = c.get_mut(name).expect("checker just inserted");
+            k.ticket.start_use();
+            k.instance.set_limits(self.config.limits(name));
+            let r = k.instance.check(source);
+            k.ticket.end_use(k.instance.memory_used());
+            r
+        });
+        self.enforce_cap();
+        Ok(r?)
+    }
+
+    /// Compiles the script off the calling thread (on the engine's checker thread), then
+    /// creates its execution and queues it, and calls `queued` with the execution or why
+    /// there is none (a syntax error creates no execution). `queued` is always called, from
+    /// the checker thread or (errors found without compiling) from this one.
+    pub fn submit_checked(self: &Arc<Self>, req: ExecRequest, queued: Box<dyn FnOnce(Result<Arc<Execution>, EngineError>) + Send>) {
+        let lang = match self.language(&req.language).and_then(|l| self.check_size(&req.source).map(|()| l)) {
+            Ok(l) => l,
+            Err(e) => return queued(Err(e)),
+        };
+        // Shared with the job, so that a job that never runs still answers.
+        let queued = Arc::new(parking_lot::Mutex::new(Some(queued)));
+        let answer = queued.clone();
+        let engine = self.clone();
+        let submitted = self.checker.submit(Box::new(move |worker| {
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let name = lang.name();
+                let checked = match worker.instance(name, engine.config.limits(name), engine.memory_cap()) {
+                    Ok(inst) => inst.check(&req.source),
+                    Err(e) => Err(e),
+                };
+                worker.release(name);
+                engine.enforce_cap();
+                match checked {
+                    Ok(()) => engine.submit(req),
+                    Err(e) => Err(e.into()),
+                }
+            }))
+            .unwrap_or_else(|_| Err(ScriptError::runtime("internal error while compiling the script").into()));
+            if let Some(q) = answer.lock().take() {
+                q(r);
+            }
+        }));
+        if !submitted {
+            if let Some(q) = queued.lock().take() {
+                q(Err(EngineError::ShuttingDown));
+            }
+        }
     }
 
     /// Creates the execution and queues the script on a worker. Returns at once.
     pub fn submit(self: &Arc<Self>, req: ExecRequest) -> Result<Arc<Execution>, EngineError> {
         let lang = self.language(&req.language)?;
+        self.check_size(&req.source)?;
         let exec = self.registry.create(req.id.clone(), lang.name(), req.description.clone())?;
         let engine = self.clone();
         let job_exec = exec.clone();
@@ -201,8 +373,7 @@ impl Engine {
                 Ok(r) => r,
                 Err(_) => (Outcome::Failed("internal error: the script's worker panicked".into()), false),
             };
-            exec.finish(outcome, aborted);
-            engine.registry.finished();
+            engine.registry.finish(&exec, outcome, aborted);
         }));
         if !submitted {
             exec.finish(Outcome::Failed("the engine is shutting down".into()), true);
@@ -216,7 +387,14 @@ impl Engine {
             return (Outcome::Failed("execution aborted".into()), true);
         }
         exec.mark_running();
-        let inst = match worker.instance(language, self.config.limits(language)) {
+        let result = self.run_script(worker, language, req, exec);
+        worker.release(language);
+        self.enforce_cap();
+        result
+    }
+
+    fn run_script(self: &Arc<Self>, worker: &mut crate::workers::Worker, language: &'static str, req: &ExecRequest, exec: &Arc<Execution>) -> (Outcome, bool) {
+        let inst = match worker.instance(language, self.config.limits(language), self.memory_cap()) {
             Ok(i) => i,
             Err(e) => return (Outcome::Failed(e.message), false),
         };
@@ -284,7 +462,7 @@ impl Engine {
             // an RDB, a replica applying it): check that now rather than lose it then.
             drop(locked);
             let no_data: Arc<dyn Host> = Arc::new(crate::NoDataHost { shard_id: self.host.shard_id() });
-            match self.rebuild_registrations(&def, no_data) {
+            match self.rebuild_registrations(&def, no_data, None) {
                 Ok((_, again, _)) if again.len() == specs.len() && again.iter().zip(&specs).all(|(a, b)| a == b) => {}
                 Ok(_) => return (Outcome::Failed("register: running the script again registered something else; a script must register the same way every time it runs".into()), false),
                 Err(e) => return (Outcome::Failed(format!("register: the session could not be restored after a restart or on a replica: {e}")), false),
@@ -316,19 +494,27 @@ impl Engine {
     /// applying the primary's: the script runs again on this thread in plan-building mode,
     /// with `host` for its top-level code, to recover its registrations.
     pub fn restore_session(&self, def: &crate::SessionDef, host: Arc<dyn Host>) -> Result<Arc<crate::Session>, String> {
-        let (language, specs, imports) = self.rebuild_registrations(def, host)?;
+        let (language, specs, imports) = self.rebuild_registrations(def, host, None)?;
         self.sessions.install(def, language, specs, imports, crate::Replace::Any).map_err(|e| e.to_string())
     }
 
     /// Runs a session's script in a fresh instance in plan-building mode and returns what it
-    /// registers and imports.
-    fn rebuild_registrations(&self, def: &crate::SessionDef, host: Arc<dyn Host>) -> Result<(&'static str, Vec<crate::RegistrationSpec>, Vec<(String, String)>), String> {
+    /// registers and imports. `timeout` replaces `rg.script-timeout` for its top-level code.
+    pub(crate) fn rebuild_registrations(&self, def: &crate::SessionDef, host: Arc<dyn Host>, timeout: Option<std::time::Duration>) -> Result<(&'static str, Vec<crate::RegistrationSpec>, Vec<(String, String)>), String> {
         let lang = self.language(&def.language).map_err(|e| e.to_string())?;
-        let mut instance = lang.new_instance(self.config.limits(lang.name())).map_err(|e| e.message)?;
+        let ticket = self.ledger.admit(lang.name(), &format!("rebuilding session '{}'", def.id), self.memory_cap()).map_err(|e| format!("session '{}': {}", def.id, e.message))?;
+        let mut limits = self.config.limits(lang.name());
+        if let Some(t) = timeout {
+            limits.timeout = t;
+        }
+        let mut instance = lang.new_instance(limits).map_err(|e| e.message)?;
         let execution = Arc::new(Execution::new(def.id.clone(), lang.name(), None));
         let natives = self.api.begin_rebuild(RunEnv { host, packages: self.packages.clone(), config: self.config.clone(), execution, user: def.user.clone(), db: def.db, hook: None });
         let r = instance.run(&def.source, &def.args, &*natives as &dyn Natives);
         instance.end_run();
+        ticket.end_use(instance.memory_used());
+        drop(instance);
+        drop(ticket);
         r.map_err(|e| format!("session '{}': {}", def.id, e.message))?;
         Ok((lang.name(), natives.take_registrations(), natives.imports()))
     }
@@ -394,15 +580,9 @@ impl Engine {
     /// already running on this thread (its trigger wrote a key it listens to) is not entered
     /// again: that is what keeps a trigger from firing itself without end.
     fn with_session_instance<R>(&self, session: &Arc<crate::Session>, env: RunEnv, f: impl FnOnce(&mut Box<dyn Instance>) -> Result<R, ScriptError>) -> Result<R, ScriptError> {
-        let slot = SESSION_INSTANCES.with(|c| {
-            let mut c = c.borrow_mut();
-            // Forget instances of sessions that were dropped or upgraded since last time.
-            let generation = self.sessions.generation();
-            if SEEN_GENERATION.with(|g| g.replace(generation)) != generation {
-                c.retain(|id, s| self.sessions.get(id).is_some_and(|cur| cur.version == s.borrow().version) || s.try_borrow().is_err());
-            }
-            c.get(&session.id).filter(|s| s.try_borrow().map_or(true, |i| i.version == session.version)).cloned()
-        });
+        // Forget instances of sessions that were dropped or upgraded since last time.
+        self.purge_thread();
+        let slot = SESSION_INSTANCES.with(|c| c.borrow().get(&session.id).filter(|s| s.try_borrow().map_or(true, |i| i.version == session.version && !i.ticket.must_go())).cloned());
         let slot = match slot {
             Some(s) => s,
             None => {
@@ -413,14 +593,31 @@ impl Engine {
             }
         };
         let mut guard = slot.try_borrow_mut().map_err(|_| ScriptError::usage(format!("session '{}' is already running on this thread: a trigger does not fire triggers of its own session", session.id)))?;
-        f(&mut guard.instance)
+        guard.ticket.start_use();
+        let r = f(&mut guard.instance);
+        guard.ticket.end_use(guard.instance.memory_used());
+        // Dropped, upgraded or evicted while it ran (the purge then had to skip it).
+        if guard.ticket.must_go() || !self.sessions.get(&session.id).is_some_and(|cur| cur.version == guard.version) {
+            SEEN.with(|s| s.set((u64::MAX, u64::MAX)));
+        }
+        drop(guard);
+        drop(slot);
+        self.enforce_cap();
+        self.purge_thread();
+        r
     }
 
     fn build_session_instance(&self, session: &Arc<crate::Session>, env: RunEnv) -> Result<SessionInstance, ScriptError> {
         let lang = self.language(session.language).map_err(|e| ScriptError::usage(e.to_string()))?;
+        if session.unbuilt.is_some() {
+            return Err(ScriptError::usage(format!("session '{}' has not been rebuilt since it was loaded", session.id)));
+        }
+        let ticket = self.ledger.admit(lang.name(), &format!("session '{}'", session.id), self.memory_cap())?;
         let mut instance = lang.new_instance(self.config.limits(lang.name()))?;
         let natives = self.api.begin_rebuild(env);
-        instance.run(&session.source, &session.args, &*natives as &dyn Natives)?;
+        let built = instance.run(&session.source, &session.args, &*natives as &dyn Natives);
+        ticket.end_use(instance.memory_used());
+        built?;
         let specs = natives.take_registrations();
         let same = specs.len() == session.declared && session.registrations.iter().all(|r| specs[r.index].steps == r.spec.steps);
         if !same {
@@ -430,18 +627,19 @@ impl Engine {
             )));
         }
         // The run's functions stay alive: the registrations' steps refer to them.
-        Ok(SessionInstance { version: session.version, instance })
+        Ok(SessionInstance { version: session.version, instance, ticket })
     }
 
-    /// Memory used by all instances of a language on the workers.
+    /// Memory held by all instances of a language (workers', sessions', checkers').
     pub fn memory_used(&self, language: &str) -> usize {
-        self.pool.memory.total(language)
+        self.ledger.usage(Some(language)).bytes
     }
 
     pub fn shutdown(&self) {
         for e in self.registry.all() {
             e.request_abort();
         }
+        self.checker.shutdown();
         self.pool.shutdown();
     }
 }

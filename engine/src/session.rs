@@ -91,6 +91,48 @@ pub struct Session {
     /// Packages the script imported, as (language, name).
     pub imports: Vec<(String, String)>,
     pub registrations: Vec<Arc<Registration>>,
+    /// Set while the session's script has not been run again since it was loaded (RDB, AOF,
+    /// from the primary): it has no registrations yet, and is saved and replicated as it was
+    /// loaded.
+    pub unbuilt: Option<Unbuilt>,
+}
+
+/// A loaded session waiting to be rebuilt (see `Session::unbuilt`).
+pub struct Unbuilt {
+    /// The definition as loaded, saved again as it is.
+    pub def: SessionDef,
+    /// Why the last attempt failed (None: not tried yet).
+    error: Mutex<Option<String>>,
+    /// Failed attempts so far.
+    attempts: AtomicU64,
+}
+
+impl Unbuilt {
+    pub fn error(&self) -> Option<String> {
+        self.error.lock().clone()
+    }
+    pub fn attempts(&self) -> u64 {
+        self.attempts.load(Ordering::Relaxed)
+    }
+    /// Records a failed attempt; returns how many there were.
+    pub fn failed(&self, error: String) -> u64 {
+        *self.error.lock() = Some(error);
+        self.attempts.fetch_add(1, Ordering::Relaxed) + 1
+    }
+}
+
+impl Session {
+    /// `ready` (its registrations live), `pending` (loaded, not rebuilt yet) or `failed`
+    /// (loaded, its rebuild failed: the error says why), with the error.
+    pub fn status(&self) -> (&'static str, Option<String>) {
+        match &self.unbuilt {
+            None => ("ready", None),
+            Some(u) => match u.error() {
+                None => ("pending", None),
+                Some(e) => ("failed", Some(e)),
+            },
+        }
+    }
 }
 
 /// What `Sessions::install` may replace.
@@ -99,6 +141,9 @@ pub enum Replace {
     No,
     Must,
     Any,
+    /// Only the unbuilt session of this version (a rebuild that finished; if the session
+    /// was dropped or replaced meanwhile, nothing is installed).
+    Unbuilt(u64),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -117,6 +162,8 @@ pub enum SessionError {
     RecipeTaken(String, String),
     #[error("command '{0}' is already hooked (session '{1}')")]
     HookTaken(String, String),
+    #[error("session '{0}' was dropped or replaced while it was being rebuilt")]
+    Changed(String),
 }
 
 /// Every session of this shard, and an index of their registrations.
@@ -131,6 +178,8 @@ pub struct Sessions {
     /// Changes whenever a session is installed, changed or dropped (threads then forget
     /// their instances of sessions that are gone).
     generation: AtomicU64,
+    /// Called after every change (the engine tells its threads to purge).
+    on_change: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
 }
 
 impl Sessions {
@@ -142,9 +191,10 @@ impl Sessions {
     pub fn install(&self, def: &SessionDef, language: &'static str, specs: Vec<RegistrationSpec>, imports: Vec<(String, String)>, replace: Replace) -> Result<Arc<Session>, SessionError> {
         let id = def.id.clone();
         let mut map = self.map.write();
-        match (map.contains_key(&id), replace) {
-            (true, Replace::No) => return Err(SessionError::Exists(id)),
-            (false, Replace::Must) => return Err(SessionError::NoSuchSession(id)),
+        match (map.get(&id), replace) {
+            (Some(_), Replace::No) => return Err(SessionError::Exists(id)),
+            (None, Replace::Must) => return Err(SessionError::NoSuchSession(id)),
+            (cur, Replace::Unbuilt(version)) if !cur.is_some_and(|c| c.version == version && c.unbuilt.is_some()) => return Err(SessionError::Changed(id)),
             _ => {}
         }
         for spec in &specs {
@@ -203,8 +253,10 @@ impl Sessions {
                 }
             }
         }
-        for (index, stream, pos) in &def.positions {
-            if let (Some(r), Some(p)) = (registrations.iter().find(|r| r.index == *index), crate::streams::parse_id(pos)) {
+        // An unbuilt session being replaced (UPGRADE) has its positions in its definition.
+        let loaded = map.get(&id).and_then(|old| old.unbuilt.as_ref()).map(|u| u.def.positions.clone()).unwrap_or_default();
+        for (index, stream, pos) in loaded.iter().chain(&def.positions) {
+            if let (Some(r), Some(p)) = (registrations.iter().find(|r| r.index == *index && r.spec.trigger.stream_prefix().is_some()), crate::streams::parse_id(pos)) {
                 r.consumers.set_position(stream, p);
             }
         }
@@ -220,14 +272,57 @@ impl Sessions {
             declared,
             imports,
             registrations,
+            unbuilt: None,
         });
         if let Some(old) = map.insert(id, session.clone()) {
             self.count.fetch_sub(old.registrations.len() as u64, Ordering::Relaxed);
         }
         self.count.fetch_add(session.registrations.len() as u64, Ordering::Relaxed);
         self.hooks.store(Self::count_hooks(&map), Ordering::Relaxed);
-        self.generation.fetch_add(1, Ordering::Relaxed);
+        drop(map);
+        self.changed();
         Ok(session)
+    }
+
+    /// Installs (or replaces) a loaded session as unbuilt: kept with its definition and no
+    /// registrations until its script has run again (`install` with `Replace::Unbuilt`).
+    pub fn install_unbuilt(&self, def: &SessionDef, language: &'static str, error: Option<String>) -> Arc<Session> {
+        let version = self.versions.fetch_add(1, Ordering::Relaxed) + 1;
+        let session = Arc::new(Session {
+            id: def.id.clone(),
+            language,
+            source: def.source.clone(),
+            args: def.args.clone(),
+            user: def.user.clone(),
+            db: def.db,
+            description: def.description.clone(),
+            version,
+            declared: 0,
+            imports: Vec::new(),
+            registrations: Vec::new(),
+            unbuilt: Some(Unbuilt { def: def.clone(), attempts: AtomicU64::new(error.is_some() as u64), error: Mutex::new(error) }),
+        });
+        let mut map = self.map.write();
+        if let Some(old) = map.insert(def.id.clone(), session.clone()) {
+            self.count.fetch_sub(old.registrations.len() as u64, Ordering::Relaxed);
+        }
+        self.hooks.store(Self::count_hooks(&map), Ordering::Relaxed);
+        drop(map);
+        self.changed();
+        session
+    }
+
+    /// Sets what is called whenever sessions change (once; later calls are ignored).
+    pub fn on_change(&self, f: Box<dyn Fn() + Send + Sync>) {
+        let _ = self.on_change.set(f);
+    }
+
+    /// A session was installed, changed or dropped.
+    fn changed(&self) {
+        self.generation.fetch_add(1, Ordering::Relaxed);
+        if let Some(f) = self.on_change.get() {
+            f();
+        }
     }
 
     pub fn drop_session(&self, id: &str) -> Result<Arc<Session>, SessionError> {
@@ -235,7 +330,8 @@ impl Sessions {
         let old = map.remove(id).ok_or_else(|| SessionError::NotFound(id.to_string()))?;
         self.count.fetch_sub(old.registrations.len() as u64, Ordering::Relaxed);
         self.hooks.store(Self::count_hooks(&map), Ordering::Relaxed);
-        self.generation.fetch_add(1, Ordering::Relaxed);
+        drop(map);
+        self.changed();
         Ok(old)
     }
 
@@ -244,7 +340,7 @@ impl Sessions {
         self.map.write().clear();
         self.count.store(0, Ordering::Relaxed);
         self.hooks.store(0, Ordering::Relaxed);
-        self.generation.fetch_add(1, Ordering::Relaxed);
+        self.changed();
     }
 
     /// Removes one registration (its session keeps the others); returns the session.
@@ -268,12 +364,14 @@ impl Sessions {
             declared: session.declared,
             imports: session.imports.clone(),
             registrations: kept,
+            unbuilt: None,
         };
         let updated = Arc::new(updated);
         map.insert(session.id.clone(), updated.clone());
         self.count.fetch_sub(1, Ordering::Relaxed);
         self.hooks.store(Self::count_hooks(&map), Ordering::Relaxed);
-        self.generation.fetch_add(1, Ordering::Relaxed);
+        drop(map);
+        self.changed();
         Ok(updated)
     }
 

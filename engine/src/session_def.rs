@@ -25,6 +25,9 @@ pub struct SessionDef {
 
 impl SessionDef {
     pub fn of(s: &Session) -> SessionDef {
+        if let Some(u) = &s.unbuilt {
+            return u.def.clone();
+        }
         let kept: Vec<usize> = s.registrations.iter().map(|r| r.index).collect();
         SessionDef {
             id: s.id.clone(),
@@ -88,7 +91,7 @@ impl SessionDef {
                 _ => return Err("session definition: 'args' missing".into()),
             },
             user: opt("user"),
-            db: v.get("db").and_then(Value::as_i64).filter(|d| *d >= 0).ok_or("session definition: bad 'db'")? as u32,
+            db: v.get("db").and_then(Value::as_i64).and_then(|d| u32::try_from(d).ok()).ok_or("session definition: bad 'db'")?,
             description: opt("description"),
             removed: ints("removed")?,
             paused: ints("paused")?,
@@ -110,3 +113,21 @@ impl SessionDef {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by the `session_blob` fuzz target: a db beyond u32 was cut to fit (2^32 read
+    /// as db 0) instead of being refused.
+    #[test]
+    fn a_db_out_of_range_is_refused_not_cut() {
+        let def = SessionDef { id: "s".into(), language: "lua".into(), source: "return 1".into(), args: vec![], user: None, db: 3, description: None, removed: vec![], paused: vec![], positions: vec![] };
+        assert_eq!(SessionDef::decode(&def.encode()), Ok(def.clone()));
+        for db in [1i64 << 32, i64::MAX, -1] {
+            let Value::Map(mut m) = crate::codec::decode(&def.encode()).unwrap() else { unreachable!() };
+            m.iter_mut().find(|(k, _)| k.as_bytes().as_deref() == Some(b"db")).unwrap().1 = Value::Int(db);
+            let blob = crate::codec::encode(&Value::Map(m)).unwrap();
+            assert_eq!(SessionDef::decode(&blob), Err("session definition: bad 'db'".to_string()), "db {db}");
+        }
+    }
+}

@@ -37,6 +37,18 @@ pub enum Value {
 }
 
 impl Value {
+    /// About how many bytes the value takes in memory (its heap data and its own slot).
+    pub fn approx_size(&self) -> usize {
+        const SLOT: usize = std::mem::size_of::<Value>();
+        SLOT + match self {
+            Value::String(s) | Value::Error(s) => s.len(),
+            Value::Bytes(b) => b.len(),
+            Value::Array(items) => items.iter().map(Value::approx_size).sum(),
+            Value::Map(pairs) => pairs.iter().map(|(k, v)| k.approx_size() + v.approx_size()).sum(),
+            _ => 0,
+        }
+    }
+
     pub fn str(s: impl Into<String>) -> Value {
         Value::String(s.into())
     }

@@ -45,9 +45,7 @@ pub fn config_set(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         }
         for (name, value) in checked {
             engine.config.set(&name, &value, false).map_err(|e| RedisError::String(format!("ERR {e}")))?;
-            if name == "max-executions" {
-                engine.registry.set_max(engine.config.get_i64("max-executions") as u64);
-            }
+            engine.setting_changed(&name);
         }
         Ok(RedisValue::SimpleStringStatic("OK"))
     })

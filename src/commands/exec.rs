@@ -1,7 +1,7 @@
 //! RG.EXEC: run a Lua or JavaScript script.
 
 use super::{guarded, replied};
-use crate::{blocking, engine, reply};
+use crate::{blocking, engine};
 use engine::{parse_exec, ExecRequest};
 use redis_module::{Context, ContextFlags, RedisError, RedisResult, RedisString};
 
@@ -20,30 +20,36 @@ pub fn rg_exec(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         let argv: Vec<&[u8]> = args.iter().skip(1).map(|a| a.as_slice()).collect();
         let parsed = parse_exec(&argv).map_err(|e| RedisError::String(format!("ERR {e}")))?;
         let engine = engine();
-        if let Err(e) = engine.check(&parsed.language, &parsed.code) {
-            return Err(RedisError::String(format!("ERR {e}")));
-        }
         let user = ctx.get_current_user().to_string_lossy();
         // SAFETY: the command's live context, on the main thread.
         let db = unsafe { redis_module::raw::RedisModule_GetSelectedDb.unwrap()(ctx.ctx) }.max(0) as u32;
         let unblocking = parsed.unblocking;
-        let exec = engine
-            .submit(ExecRequest {
-                language: parsed.language,
-                source: parsed.code,
-                args: parsed.args,
-                id: parsed.id,
-                description: parsed.description,
-                user: Some(user),
-                db,
-                upgrade: parsed.upgrade,
-            })
-            .map_err(|e| RedisError::String(format!("ERR {e}")))?;
-        if unblocking {
-            reply::reply(ctx, &engine::Value::String(exec.id.clone()));
-        } else {
-            blocking::block_until_done(ctx, &exec);
-        }
+        let req = ExecRequest {
+            language: parsed.language,
+            source: parsed.code,
+            args: parsed.args,
+            id: parsed.id,
+            description: parsed.description,
+            user: Some(user),
+            db,
+            upgrade: parsed.upgrade,
+        };
+        // Errors found without compiling (language, size) are the reply right away.
+        engine.language(&req.language).map_err(|e| RedisError::String(format!("ERR {e}")))?;
+        engine.check_size(&req.source).map_err(|e| RedisError::String(format!("ERR {e}")))?;
+        // Compiling a large script takes a while: it is done off the main thread while the
+        // client waits. A syntax error is the reply and creates no execution.
+        let unblock = blocking::block_client(ctx);
+        engine.submit_checked(
+            req,
+            Box::new(move |queued| match queued {
+                Err(e) => unblock(blocking::Answer::Exec(Err(format!("ERR {e}")))),
+                Ok(exec) if unblocking => unblock(blocking::Answer::Exec(Ok(engine::Value::String(exec.id.clone())))),
+                Ok(exec) => exec.on_finish(Box::new(move |e: &engine::Execution| {
+                    unblock(e.outcome().map(|o| blocking::answer(&o)).unwrap_or(blocking::Answer::Exec(Err("ERR execution has no outcome".into()))))
+                })),
+            }),
+        );
         replied()
     })
 }

@@ -191,6 +191,11 @@ fn session(s: &Session, verbose: bool) -> Value {
         kv("user", opt(&s.user)),
         kv("registrations", Value::Array(s.registrations.iter().map(|r| Value::String(r.id.clone())).collect())),
     ];
+    // `ready`, or `pending`/`failed` for a loaded session not rebuilt yet (no registrations
+    // fire until it is; the error says why the last attempt failed).
+    let (status, error) = s.status();
+    m.push(kv("status", Value::str(status)));
+    m.push(kv("error", opt(&error)));
     if verbose {
         m.push(kv("source", Value::String(s.source.clone())));
         m.push(kv("args", Value::Array(s.args.iter().map(|a| Value::from_bytes(a.clone())).collect())));
