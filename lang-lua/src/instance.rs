@@ -69,21 +69,35 @@ fn install_hook(lua: &Lua, watch: Arc<Watch>) -> mlua::Result<()> {
     lua.set_global_hook(triggers, move |lua, _debug| {
         let result = watch.check();
         let every = if result.is_ok() { HOOK_EVERY } else { 1 };
-        let state = lua.state();
-        // SAFETY: `state` is the thread running this hook (mlua sets it for the callback);
-        // re-installing the same hook function with the same mask only changes its count.
-        unsafe {
-            if mlua::ffi::lua_gethookcount(state) != every {
-                let hook = mlua::ffi::lua_gethook(state);
-                let mask = mlua::ffi::lua_gethookmask(state);
-                mlua::ffi::lua_sethook(state, hook, mask, every);
-            }
-        }
+        // SAFETY: `state` is the thread running this hook (mlua sets it for the callback).
+        unsafe { set_hook_count(lua.state(), every) };
         match result {
             Ok(()) => Ok(VmState::Continue),
             Err(e) => Err(mlua::Error::external(e)),
         }
     })
+}
+
+/// Changes the count of the instance's hook on `state`, if one is set.
+///
+/// # Safety
+/// `state` must be a live thread of the instance, not running on another OS thread.
+unsafe fn set_hook_count(state: *mut mlua::ffi::lua_State, every: i32) {
+    // SAFETY (of the calls): re-installing the same hook function with the same mask only
+    // changes its count; nothing is done when no hook is installed.
+    let hook = mlua::ffi::lua_gethook(state);
+    if hook.is_some() && mlua::ffi::lua_gethookcount(state) != every {
+        let mask = mlua::ffi::lua_gethookmask(state);
+        mlua::ffi::lua_sethook(state, hook, mask, every);
+    }
+}
+
+/// Makes the hook run at the next instruction of the running thread (a bounded library
+/// function recorded a fatal error): a `pcall` that caught it cannot run on for long.
+pub(crate) fn hook_every_instruction(lua: &Lua) {
+    // SAFETY: called from a Rust function Lua is running, so `lua.state()` is the thread
+    // running it, on this OS thread.
+    unsafe { set_hook_count(lua.state(), 1) };
 }
 
 /// Runs `f`, turning a panic (a bug in a native or here) into an error.

@@ -5,12 +5,13 @@
 //!   globals, `ARGS`, and one global per `Natives::globals()` name; host objects are userdata
 //!   whose methods are `Natives::methods(kind)`.
 //!
-//! Module map: `sandbox` (state, libraries, per-run environment, `load`), `convert`
+//! Module map: `bounded` (library functions that loop, bounded by the clock), `sandbox` (state, libraries, per-run environment, `load`), `convert`
 //! (`Value` <-> Lua), `objects` (host object userdata), `bridge` (script <-> natives calls),
 //! `packages` (`require`), `ctx` (state shared with Rust callbacks), `watch` (clock and
 //! sticky fatal errors), `errors` (mlua errors -> `ScriptError`), `instance` (the `Instance`
 //! implementation, limits and the clock hook).
 
+mod bounded;
 mod bridge;
 mod convert;
 mod ctx;

@@ -80,6 +80,7 @@ const LIBS: [&str; 6] = ["string", "table", "math", "utf8", "coroutine", "os"];
 pub(crate) fn new_state() -> mlua::Result<Lua> {
     let libs = StdLib::COROUTINE | StdLib::TABLE | StdLib::STRING | StdLib::UTF8 | StdLib::MATH | StdLib::OS;
     let lua = Lua::new_with(libs, LuaOptions::default())?;
+    crate::bounded::install(&lua)?;
     let render_fn = lua.create_function(|_, v: LuaValue| Ok(render(&v, 0)))?;
     lua.load(PRELUDE).set_name("=sandbox").call::<()>((lua.globals(), render_fn))?;
     set_error_tostring(&lua)?;
@@ -161,6 +162,11 @@ fn load(lua: &Lua, args: MultiValue) -> mlua::Result<MultiValue> {
     let source: Vec<u8> = match chunk {
         LuaValue::String(s) => s.as_bytes().to_vec(),
         LuaValue::Function(reader) => {
+            // A reader calling `load` again nests Rust frames: bounded like callbacks.
+            let ctx = Ctx::get(lua)?;
+            let Some(_depth) = ctx.enter_call() else {
+                return Err(mlua::Error::runtime("load: reader functions nested too deeply"));
+            };
             let mut buf = Vec::new();
             loop {
                 match reader.call::<LuaValue>(())? {
