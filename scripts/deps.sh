@@ -30,6 +30,7 @@ if ! command -v valkey-server >/dev/null; then
   need_valkey=1
 fi
 command -v tclsh >/dev/null || need+=(tcl)
+command -v sqlite3 >/dev/null || need+=(sqlite3)
 
 if [ ${#need[@]} -gt 0 ] || [ -n "${need_valkey:-}" ]; then
   export DEBIAN_FRONTEND=noninteractive

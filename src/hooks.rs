@@ -10,7 +10,14 @@ use redis_module::{raw, Context, ContextFlags, RedisResult, RedisString, RedisVa
 use std::os::raw::{c_char, c_int};
 use std::sync::Arc;
 
-const HOOK_RUN: &str = "rg.hookrun";
+/// What a hooked command becomes: the wrapper whose flags match the original's.
+fn hook_run_for(command: &str) -> &'static str {
+    match crate::commands_info::kind(command) {
+        crate::commands_info::Kind::Plain => "rg.hookrun",
+        crate::commands_info::Kind::Write => "rg.hookrun.write",
+        crate::commands_info::Kind::MayReplicate => "rg.hookrun.mayreplicate",
+    }
+}
 
 fn filter_arg(fctx: *mut raw::RedisModuleCommandFilterCtx, pos: c_int) -> Option<Vec<u8>> {
     // SAFETY: called inside the filter callback with its live context; the string is
@@ -29,13 +36,15 @@ fn filter_arg(fctx: *mut raw::RedisModuleCommandFilterCtx, pos: c_int) -> Option
 extern "C" fn on_command(fctx: *mut raw::RedisModuleCommandFilterCtx) {
     let _ = std::panic::catch_unwind(|| {
         let Some(engine) = ENGINE.get() else { return };
-        // Every command passes here: nothing is done unless some command is hooked or some
-        // recipe runs.
+        // Every command passes here: nothing is done unless some command is hooked, some
+        // recipe runs or (7.0) some sync trigger waits.
         let recipes = crate::recipes::recipes().is_some_and(|r| {
             r.ensure(engine);
             !r.is_empty()
         });
-        if !engine.sessions.has_hooks() && !recipes {
+        // On 7.0, commands on keys that sync triggers watch are wrapped too (see `defer`).
+        let deferring = !crate::triggers::has_post_notification_jobs() && engine.sessions.registration_count() > 0;
+        if !engine.sessions.has_hooks() && !recipes && !deferring {
             return;
         }
         // SAFETY: the filter context is live for this callback.
@@ -60,15 +69,13 @@ extern "C" fn on_command(fctx: *mut raw::RedisModuleCommandFilterCtx) {
                 }
                 crate::recipes::Filtered::Pass => {}
             }
-            if !engine.sessions.has_hooks() {
-                return;
-            }
         }
         let first = if n > 1 { filter_arg(fctx, 1) } else { None };
-        if engine.sessions.hook_for(&name, first.as_deref()).is_none() {
+        let hooked = engine.sessions.has_hooks() && engine.sessions.hook_for(&name, first.as_deref()).is_some();
+        if !hooked && !(deferring && crate::triggers::must_defer(fctx, &name, n)) {
             return;
         }
-        insert_arg(fctx, 0, HOOK_RUN.as_bytes());
+        insert_arg(fctx, 0, hook_run_for(&name).as_bytes());
     });
 }
 
@@ -88,24 +95,95 @@ pub fn register_filter(ctx: &Context) -> bool {
     !f.is_null()
 }
 
+/// The ACL user of the client that sent the command being handled, or why there is none
+/// to trust. Commands from the primary or the AOF have none (`Ok(None)`): they replay what
+/// was already decided. A call made by a module (a script's `execute()`, say) has no
+/// client of its own: internal commands refuse it rather than guess a user.
+pub(crate) fn caller(ctx: &Context, command: &str) -> Result<Option<String>, String> {
+    let flags = ctx.get_flags();
+    if flags.contains(ContextFlags::REPLICATED) || flags.contains(ContextFlags::LOADING) {
+        return Ok(None);
+    }
+    if flags.contains(ContextFlags::LUA) {
+        // EVAL's commands run with the script caller's user on the script's client.
+        return Ok(Some(ctx.get_current_user().to_string_lossy()));
+    }
+    // SAFETY: main thread inside a command; the returned string is freed right after use.
+    // RM_GetCurrentUserName would dereference a module call's missing user.
+    unsafe {
+        let id = raw::RedisModule_GetClientId.unwrap()(ctx.ctx);
+        let name = if id == 0 { std::ptr::null_mut() } else { raw::RedisModule_GetClientUserNameById.unwrap()(ctx.ctx, id) };
+        if name.is_null() {
+            return Err(format!("ERR {command} is what Gears turns hooked commands and recipe writes into; it cannot be called from scripts or modules"));
+        }
+        let mut len = 0usize;
+        let p = raw::RedisModule_StringPtrLen.unwrap()(name, &mut len);
+        let user = String::from_utf8_lossy(std::slice::from_raw_parts(p as *const u8, len)).into_owned();
+        raw::RedisModule_FreeString.unwrap()(ctx.ctx, name);
+        Ok(Some(user))
+    }
+}
+
+/// Checks the command an internal wrapper (RG.HOOKRUN, RG.WTRUN) is asked to run: it must
+/// exist and must not be one of the module's own commands (wrappers never nest).
+pub(crate) fn check_wrapped(ctx: &Context, wrapper: &str, argv: &[Vec<u8>]) -> Result<(), String> {
+    let Some(name) = argv.first() else {
+        return Err(format!("ERR wrong number of arguments for '{wrapper}' command"));
+    };
+    let name = String::from_utf8_lossy(name).to_ascii_lowercase();
+    if name.starts_with("rg.") {
+        return Err(format!("ERR {wrapper} runs the command a hook or recipe intercepts; it cannot run '{name}'"));
+    }
+    if crate::commands_info::exists(&name) == Some(false) {
+        // A module loaded after this one may have added it: read the table again once.
+        crate::commands_info::refresh(ctx);
+        if crate::commands_info::exists(&name) == Some(false) {
+            let shown: String = argv[1..].iter().take(8).map(|a| format!("'{}' ", String::from_utf8_lossy(&a[..a.len().min(128)]))).collect();
+            return Err(format!("ERR unknown command '{}', with args beginning with: {shown}", String::from_utf8_lossy(&argv[0])));
+        }
+    }
+    Ok(())
+}
+
 /// RG.HOOKRUN <command> [arg ...]: what a hooked command becomes (not for clients to send,
 /// though sending it is the same as sending the command itself).
 pub fn hook_run(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     guarded(ctx, || {
         let argv: Vec<Vec<u8>> = args.iter().skip(1).map(|a| a.as_slice().to_vec()).collect();
-        if argv.is_empty() {
-            reply::error(ctx, "ERR wrong number of arguments for 'rg.hookrun' command");
+        let wrapper = args.first().map(|a| a.to_string_lossy().to_ascii_lowercase()).unwrap_or_else(|| "rg.hookrun".into());
+        if let Err(e) = check_wrapped(ctx, &wrapper, &argv) {
+            reply::error(ctx, &e);
             return Ok(RedisValue::NoReply);
         }
+        let user = match caller(ctx, &wrapper) {
+            Ok(u) => u,
+            Err(e) => {
+                reply::error(ctx, &e);
+                return Ok(RedisValue::NoReply);
+            }
+        };
         let flags = ctx.get_flags();
-        // The primary's stream and the AOF carry what hooks already decided; commands from
-        // EVAL scripts are not hooked.
+        // The primary's stream and the AOF carry what hooks already decided (no user then);
+        // commands from EVAL scripts are not hooked, but still run as the script's caller.
         let bypass = flags.contains(ContextFlags::REPLICATED) || flags.contains(ContextFlags::LOADING) || flags.contains(ContextFlags::LUA);
-        let user = if bypass { None } else { Some(ctx.get_current_user().to_string_lossy()) };
-        match run(ctx, &argv, user, bypass) {
-            Ok(v) => reply::reply(ctx, &v),
-            Err(e) => reply::error(ctx, &e),
-        }
+        let engine = engine();
+        let name = String::from_utf8_lossy(&argv[0]).to_ascii_lowercase();
+        let hooked = !bypass && engine.sessions.hook_for(&name, argv.get(1).map(|a| a.as_slice())).is_some();
+        // Sync triggers its events fire run after it (Redis 7.0; see `defer`).
+        crate::defer::around(ctx.ctx, || {
+            if !hooked {
+                // Not hooked (or not here): the command's own reply, as the client would get it.
+                let refs: Vec<&[u8]> = argv.iter().map(|a| a.as_slice()).collect();
+                if let Err(e) = crate::host::forward(ctx, user.as_deref(), &refs) {
+                    reply::error(ctx, &e.to_string());
+                }
+                return;
+            }
+            match run(ctx, &argv, user, bypass) {
+                Ok(v) => reply::reply(ctx, &v),
+                Err(e) => reply::error(ctx, &e),
+            }
+        });
         Ok(RedisValue::NoReply)
     })
 }

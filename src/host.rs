@@ -7,10 +7,20 @@ use std::os::raw::c_char;
 
 pub struct RedisHost {
     shard_id: String,
-    options: CallOptions,
-    /// `options` plus ACL verification of the context's user (used with SetContextUser).
-    options_acl: CallOptions,
+    /// Calls the module makes for itself (captures, sessions): no user, and writes the
+    /// server already accepted are not refused for memory.
+    internal: CallOptions,
+    /// Calls made for a user (scripts' `execute()`, hooks' `callNext()`): deny-oom applies
+    /// as it would to the user's own command. Index: [ACL checked by the server][no writes].
+    user: [[CallOptions; 2]; 2],
+    /// When the last lock taken from a worker was released and how long it was held (ns
+    /// since `epoch`): the next one waits as long again, so that the main thread serves
+    /// clients between back-to-back `atomic()` blocks and batches.
+    fairness: parking_lot::Mutex<(Option<std::time::Instant>, std::time::Duration)>,
 }
+
+/// The longest a worker waits for the main thread's turn before taking the lock again.
+const MAX_FAIR_WAIT: std::time::Duration = std::time::Duration::from_millis(250);
 
 // SAFETY: CallOptions is an immutable C string built once.
 unsafe impl Send for RedisHost {}
@@ -21,7 +31,37 @@ impl RedisHost {
         // Replicated (writes reach replicas and the AOF), RESP3 replies, errors as replies,
         // and script mode: commands that must not run from scripts are refused.
         let base = || CallOptionsBuilder::new().replicate().errors_as_replies().script_mode().resp(CallOptionResp::Resp3);
-        RedisHost { shard_id, options: base().build(), options_acl: base().verify_acl().build() }
+        let user = |acl: bool, no_writes: bool| {
+            let mut b = base().verify_oom();
+            if acl {
+                b = b.verify_acl();
+            }
+            if no_writes {
+                b = b.no_writes();
+            }
+            b.build()
+        };
+        RedisHost {
+            shard_id,
+            internal: base().build(),
+            user: [[user(false, false), user(false, true)], [user(true, false), user(true, true)]],
+            fairness: parking_lot::Mutex::new((None, std::time::Duration::ZERO)),
+        }
+    }
+
+    /// Waits, if the previous worker lock was released just now, for as long as it was
+    /// held (at most MAX_FAIR_WAIT): Redis's lock is not fair, and a worker that locks
+    /// again at once would starve the main thread.
+    fn wait_turn(&self) {
+        let (released, held) = *self.fairness.lock();
+        if let Some(released) = released {
+            // Short holds (a batch of reads) leave gaps of their own.
+            let turn = if held < std::time::Duration::from_millis(2) { std::time::Duration::ZERO } else { held.min(MAX_FAIR_WAIT) };
+            let since = released.elapsed();
+            if since < turn {
+                std::thread::sleep(turn - since);
+            }
+        }
     }
 }
 
@@ -35,6 +75,11 @@ struct Locked<'a> {
     // Field order matters: the guard (lock) is released before its context is freed.
     guard: Option<(ContextGuard, ThreadSafeContext<DetachedFromClient>)>,
     host: &'a RedisHost,
+    /// False inside a keyspace event on servers without post-notification jobs: a write
+    /// there would corrupt the command that fired the event.
+    writes: bool,
+    /// When the lock was taken (for the fairness wait of the next one).
+    since: std::time::Instant,
 }
 
 /// The host of code that runs inside a command or a keyspace event (sync triggers): the
@@ -42,23 +87,39 @@ struct Locked<'a> {
 pub struct InPlaceHost {
     ctx: *mut raw::RedisModuleCtx,
     host: std::sync::Arc<RedisHost>,
+    writes: bool,
+    /// The thread the host belongs to; checked on every use.
+    thread: std::thread::ThreadId,
 }
 
-// SAFETY: an InPlaceHost lives only for the duration of the callback that made it, on that
-// callback's thread; the engine does not send it to other threads.
+// SAFETY: an InPlaceHost is only usable on the thread that made it (`lock` checks it, and
+// stdlib refuses `run()` with an in-place host, the one thing that would hand it on); the
+// Send/Sync bounds only let it sit in the engine's `Arc<dyn Host>`.
 unsafe impl Send for InPlaceHost {}
 unsafe impl Sync for InPlaceHost {}
 
 impl InPlaceHost {
+    /// A host for code running inside a command (writes allowed).
     pub fn new(ctx: *mut raw::RedisModuleCtx, host: std::sync::Arc<RedisHost>) -> InPlaceHost {
-        InPlaceHost { ctx, host }
+        InPlaceHost { ctx, host, writes: true, thread: std::thread::current().id() }
+    }
+
+    /// A host for code running inside a keyspace event, where Redis is in the middle of a
+    /// command: scripts' writes are refused with a clear error.
+    pub fn read_only(ctx: *mut raw::RedisModuleCtx, host: std::sync::Arc<RedisHost>) -> InPlaceHost {
+        InPlaceHost { writes: false, ..InPlaceHost::new(ctx, host) }
     }
 }
 
 impl Host for InPlaceHost {
     /// Already locked: commands run in the event's context (and its database).
     fn lock(&self, _db: u32) -> Box<dyn LockedHost + '_> {
-        Box::new(Locked { user: std::cell::RefCell::new(None), ctx: Context::new(self.ctx), guard: None, host: &self.host })
+        // The context is only valid on its own thread, inside its callback.
+        assert_eq!(std::thread::current().id(), self.thread, "an in-place host was used on another thread");
+        Box::new(Locked { user: std::cell::RefCell::new(None), ctx: Context::new(self.ctx), guard: None, host: &self.host, writes: self.writes, since: std::time::Instant::now() })
+    }
+    fn in_place(&self) -> bool {
+        true
     }
     fn shard_id(&self) -> String {
         self.host.shard_id()
@@ -70,12 +131,13 @@ impl Host for InPlaceHost {
 
 impl Host for RedisHost {
     fn lock(&self, db: u32) -> Box<dyn LockedHost + '_> {
+        self.wait_turn();
         let tsc = ThreadSafeContext::new();
         let guard = tsc.lock();
         // SAFETY: the GIL is held; SelectDb only changes this context's database.
         unsafe { raw::RedisModule_SelectDb.unwrap()(guard.ctx, db as i32) };
         let ctx = Context::new(guard.ctx);
-        Box::new(Locked { user: std::cell::RefCell::new(None), ctx, guard: Some((guard, tsc)), host: self })
+        Box::new(Locked { user: std::cell::RefCell::new(None), ctx, guard: Some((guard, tsc)), host: self, writes: true, since: std::time::Instant::now() })
     }
 
     fn shard_id(&self) -> String {
@@ -100,9 +162,11 @@ impl LockedHost for Locked<'_> {
             return Err(HostError::Command("ERR empty command".into()));
         };
         let cmd = std::str::from_utf8(cmd).map_err(|_| HostError::Command("ERR command name is not valid UTF-8".into()))?;
+        let no_writes = !self.writes as usize;
         let Some(user) = user else {
-            let r: redis_module::CallResult = ctx.call_ext(cmd, &self.host.options, rest);
-            return reply::from_call(&r).map_err(HostError::Command);
+            let options = if self.writes { &self.host.internal } else { &self.host.user[0][no_writes] };
+            let r: redis_module::CallResult = ctx.call_ext(cmd, options, rest);
+            return reply::from_call(&r).map_err(|e| self.refused_write(cmd, e));
         };
         // Where the server has SetContextUser (checked at run time) the call runs as the
         // user itself; older servers get the permissions checked first with
@@ -113,11 +177,11 @@ impl LockedHost for Locked<'_> {
         let has_context_user = unsafe { raw::RedisModule_SetContextUser }.is_some();
         if !has_context_user || self.guard.is_none() {
             check_acl(ctx, user, args)?;
-            let r: redis_module::CallResult = ctx.call_ext(cmd, &self.host.options, rest);
-            return reply::from_call(&r).map_err(HostError::Command);
+            let r: redis_module::CallResult = ctx.call_ext(cmd, &self.host.user[0][no_writes], rest);
+            return reply::from_call(&r).map_err(|e| self.refused_write(cmd, e));
         }
         self.attach_user(ctx, user)?;
-        let r: redis_module::CallResult = ctx.call_ext(cmd, &self.host.options_acl, rest);
+        let r: redis_module::CallResult = ctx.call_ext(cmd, &self.host.user[1][no_writes], rest);
         reply::from_call(&r).map_err(|e| permission_error(user, e))
     }
 
@@ -132,6 +196,18 @@ impl LockedHost for Locked<'_> {
 }
 
 impl Locked<'_> {
+    /// The error of a call; a write refused inside a keyspace event says why and what to do.
+    fn refused_write(&self, cmd: &str, e: String) -> HostError {
+        if !self.writes && e.contains("was called while write is not allowed") {
+            let (major, minor, patch) = crate::server_version();
+            return HostError::Command(format!(
+                "ERR '{}' cannot run in a sync trigger on this server ({major}.{minor}.{patch}): a write inside a keyspace event would corrupt the command that fired it; Redis 7.2+ and Valkey run such writes right after the command. Register the trigger with mode 'async', or upgrade the server",
+                cmd.to_ascii_lowercase()
+            ));
+        }
+        HostError::Command(e)
+    }
+
     fn replicate_args(&self, args: &[&[u8]]) {
         if let Some((cmd, rest)) = args.split_first() {
             if let Ok(cmd) = std::str::from_utf8(cmd) {
@@ -168,6 +244,10 @@ impl Drop for Locked<'_> {
                 raw::RedisModule_SetContextUser.unwrap()(self.ctx.ctx, std::ptr::null_mut());
                 raw::RedisModule_FreeModuleUser.unwrap()(u);
             }
+        }
+        if self.guard.is_some() {
+            // The guard field releases the lock right after this.
+            *self.host.fairness.lock() = (Some(std::time::Instant::now()), self.since.elapsed());
         }
     }
 }
@@ -218,6 +298,37 @@ pub(crate) fn check_acl(ctx: &Context, user: &str, args: &[&[u8]]) -> Result<(),
                 "User {user} has no permissions to run the '{cmd}' command or to access its keys"
             )));
         }
+    }
+    Ok(())
+}
+
+/// Runs a command in place for the client being served (a wrapper such as RG.HOOKRUN
+/// letting a command through) and replies with the command's own reply, byte for byte:
+/// status or bulk, RESP2 or RESP3 as the client speaks, errors as they are. With `user`,
+/// the client's permissions are checked first; deny-oom applies as to the command itself.
+pub(crate) fn forward(ctx: &Context, user: Option<&str>, args: &[&[u8]]) -> Result<(), HostError> {
+    let Some((cmd, _)) = args.split_first() else {
+        return Err(HostError::Command("ERR empty command".into()));
+    };
+    if let Some(user) = user {
+        check_acl(ctx, user, args)?;
+    }
+    let name = std::ffi::CString::new(*cmd).map_err(|_| HostError::Command("ERR the command name contains a NUL byte".into()))?;
+    // Replicated, script mode, errors as replies, deny-oom respected, the client's protocol.
+    let fmt = if user.is_some() { c"!SEM0v" } else { c"!SE0v" };
+    // SAFETY: main thread inside the wrapper command; the argument strings and the reply
+    // are freed before returning; `v` takes an array of RedisModuleString and its length.
+    unsafe {
+        let mut argv: Vec<*mut raw::RedisModuleString> = args[1..].iter().map(|a| raw::RedisModule_CreateString.unwrap()(ctx.ctx, a.as_ptr() as *const c_char, a.len())).collect();
+        let reply = raw::RedisModule_Call.unwrap()(ctx.ctx, name.as_ptr(), fmt.as_ptr(), argv.as_mut_ptr(), argv.len());
+        for s in argv {
+            raw::RedisModule_FreeString.unwrap()(ctx.ctx, s);
+        }
+        if reply.is_null() {
+            return Err(HostError::Command(format!("ERR '{}' could not run", String::from_utf8_lossy(cmd))));
+        }
+        raw::RedisModule_ReplyWithCallReply.unwrap()(ctx.ctx, reply);
+        raw::RedisModule_FreeCallReply.unwrap()(reply);
     }
     Ok(())
 }

@@ -3,6 +3,8 @@
 
 mod blocking;
 mod commands;
+mod commands_info;
+mod defer;
 mod hooks;
 mod host;
 mod info;
@@ -12,9 +14,8 @@ mod reply;
 mod triggers;
 
 use engine::{Config, Engine};
-use info::rg_info;
 use persistence::SESSIONS_TYPE;
-use redis_module::{redis_module, Context, InfoContext, RedisResult, RedisString, Status};
+use redis_module::{raw, redis_module, Context, InfoContext, RedisResult, RedisString, Status};
 use std::sync::{Arc, OnceLock};
 
 static ENGINE: OnceLock<Arc<Engine>> = OnceLock::new();
@@ -44,7 +45,47 @@ fn new_shard_id() -> String {
     out
 }
 
+/// The oldest server the module runs on: it calls Module APIs that Redis 7.0 added
+/// (script-mode calls, ACL checks, command filters' client ids, config events).
+const MIN_SERVER_VERSION: (u32, u32) = (7, 0);
+
+/// The server's version as (major, minor, patch), read at run time.
+pub(crate) fn server_version() -> (u32, u32, u32) {
+    // SAFETY: a plain query of the server, available since 6.0.9; absent before.
+    let v = unsafe { raw::RedisModule_GetServerVersion.map(|f| f()).unwrap_or(0) } as u32;
+    ((v >> 16) & 0xff, (v >> 8) & 0xff, v & 0xff)
+}
+
+/// Panics are caught at every entry point and reported as errors; the message goes to the
+/// Redis log, not to the server's stderr (no Rust backtrace on the console).
+fn quiet_panics() {
+    std::panic::set_hook(Box::new(|info| {
+        let msg = info.payload().downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| info.payload().downcast_ref::<String>().cloned()).unwrap_or_else(|| "panic".into());
+        let at = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
+        redis_module::logging::log(redis_module::logging::RedisLogLevel::Warning, &format!("rg: internal error (caught): {msg}{at}"));
+    }));
+}
+
 fn init(ctx: &Context, args: &[RedisString]) -> Status {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| init_module(ctx, args))) {
+        Ok(s) => s,
+        Err(_) => {
+            ctx.log_warning("rg: internal error while loading the module; it is not loaded");
+            Status::Err
+        }
+    }
+}
+
+fn init_module(ctx: &Context, args: &[RedisString]) -> Status {
+    let (major, minor, patch) = server_version();
+    if (major, minor) < MIN_SERVER_VERSION {
+        ctx.log_warning(&format!(
+            "rg: this server is {major}.{minor}.{patch}; the module needs Redis {}.{} or newer (or a compatible server such as Valkey 7.2+)",
+            MIN_SERVER_VERSION.0, MIN_SERVER_VERSION.1
+        ));
+        return Status::Err;
+    }
+    quiet_panics();
     let config = Arc::new(Config::default());
     if args.len() % 2 != 0 {
         ctx.log_warning("rg: module arguments must be pairs of <setting> <value>, e.g. 'script-timeout 1000'");
@@ -78,7 +119,19 @@ fn init(ctx: &Context, args: &[RedisString]) -> Status {
         ctx.log_warning("rg: could not subscribe to keyspace events");
         return Status::Err;
     }
+    commands_info::load(ctx);
+    if !recipes::watch_eviction_policy(ctx) {
+        ctx.log_warning("rg: could not subscribe to configuration changes");
+        return Status::Err;
+    }
     Status::Ok
+}
+
+/// `INFO rg`, with a panic kept from crossing into Redis.
+fn info_guarded(ctx: &InfoContext, for_crash_report: bool) {
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| info::rg_info(ctx, for_crash_report))).is_err() {
+        redis_module::logging::log(redis_module::logging::RedisLogLevel::Warning, "rg: internal error while building INFO rg");
+    }
 }
 
 /// MODULE UNLOAD is refused: worker threads and blocked clients hold pointers into the
@@ -95,7 +148,7 @@ redis_module! {
     data_types: [SESSIONS_TYPE],
     init: init,
     deinit: deinit,
-    info: rg_info,
+    info: info_guarded,
     commands: [
         ["rg.exec", commands::exec::rg_exec, "write deny-oom deny-script", 0, 0, 0, ""],
         ["rg.getexecution", commands::executions::get_execution, "readonly deny-script", 0, 0, 0, ""],
@@ -120,14 +173,21 @@ redis_module! {
         ["rg.sessionload", persistence::session_load, "write deny-script", 0, 0, 0, ""],
         ["rg.sessiondrop", persistence::session_drop, "write deny-script", 0, 0, 0, ""],
         ["rg.streampos", persistence::stream_position, "write deny-script", 0, 0, 0, ""],
-        // What hooked commands become; its flags are neutral so that reads stay possible on
-        // replicas and inside EVAL (where hooks do not fire).
+        // What hooked commands become. A module command's flags are fixed, so there is one
+        // per kind of hooked command: the command filter picks the one whose flags match the
+        // original's (write: CLIENT PAUSE WRITE, READONLY replicas; may-replicate), so the
+        // hook keeps the original's behaviour. deny-oom is checked on the original itself.
         ["rg.hookrun", hooks::hook_run, "", 0, 0, 0, ""],
+        ["rg.hookrun.write", hooks::hook_run, "write", 0, 0, 0, ""],
+        ["rg.hookrun.mayreplicate", hooks::hook_run, "may-replicate", 0, 0, 0, ""],
         // What writes become when the command filter refuses them (maxBacklog) or makes
         // them wait for a write-through target.
         // In @write where the server can say so (7.2+), so that users allowed to write
         // may also get what their writes become.
         ["rg.refuse", recipes::refuse, "", 0, 0, 0, "", "write"],
-        ["rg.wtrun", recipes::wt_run, "", 0, 0, 0, "", "write"],
+        // `write`: every command it wraps writes (CLIENT PAUSE WRITE and READONLY replicas
+        // apply); deny-oom is checked on the wrapped command itself, so DEL still frees
+        // memory under maxmemory.
+        ["rg.wtrun", recipes::wt_run, "write", 0, 0, 0, "", "write"],
     ],
 }

@@ -97,6 +97,39 @@ fn cannot_capture(p: &recipes::pipeline::Pipeline, why: &str) -> String {
     )
 }
 
+/// Set while `maxmemory` is on with an `allkeys-*` policy: Redis may then evict a recipe's
+/// stream, losing changes not yet applied, so writes to recipe keys are refused.
+static EVICTION_POLICY: parking_lot::RwLock<Option<String>> = parking_lot::RwLock::new(None);
+
+/// Reads `maxmemory` and `maxmemory-policy` now and after every CONFIG SET.
+pub fn watch_eviction_policy(ctx: &Context) -> bool {
+    read_eviction_policy(ctx.ctx);
+    let event = raw::RedisModuleEvent { id: raw::REDISMODULE_EVENT_CONFIG, dataver: 1 };
+    // SAFETY: called once from the module's load function with its context.
+    unsafe { raw::RedisModule_SubscribeToServerEvent.unwrap()(ctx.ctx, event, Some(on_config_change)) == raw::REDISMODULE_OK as std::os::raw::c_int }
+}
+
+extern "C" fn on_config_change(ctx: *mut raw::RedisModuleCtx, _eid: raw::RedisModuleEvent, _sub: u64, _data: *mut std::os::raw::c_void) {
+    let _ = std::panic::catch_unwind(|| read_eviction_policy(ctx));
+}
+
+fn read_eviction_policy(ctx: *mut raw::RedisModuleCtx) {
+    let ctx = Context::new(ctx);
+    let options = redis_module::CallOptionsBuilder::new().errors_as_replies().resp(redis_module::CallOptionResp::Resp3).build();
+    let get = |name: &str| -> Option<String> {
+        let r: redis_module::CallResult = ctx.call_ext("CONFIG", &options, &["GET", name]);
+        let v = match crate::reply::from_call(&r).ok()? {
+            Value::Map(m) => m.into_iter().next().map(|(_, v)| v)?,
+            Value::Array(a) => a.into_iter().nth(1)?,
+            _ => return None,
+        };
+        v.as_bytes().map(|b| String::from_utf8_lossy(&b).into_owned())
+    };
+    let maxmemory: u64 = get("maxmemory").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let policy = get("maxmemory-policy").unwrap_or_default();
+    *EVICTION_POLICY.write() = (maxmemory > 0 && policy.starts_with("allkeys-")).then_some(policy);
+}
+
 pub const REFUSE: &str = "rg.refuse";
 pub const WT_RUN: &str = "rg.wtrun";
 
@@ -127,6 +160,10 @@ pub fn filter(command: &str, args: &dyn Fn(usize) -> Option<Vec<u8>>, argc: usiz
             }
             let spec = p.spec();
             if let Some(why) = p.broken() {
+                return Filtered::Refuse(cannot_capture(&p, &why));
+            }
+            if let Some(policy) = EVICTION_POLICY.read().as_deref() {
+                let why = format!("maxmemory-policy is {policy}, under which Redis may evict its stream and lose changes not yet applied (use noeviction or a volatile-* policy)");
                 return Filtered::Refuse(cannot_capture(&p, &why));
             }
             let backlog = p.backlog.load(std::sync::atomic::Ordering::Relaxed).max(0) as u64;
@@ -216,14 +253,20 @@ struct Pending {
 pub fn wt_run(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     guarded(ctx, || {
         let argv: Vec<Vec<u8>> = args.iter().skip(1).map(|a| a.as_slice().to_vec()).collect();
-        if argv.is_empty() {
-            reply::error(ctx, "ERR wrong number of arguments for 'rg.wtrun' command");
+        if let Err(e) = crate::hooks::check_wrapped(ctx, WT_RUN, &argv) {
+            reply::error(ctx, &e);
             return Ok(RedisValue::NoReply);
         }
+        let user = match crate::hooks::caller(ctx, WT_RUN) {
+            Ok(u) => u,
+            Err(e) => {
+                reply::error(ctx, &e);
+                return Ok(RedisValue::NoReply);
+            }
+        };
         let flags = ctx.get_flags();
         let internal = flags.contains(ContextFlags::REPLICATED) || flags.contains(ContextFlags::LOADING);
         let can_wait = !internal && !flags.contains(ContextFlags::MULTI) && !flags.contains(ContextFlags::LUA) && !flags.contains(ContextFlags::DENY_BLOCKING);
-        let user = if internal { None } else { Some(ctx.get_current_user().to_string_lossy()) };
         let host = InPlaceHost::new(ctx.ctx, redis_host().clone());
         let refs: Vec<&[u8]> = argv.iter().map(|a| a.as_slice()).collect();
         // SAFETY: the context's database is the client's.
@@ -240,7 +283,8 @@ pub fn wt_run(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         // The command goes through its hook, if it has one.
         // (Hooks do not fire for commands from the primary, the AOF or scripts.)
         let no_hooks = internal || flags.contains(ContextFlags::LUA);
-        let result = if internal { engine::Host::lock(&host, db).call(None, &refs).map_err(|e| e.to_string()) } else { crate::hooks::run(ctx, &argv, user.clone(), no_hooks) };
+        // Sync triggers its events fire run after it (Redis 7.0; see `defer`).
+        let result = crate::defer::around(ctx.ctx, || if internal { engine::Host::lock(&host, db).call(None, &refs).map_err(|e| e.to_string()) } else { crate::hooks::run(ctx, &argv, user.clone(), no_hooks) });
         let captured = CAPTURED.with(|c| c.borrow_mut().take()).unwrap_or_default();
         let failed = FAILED.with(|c| c.borrow_mut().take()).unwrap_or_default();
         if !failed.is_empty() {

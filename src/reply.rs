@@ -23,7 +23,10 @@ pub fn reply(ctx: &Context, v: &Value) {
                 raw::RedisModule_ReplyWithLongLong.unwrap()(c, *i);
             }
             Value::Double(d) => {
-                raw::RedisModule_ReplyWithDouble.unwrap()(c, *d);
+                // Lua's 0/0 is a NaN with the sign bit set, which Redis would print as
+                // `-nan`; RESP3 only has `nan`.
+                let d = if d.is_nan() { f64::NAN } else { *d };
+                raw::RedisModule_ReplyWithDouble.unwrap()(c, d);
             }
             Value::String(s) => bytes(ctx, s.as_bytes()),
             Value::Bytes(b) => bytes(ctx, b),

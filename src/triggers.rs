@@ -5,7 +5,7 @@ use crate::host::InPlaceHost;
 use crate::{blocking, engine, redis_host, reply};
 use engine::{execution::Execution, Mode, Outcome, Value};
 use redis_module::{raw, Context, ContextFlags, RedisError, RedisResult, RedisString};
-use std::os::raw::{c_char, c_int};
+use std::os::raw::{c_char, c_int, c_void};
 use std::sync::Arc;
 
 /// Subscribes to every keyspace event (the registrations filter them).
@@ -15,10 +15,20 @@ pub fn subscribe(ctx: &Context) -> bool {
     unsafe { raw::RedisModule_SubscribeToKeyspaceEvents.unwrap()(ctx.ctx, types, Some(on_keyspace_event)) == raw::REDISMODULE_OK as c_int }
 }
 
+/// Open-key mode for looking at a key without touching it: no LRU/LFU update, no
+/// keyspace hit/miss counted, no lazy expiry (each where the server supports it; 7.0 has
+/// only NOTOUCH).
+pub(crate) fn no_side_effects() -> u32 {
+    let wanted = raw::REDISMODULE_OPEN_KEY_NOTOUCH | raw::REDISMODULE_OPEN_KEY_NOSTATS | raw::REDISMODULE_OPEN_KEY_NOEXPIRE | raw::REDISMODULE_OPEN_KEY_NOEFFECTS;
+    // SAFETY: a plain query of the server (7.2+); absent on 7.0.
+    let supported = unsafe { raw::RedisModule_GetOpenKeyModesAll.map(|f| f() as u32) }.unwrap_or(raw::REDISMODULE_OPEN_KEY_NOTOUCH);
+    raw::REDISMODULE_READ | (wanted & supported)
+}
+
 pub(crate) fn key_type(ctx: *mut raw::RedisModuleCtx, key: *mut raw::RedisModuleString) -> String {
     // SAFETY: GIL held (keyspace callbacks run with it); the key is closed before returning.
     unsafe {
-        let k = raw::RedisModule_OpenKey.unwrap()(ctx, key, raw::REDISMODULE_READ as c_int) as *mut raw::RedisModuleKey;
+        let k = raw::RedisModule_OpenKey.unwrap()(ctx, key, no_side_effects() as c_int) as *mut raw::RedisModuleKey;
         if k.is_null() {
             return "none".into();
         }
@@ -38,6 +48,96 @@ pub(crate) fn key_type(ctx: *mut raw::RedisModuleCtx, key: *mut raw::RedisModule
     }
 }
 
+/// How deep sync triggers may chain: a trigger's write fires another trigger (run as a
+/// post-notification job), whose write fires another... Beyond this the chain is cut and
+/// the registration records the error.
+const MAX_TRIGGER_CHAIN: u32 = 16;
+
+thread_local! {
+    /// The chain depth of the post-notification job running on this thread (0: none).
+    static JOB_DEPTH: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Does this server run post-notification jobs (7.2+, Valkey)? Checked at run time.
+pub(crate) fn has_post_notification_jobs() -> bool {
+    // SAFETY: reading a function pointer the server filled in at module load.
+    unsafe { raw::RedisModule_AddPostNotificationJob }.is_some()
+}
+
+/// A sync trigger fired by an event, to run once Redis says writes are safe.
+pub(crate) struct TriggerJob {
+    session: Arc<engine::Session>,
+    reg: Arc<engine::Registration>,
+    event: String,
+    key: Vec<u8>,
+    db: u32,
+    depth: u32,
+}
+
+/// The prefixes that sync keyspace triggers watch, for the command filter (7.0), kept
+/// until the sessions change.
+static SYNC_PREFIXES: parking_lot::RwLock<(u64, Option<Arc<Vec<Vec<u8>>>>)> = parking_lot::RwLock::new((u64::MAX, None));
+
+fn sync_prefixes(engine: &engine::Engine) -> Arc<Vec<Vec<u8>>> {
+    let generation = engine.sessions.generation();
+    if let (g, Some(p)) = &*SYNC_PREFIXES.read() {
+        if *g == generation {
+            return p.clone();
+        }
+    }
+    let mut prefixes = Vec::new();
+    for s in engine.sessions.all() {
+        for r in &s.registrations {
+            if let (engine::Trigger::Keys { prefix, .. }, Mode::Sync) = (&r.spec.trigger, r.spec.mode) {
+                prefixes.push(prefix.clone());
+            }
+        }
+    }
+    let prefixes = Arc::new(prefixes);
+    *SYNC_PREFIXES.write() = (generation, Some(prefixes.clone()));
+    prefixes
+}
+
+/// On a server without post-notification jobs: must this client command run inside a
+/// wrapper so that the sync triggers its keys fire run after it (see `defer`)?
+pub(crate) fn must_defer(fctx: *mut raw::RedisModuleCommandFilterCtx, name: &str, argc: c_int) -> bool {
+    if has_post_notification_jobs() {
+        return false;
+    }
+    let Some(engine) = crate::ENGINE.get() else { return false };
+    if engine.sessions.registration_count() == 0 || !crate::commands_info::wrappable(name) {
+        return false;
+    }
+    let prefixes = sync_prefixes(engine);
+    if prefixes.is_empty() {
+        return false;
+    }
+    // SAFETY: reading a function pointer the server filled in at module load.
+    let Some(get_keys) = (unsafe { raw::RedisModule_GetCommandKeys }) else { return false };
+    // SAFETY: inside the filter callback: the argument strings belong to the command and
+    // stay valid for this call; the key positions array is freed with RM_Free.
+    unsafe {
+        let mut argv: Vec<*mut raw::RedisModuleString> = (0..argc).map(|i| raw::RedisModule_CommandFilterArgGet.unwrap()(fctx, i)).collect();
+        if argv.iter().any(|a| a.is_null()) {
+            return false;
+        }
+        let mut n: c_int = 0;
+        let positions = get_keys(std::ptr::null_mut(), argv.as_mut_ptr(), argc, &mut n);
+        if positions.is_null() {
+            return false;
+        }
+        let found = std::slice::from_raw_parts(positions, n.max(0) as usize).iter().any(|&i| {
+            let Some(&arg) = argv.get(i as usize) else { return false };
+            let mut len = 0usize;
+            let p = raw::RedisModule_StringPtrLen.unwrap()(arg, &mut len);
+            let key = std::slice::from_raw_parts(p as *const u8, len);
+            prefixes.iter().any(|prefix| key.starts_with(prefix))
+        });
+        raw::RedisModule_Free.unwrap()(positions as *mut c_void);
+        found
+    }
+}
+
 extern "C" fn on_keyspace_event(ctx: *mut raw::RedisModuleCtx, _type: c_int, event: *const c_char, key: *mut raw::RedisModuleString) -> c_int {
     let _ = std::panic::catch_unwind(|| {
         let Some(engine) = crate::ENGINE.get() else { return };
@@ -50,53 +150,197 @@ extern "C" fn on_keyspace_event(ctx: *mut raw::RedisModuleCtx, _type: c_int, eve
         if flags.contains(ContextFlags::LOADING) || !flags.contains(ContextFlags::MASTER) {
             return;
         }
-        // SAFETY: Redis passes a NUL-terminated event name and a live key string.
-        let event = unsafe { std::ffi::CStr::from_ptr(event) }.to_string_lossy().into_owned();
-        let key_bytes = unsafe {
+        // Nothing below allocates or opens a key unless a registration matches.
+        // SAFETY: Redis passes a NUL-terminated event name and a live key string, both
+        // valid for this callback.
+        let event = unsafe { std::ffi::CStr::from_ptr(event) }.to_string_lossy();
+        let key_bytes: &[u8] = unsafe {
             let mut len = 0usize;
             let p = raw::RedisModule_StringPtrLen.unwrap()(key, &mut len);
-            std::slice::from_raw_parts(p as *const u8, len).to_vec()
+            std::slice::from_raw_parts(p as *const u8, len)
         };
         // SAFETY: GIL held; the event's context knows its database.
         let db = unsafe { raw::RedisModule_GetSelectedDb.unwrap()(ctx) }.max(0) as u32;
         // Recipes first: their capture is part of the write.
-        crate::recipes::on_event(ctx, db, &event, &key_bytes);
+        crate::recipes::on_event(ctx, db, &event, key_bytes);
         if event == "xadd" {
-            for (session, reg) in engine.sessions.stream_triggers(&key_bytes) {
-                engine.stream_ready(session, reg, key_bytes.clone());
+            for (session, reg) in engine.sessions.stream_triggers(key_bytes) {
+                engine.stream_ready(session, reg, key_bytes.to_vec());
             }
         }
-        let fired = engine.sessions.keys_triggers(&event, &key_bytes, || key_type(ctx, key));
+        let fired = engine.sessions.keys_triggers(&event, key_bytes, || key_type(ctx, key));
         if fired.is_empty() {
             return;
         }
-        let host: Arc<dyn engine::Host> = Arc::new(InPlaceHost::new(ctx, redis_host().clone()));
+        let jobs = has_post_notification_jobs();
+        let depth = JOB_DEPTH.with(|d| d.get()) + 1;
+        let mut in_place: Option<Arc<dyn engine::Host>> = None;
         for (session, reg) in fired {
             if session.db != db {
                 continue;
             }
-            let engine::Trigger::Keys { read_value, .. } = reg.spec.trigger else { continue };
-            let locked = host.lock(db);
-            let mut record = match engine::read_key(&*locked, None, &key_bytes, read_value) {
-                Ok(Some(r)) => r.into_value(),
-                // A deleted or expired key: the record has the key and the event only.
-                _ => Value::Map(vec![(Value::str("key"), Value::from_bytes(key_bytes.clone())), (Value::str("type"), Value::str("none"))]),
-            };
-            drop(locked);
-            if let Value::Map(m) = &mut record {
-                m.push((Value::str("event"), Value::String(event.clone())));
-            }
             match reg.spec.mode {
                 Mode::Sync => {
-                    let _ = engine.fire(host.clone(), &session, &reg, vec![record]);
+                    // A trigger does not fire itself from its own writes.
+                    if engine::session_busy(&session.id) {
+                        continue;
+                    }
+                    if depth > MAX_TRIGGER_CHAIN {
+                        reg.record(std::time::Duration::ZERO, Err(&format!("not run: sync triggers chained deeper than {MAX_TRIGGER_CHAIN} (each one's writes fired the next) on '{}'", String::from_utf8_lossy(key_bytes))), false);
+                        continue;
+                    }
+                    let job = TriggerJob { session, reg, event: event.clone().into_owned(), key: key_bytes.to_vec(), db, depth };
+                    if jobs {
+                        let pd = Box::into_raw(Box::new(job)) as *mut c_void;
+                        // SAFETY: GIL held inside the event; Redis owns `pd` until it calls
+                        // free_trigger_job (also when the job never runs).
+                        let ok = unsafe { raw::RedisModule_AddPostNotificationJob.unwrap()(ctx, Some(run_trigger_job), pd, Some(free_trigger_job)) };
+                        if ok != raw::REDISMODULE_OK as c_int {
+                            // SAFETY: refused, so Redis did not take ownership.
+                            drop(unsafe { Box::from_raw(pd as *mut TriggerJob) });
+                        }
+                    } else if let Err(job) = crate::defer::push(job) {
+                        // No post-notification jobs (Redis 7.0) and no wrapper around the
+                        // command (active expiry, eviction): now, inside the event, where
+                        // only reads are safe; writes get a clear error.
+                        let host = in_place.get_or_insert_with(|| Arc::new(InPlaceHost::read_only(ctx, redis_host().clone()))).clone();
+                        let record = read_record(ctx, &*host, db, &event, key_bytes, &job.reg);
+                        let _ = engine.fire(host, &job.session, &job.reg, vec![record]);
+                    }
                 }
                 Mode::Async | Mode::AsyncLocal => {
+                    let host = in_place.get_or_insert_with(|| Arc::new(InPlaceHost::read_only(ctx, redis_host().clone()))).clone();
+                    let record = read_record(ctx, &*host, db, &event, key_bytes, &reg);
                     engine.fire_async(session, reg, vec![record], None);
                 }
             }
         }
     });
     raw::REDISMODULE_OK as c_int
+}
+
+/// A key's LRU idle time or LFU counter, saved before a trigger reads the key and put back
+/// after, so that reading it for a registration does not change what eviction sees.
+enum Access {
+    Lru(i64),
+    Lfu(i64),
+    Unknown,
+}
+
+/// Opens `key` without side effects and calls `f` with it (not if it does not exist).
+fn with_key<R>(ctx: *mut raw::RedisModuleCtx, key: &[u8], f: impl FnOnce(*mut raw::RedisModuleKey) -> R) -> Option<R> {
+    // SAFETY: GIL held (event or job context); the string and the key are freed/closed
+    // before returning.
+    unsafe {
+        let name = raw::RedisModule_CreateString.unwrap()(ctx, key.as_ptr() as *const c_char, key.len());
+        let k = raw::RedisModule_OpenKey.unwrap()(ctx, name, no_side_effects() as c_int) as *mut raw::RedisModuleKey;
+        let r = if k.is_null() { None } else { Some(f(k)) };
+        if !k.is_null() {
+            raw::RedisModule_CloseKey.unwrap()(k);
+        }
+        raw::RedisModule_FreeString.unwrap()(ctx, name);
+        r
+    }
+}
+
+fn save_access(ctx: *mut raw::RedisModuleCtx, key: &[u8]) -> Access {
+    with_key(ctx, key, |k| {
+        let (mut freq, mut idle) = (0i64, 0i64);
+        // SAFETY: `k` is an open key (see with_key). GetLFU fails unless the policy is LFU.
+        unsafe {
+            if raw::RedisModule_GetLFU.unwrap()(k, &mut freq) == raw::REDISMODULE_OK as c_int && freq >= 0 {
+                Access::Lfu(freq)
+            } else if raw::RedisModule_GetLRU.unwrap()(k, &mut idle) == raw::REDISMODULE_OK as c_int && idle >= 0 {
+                Access::Lru(idle)
+            } else {
+                Access::Unknown
+            }
+        }
+    })
+    .unwrap_or(Access::Unknown)
+}
+
+fn restore_access(ctx: *mut raw::RedisModuleCtx, key: &[u8], access: Access) {
+    with_key(ctx, key, |k| {
+        // SAFETY: `k` is an open key (see with_key).
+        unsafe {
+            match access {
+                Access::Lru(idle) => {
+                    raw::RedisModule_SetLRU.unwrap()(k, idle);
+                }
+                Access::Lfu(freq) => {
+                    raw::RedisModule_SetLFU.unwrap()(k, freq);
+                }
+                Access::Unknown => {}
+            }
+        }
+    });
+}
+
+/// The record a keyspace trigger gets: the key read with its type and value (if the
+/// registration reads values), and the event. The key's LRU/LFU is left as it was.
+fn read_record(ctx: *mut raw::RedisModuleCtx, host: &dyn engine::Host, db: u32, event: &str, key: &[u8], reg: &engine::Registration) -> Value {
+    let engine::Trigger::Keys { read_value, .. } = reg.spec.trigger else { return Value::Nil };
+    let access = save_access(ctx, key);
+    let locked = host.lock(db);
+    let read = engine::read_key(&*locked, None, key, read_value);
+    drop(locked);
+    restore_access(ctx, key, access);
+    let mut record = match read {
+        Ok(Some(r)) => r.into_value(),
+        // A deleted or expired key: the record has the key and the event only.
+        _ => Value::Map(vec![(Value::str("key"), Value::from_bytes(key.to_vec())), (Value::str("type"), Value::str("none"))]),
+    };
+    if let Value::Map(m) = &mut record {
+        m.push((Value::str("event"), Value::String(event.to_string())));
+    }
+    record
+}
+
+/// Runs a sync trigger as a post-notification job: after the command (or expiry,
+/// eviction) that fired it, where writes are safe, before the client's reply and in the
+/// same MULTI/EXEC for the AOF and replicas.
+extern "C" fn run_trigger_job(ctx: *mut raw::RedisModuleCtx, pd: *mut c_void) {
+    // SAFETY: `pd` is the TriggerJob this module gave AddPostNotificationJob; Redis frees
+    // it with free_trigger_job after this call. Redis selected the job's database.
+    let job = unsafe { &*(pd as *const TriggerJob) };
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_job(ctx, job)));
+}
+
+/// Runs a trigger `defer` queued, in the wrapper's context, in the event's database.
+pub(crate) fn run_deferred(ctx: *mut raw::RedisModuleCtx, job: TriggerJob) {
+    // SAFETY: main thread inside the wrapper command; the client's database is put back.
+    let selected = unsafe { raw::RedisModule_GetSelectedDb.unwrap()(ctx) };
+    let switch = selected != job.db as c_int;
+    if switch {
+        unsafe { raw::RedisModule_SelectDb.unwrap()(ctx, job.db as c_int) };
+    }
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_job(ctx, &job)));
+    if switch {
+        unsafe { raw::RedisModule_SelectDb.unwrap()(ctx, selected) };
+    }
+}
+
+/// Fires a sync trigger where writes are safe: as a post-notification job (7.2+) or after
+/// a wrapped command (7.0): after the command (or expiry, eviction) that fired it, before
+/// the client's reply and in the same MULTI/EXEC for the AOF and replicas.
+fn run_job(ctx: *mut raw::RedisModuleCtx, job: &TriggerJob) {
+    let Some(engine) = crate::ENGINE.get() else { return };
+    // The session may have been dropped, upgraded or paused since the event.
+    let current = engine.sessions.get(&job.session.id).is_some_and(|s| s.version == job.session.version);
+    if !current || job.reg.paused.load(std::sync::atomic::Ordering::Relaxed) {
+        return;
+    }
+    let host: Arc<dyn engine::Host> = Arc::new(InPlaceHost::new(ctx, redis_host().clone()));
+    let record = read_record(ctx, &*host, job.db, &job.event, &job.key, &job.reg);
+    let outer = JOB_DEPTH.with(|d| d.replace(job.depth));
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| engine.fire(host, &job.session, &job.reg, vec![record])));
+    JOB_DEPTH.with(|d| d.set(outer));
+}
+
+extern "C" fn free_trigger_job(pd: *mut c_void) {
+    // SAFETY: `pd` came from Box::into_raw in on_keyspace_event and is freed once, here.
+    let _ = std::panic::catch_unwind(|| drop(unsafe { Box::from_raw(pd as *mut TriggerJob) }));
 }
 
 /// RG.TRIGGERONKEY name key [arg ...]: RG.TRIGGER whose second argument is a key (its key

@@ -32,6 +32,12 @@ pub trait Host: Send + Sync {
     /// This shard's id (40 hex characters on Redis).
     fn shard_id(&self) -> String;
     fn log(&self, level: LogLevel, message: &str);
+    /// True for a host that runs inside the command or event that called the script (sync
+    /// triggers, hooks): it is already locked and bound to that thread, so nothing may hand
+    /// it to another thread (`run()` is refused there).
+    fn in_place(&self) -> bool {
+        false
+    }
 }
 
 /// What can be done while holding the data lock.

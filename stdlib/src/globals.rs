@@ -60,13 +60,21 @@ pub fn atomic(run: &ScriptRun, a: &[Value], script: &dyn ScriptCalls) -> Result<
     }
     let guard = run.env.host.lock(run.env.db);
     let ptr: *const (dyn LockedHost + '_) = &*guard;
-    // SAFETY: erases the guard's lifetime; the pointer is cleared below before `guard` drops.
+    // SAFETY: erases the guard's lifetime; `Published` clears the pointer when it drops,
+    // which is before `guard` drops (declared after it), on every path, unwinding included.
     let ptr: *const dyn LockedHost = unsafe { std::mem::transmute(ptr) };
     run.locked.set(Some(ptr));
-    let r = script.call(f, vec![]);
-    run.locked.set(None);
-    drop(guard);
-    r
+    let _published = Published(&run.locked);
+    script.call(f, vec![])
+}
+
+/// Clears `atomic()`'s lock pointer when dropped.
+struct Published<'a>(&'a std::cell::Cell<Option<*const dyn LockedHost>>);
+
+impl Drop for Published<'_> {
+    fn drop(&mut self) {
+        self.0.set(None);
+    }
 }
 
 /// `log(message, [level])`: writes to the Redis log (levels debug, verbose, notice, warning).

@@ -157,6 +157,10 @@ impl Natives for ScriptRun {
             if self.locked.get().is_some() {
                 return Err(ScriptError::usage("run: cannot be called inside atomic()"));
             }
+            if self.env.host.in_place() && !self.building_plans {
+                // Its reader would run on another thread with a host bound to this one.
+                return Err(ScriptError::usage("run: cannot be called from a sync trigger or a command hook, which run inside the command that fired them; register with mode 'async' to run a map-reduce"));
+            }
             if self.ran.replace(true) {
                 return Err(ScriptError::usage("run: this script already called run(); one RG.EXEC runs one execution"));
             }
