@@ -11,6 +11,11 @@ use std::time::{Duration, Instant};
 /// rebuild on the loading thread must end.
 pub const REBUILD_FALLBACK_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// While loading, one session's rebuild is limited to this (or less): a session whose
+/// top-level code runs long must not use up the load's budget before the others had their
+/// turn. It is rebuilt on a worker with the full limit once the load ends.
+pub const LOAD_REBUILD_LIMIT: Duration = Duration::from_millis(500);
+
 /// First retry of a failed rebuild after this; then twice as long each time, up to
 /// `RETRY_MAX`.
 pub const RETRY_FIRST: Duration = Duration::from_secs(10);
@@ -32,8 +37,8 @@ impl Engine {
     }
 
     /// A load starts (RDB, AOF, full sync): rebuilding the sessions it brings on the loading
-    /// thread may take `rebuild_timeout()` in total; sessions beyond that wait for the end
-    /// of the load and are rebuilt on workers.
+    /// thread may take `rebuild_timeout()` in total, each at most `LOAD_REBUILD_LIMIT`;
+    /// sessions beyond that wait for the end of the load and are rebuilt on workers.
     pub fn begin_load(&self) {
         *self.load_budget.lock() = Some(self.rebuild_timeout());
     }
@@ -41,7 +46,10 @@ impl Engine {
     /// The load ended (or failed): sessions not rebuilt yet are rebuilt on workers now.
     pub fn end_load(self: &Arc<Self>) {
         *self.load_budget.lock() = None;
-        for s in self.sessions.all().into_iter().filter(|s| s.unbuilt.is_some()) {
+        // Those not tried yet first: those that failed are more likely to fail again.
+        let mut unbuilt: Vec<Arc<Session>> = self.sessions.all().into_iter().filter(|s| s.unbuilt.is_some()).collect();
+        unbuilt.sort_by_key(|s| s.unbuilt.as_ref().map(|u| u.attempts()));
+        for s in unbuilt {
             self.rebuild_soon(&s, Duration::ZERO);
         }
     }
@@ -54,7 +62,7 @@ impl Engine {
         let language = self.language(&def.language).map(|l| l.name()).unwrap_or("unknown");
         let loading = self.load_budget.lock().is_some();
         let timeout = match *self.load_budget.lock() {
-            Some(left) => left.min(self.rebuild_timeout()),
+            Some(left) => left.min(self.rebuild_timeout()).min(LOAD_REBUILD_LIMIT),
             None => self.rebuild_timeout(),
         };
         if timeout.is_zero() {
@@ -72,6 +80,9 @@ impl Engine {
                 Ok(s) => return s,
                 Err(e) => format!("session '{}': {e}", def.id),
             },
+            Err(e) if timeout < self.rebuild_timeout() => {
+                format!("{e} (while loading, a rebuild may take {} ms: it is tried again on a worker with the full limit)", timeout.as_millis())
+            }
             Err(e) => e,
         };
         self.host.log(LogLevel::Warning, &format!("rg: session '{}' could not be rebuilt, kept without its registrations and retried later: {error}", def.id));

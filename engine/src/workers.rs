@@ -24,6 +24,8 @@ struct Kept {
 
 pub struct Worker {
     pub index: usize,
+    /// The thread's name, for messages.
+    thread: String,
     languages: Arc<Vec<Arc<dyn Language>>>,
     ledger: Arc<Ledger>,
     instances: HashMap<&'static str, Kept>,
@@ -45,7 +47,7 @@ impl Worker {
             self.instances.remove(name);
         }
         if !self.instances.contains_key(name) {
-            let ticket = self.ledger.admit(name, &format!("a {name} run on worker {}", self.index), cap)?;
+            let ticket = self.ledger.admit(name, &format!("a {name} script on thread {}", self.thread), cap)?;
             let instance = lang.new_instance(limits.clone())?;
             self.instances.insert(name, Kept { instance, ticket });
         }
@@ -92,9 +94,10 @@ impl WorkerPool {
                 controls.push(ctl_tx);
                 let rx = rx.clone();
                 let (languages, ledger, after_job) = (languages.clone(), ledger.clone(), after_job.clone());
+                let thread = format!("{name}-{index}");
                 std::thread::Builder::new()
-                    .name(format!("{name}-{index}"))
-                    .spawn(move || work(Worker { index, languages, ledger, instances: HashMap::new() }, rx, ctl_rx, after_job))
+                    .name(thread.clone())
+                    .spawn(move || work(Worker { index, thread, languages, ledger, instances: HashMap::new() }, rx, ctl_rx, after_job))
                     .expect("spawn worker thread")
             })
             .collect();
