@@ -127,7 +127,7 @@ impl Engine {
             Err(e) => e,
         };
         // Dropped or replaced while it ran: nothing to record.
-        if !self.sessions.get(id).is_some_and(|cur| cur.version == version) {
+        if self.sessions.get(id).is_none_or(|cur| cur.version != version) {
             return;
         }
         let attempts = u.failed(error.clone());

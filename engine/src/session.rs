@@ -474,3 +474,79 @@ impl Sessions {
         self.count.load(Ordering::Relaxed)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{FailPolicy, StreamOptions};
+
+    fn def(id: &str, positions: Vec<(usize, Vec<u8>, String)>) -> SessionDef {
+        SessionDef {
+            id: id.into(),
+            language: "lua".into(),
+            source: "loops when rebuilt".into(),
+            args: vec![b"a".to_vec()],
+            user: Some("alice".into()),
+            db: 2,
+            description: None,
+            removed: vec![1],
+            paused: vec![0],
+            positions,
+        }
+    }
+
+    fn stream_spec() -> RegistrationSpec {
+        let options = StreamOptions { batch: 1, duration_ms: 0, on_failed: FailPolicy::Continue, retry_interval_ms: 0, trim: false };
+        RegistrationSpec { trigger: Trigger::Stream { prefix: b"s".to_vec(), options }, mode: Mode::Async, steps: Vec::new(), description: None }
+    }
+
+    #[test]
+    fn an_unbuilt_session_keeps_its_definition_and_registers_nothing() {
+        let sessions = Sessions::default();
+        let loaded = def("s", vec![(0, b"s1".to_vec(), "5-0".into())]);
+        let s = sessions.install_unbuilt(&loaded, "lua", None);
+        assert_eq!(s.status(), ("pending", None));
+        assert!(s.registrations.is_empty() && sessions.registration_count() == 0);
+        // Saved and replicated as it was loaded, paused, removed and positions included.
+        assert_eq!(SessionDef::of(&s), loaded);
+        assert_eq!(s.unbuilt.as_ref().unwrap().failed("timed out".into()), 1);
+        assert_eq!(sessions.get("s").unwrap().status(), ("failed", Some("timed out".to_string())));
+    }
+
+    #[test]
+    fn a_rebuild_installs_only_over_the_same_unbuilt_session() {
+        let sessions = Sessions::default();
+        let loaded = def("s", vec![(0, b"s1".to_vec(), "5-0".into())]);
+        let v = sessions.install_unbuilt(&loaded, "lua", Some("failed once".into())).version;
+        // Replaced meanwhile (UPGRADE, or loaded again): the rebuild of the old one is dropped.
+        let newer = sessions.install_unbuilt(&loaded, "lua", None).version;
+        assert_eq!(sessions.install(&loaded, "lua", vec![stream_spec(), stream_spec()], Vec::new(), Replace::Unbuilt(v)).err(), Some(SessionError::Changed("s".into())));
+        let s = sessions.install(&loaded, "lua", vec![stream_spec(), stream_spec()], Vec::new(), Replace::Unbuilt(newer)).unwrap();
+        assert_eq!(s.status(), ("ready", None));
+        // Registration 1 was removed before the save, 0 paused with its stream position.
+        assert_eq!(s.registrations.len(), 1);
+        assert!(s.registrations[0].paused.load(Ordering::Relaxed));
+        assert_eq!(s.registrations[0].consumers.positions(), vec![(b"s1".to_vec(), "5-0".to_string())]);
+        assert_eq!(SessionDef::of(&s), loaded);
+        // Dropped meanwhile: nothing installed either.
+        sessions.drop_session("s").unwrap();
+        assert!(sessions.install(&loaded, "lua", vec![stream_spec()], Vec::new(), Replace::Unbuilt(s.version)).is_err());
+        assert!(sessions.get("s").is_none());
+    }
+
+    #[test]
+    fn upgrading_an_unbuilt_session_keeps_its_stream_positions() {
+        let sessions = Sessions::default();
+        sessions.install_unbuilt(&def("s", vec![(0, b"s1".to_vec(), "7-1".into())]), "lua", Some("boom".into()));
+        let fresh = SessionDef { removed: Vec::new(), paused: Vec::new(), ..def("s", Vec::new()) };
+        let s = sessions.install(&fresh, "lua", vec![stream_spec()], Vec::new(), Replace::Must).unwrap();
+        assert_eq!(s.registrations[0].consumers.positions(), vec![(b"s1".to_vec(), "7-1".to_string())]);
+        let changes = std::sync::Arc::new(AtomicU64::new(0));
+        let c = changes.clone();
+        sessions.on_change(Box::new(move || {
+            c.fetch_add(1, Ordering::Relaxed);
+        }));
+        sessions.drop_session("s").unwrap();
+        assert_eq!(changes.load(Ordering::Relaxed), 1);
+    }
+}
