@@ -49,7 +49,8 @@ thread_local! {
 pub fn on_event(ctx: *mut raw::RedisModuleCtx, db: u32, event: &str, key: &[u8]) {
     let Some(r) = recipes() else { return };
     r.ensure(crate::engine());
-    if r.is_empty() {
+    // Events on keys no recipe captures cost no allocation.
+    if r.is_empty() || r.matching(Some(db), key).is_empty() {
         return;
     }
     let host = InPlaceHost::new(ctx, redis_host().clone());
