@@ -122,6 +122,9 @@ pub struct Engine {
     pub(crate) timers: Arc<crate::streams::Timers>,
 }
 
+/// What running a session's script again gives: its language, registrations and imports.
+pub(crate) type Rebuilt = (&'static str, Vec<crate::RegistrationSpec>, Vec<(String, String)>);
+
 /// The internal command that carries a session to replicas and the AOF.
 pub const SESSION_LOAD: &str = "RG.SESSIONLOAD";
 
@@ -237,7 +240,7 @@ impl Engine {
             let mut c = c.borrow_mut();
             let ids: Vec<String> = c
                 .iter()
-                .filter(|(id, s)| s.try_borrow().is_ok_and(|i| i.ticket.must_go() || !self.sessions.get(id).is_some_and(|cur| cur.version == i.version)))
+                .filter(|(id, s)| s.try_borrow().is_ok_and(|i| i.ticket.must_go() || self.sessions.get(id).is_none_or(|cur| cur.version != i.version)))
                 .map(|(id, _)| id.clone())
                 .collect();
             ids.into_iter().filter_map(|id| c.remove(&id)).collect()
@@ -500,7 +503,7 @@ impl Engine {
 
     /// Runs a session's script in a fresh instance in plan-building mode and returns what it
     /// registers and imports. `timeout` replaces `rg.script-timeout` for its top-level code.
-    pub(crate) fn rebuild_registrations(&self, def: &crate::SessionDef, host: Arc<dyn Host>, timeout: Option<std::time::Duration>) -> Result<(&'static str, Vec<crate::RegistrationSpec>, Vec<(String, String)>), String> {
+    pub(crate) fn rebuild_registrations(&self, def: &crate::SessionDef, host: Arc<dyn Host>, timeout: Option<std::time::Duration>) -> Result<Rebuilt, String> {
         let lang = self.language(&def.language).map_err(|e| e.to_string())?;
         let ticket = self.ledger.admit(lang.name(), &format!("rebuilding session '{}'", def.id), self.memory_cap()).map_err(|e| format!("session '{}': {}", def.id, e.message))?;
         let mut limits = self.config.limits(lang.name());
@@ -597,7 +600,7 @@ impl Engine {
         let r = f(&mut guard.instance);
         guard.ticket.end_use(guard.instance.memory_used());
         // Dropped, upgraded or evicted while it ran (the purge then had to skip it).
-        if guard.ticket.must_go() || !self.sessions.get(&session.id).is_some_and(|cur| cur.version == guard.version) {
+        if guard.ticket.must_go() || self.sessions.get(&session.id).is_none_or(|cur| cur.version != guard.version) {
             SEEN.with(|s| s.set((u64::MAX, u64::MAX)));
         }
         drop(guard);
