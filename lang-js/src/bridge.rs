@@ -3,6 +3,7 @@
 
 use crate::convert::{ToJs, ToValue};
 use crate::error::{from_js_error, throw, Phase};
+use crate::stack;
 use crate::state::State;
 use engine::{FnRef, ObjRef, ScriptCalls, ScriptError, Value};
 use rquickjs::function::{Args, Rest};
@@ -105,9 +106,31 @@ pub(crate) fn call_function<'js>(
     f: FnRef,
     args: Vec<Value>,
 ) -> Result<Value, ScriptError> {
+    let depth = state.nesting.get();
+    if depth >= MAX_NESTING {
+        return Err(ScriptError::runtime(format!(
+            "script calls nest too deeply: more than {MAX_NESTING} callbacks from natives are running"
+        )));
+    }
+    stack::enter(ctx)?;
+    state.nesting.set(depth + 1);
+    let _nesting = Restore(&state.nesting, depth);
     let _script = state.clock.enter_script();
     let r = call_raw(ctx, state, f, args)?;
     ToValue::new(ctx, state).convert(&r, 0)
+}
+
+/// Most callbacks from natives into the script running at once (script -> native ->
+/// script -> ...), whatever stack each of them uses.
+pub(crate) const MAX_NESTING: usize = 200;
+
+/// Puts a depth back when dropped.
+struct Restore<'a>(&'a std::cell::Cell<usize>, usize);
+
+impl Drop for Restore<'_> {
+    fn drop(&mut self) {
+        self.0.set(self.1);
+    }
 }
 
 /// Calls a function of the run and returns its JS result. The caller holds the clock's

@@ -16,6 +16,8 @@ pub(crate) const MAX_DEPTH: usize = 100;
 /// Most bytes one conversion to `Value` may produce (guards against shared subtrees that
 /// are small in JS but huge once copied).
 const MAX_BYTES: usize = 512 << 20;
+/// Conversions check the clock every this many elements.
+const POLL_EVERY: usize = 4096;
 /// Hidden property of a function: its index in the run's function table.
 const FN_KEY: &str = "__gears_fn__";
 /// Hidden property of a host object: its index in the run's object table.
@@ -113,14 +115,32 @@ impl<'a, 'js> ToValue<'a, 'js> {
 
     fn array(&mut self, v: &JsValue<'js>, depth: usize) -> Result<Value, ScriptError> {
         let Some(arr) = v.as_array() else { return Ok(Value::Array(vec![])) };
-        let len = arr.len();
+        // An array's length is any u32, not only an int (rquickjs's `len` asserts one).
+        let len: f64 = arr.as_object().get("length").map_err(|e| self.js_err(e))?;
+        let len = len.max(0.0) as u64;
+        if len > (self.budget / std::mem::size_of::<Value>()) as u64 {
+            return Err(ScriptError::runtime(format!(
+                "array of {len} elements too large to convert: at most {} bytes of values may be converted",
+                MAX_BYTES
+            )));
+        }
+        let len = len as usize;
         self.spend(len.saturating_mul(std::mem::size_of::<Value>()))?;
         let mut items = Vec::with_capacity(len);
         for i in 0..len {
+            self.poll(i)?;
             let item: JsValue = arr.get(i).map_err(|e| self.js_err(e))?;
             items.push(self.convert(&item, depth + 1)?);
         }
         Ok(Value::Array(items))
+    }
+
+    /// Long conversions stop at the time limit or on abort like script code does.
+    fn poll(&self, i: usize) -> Result<(), ScriptError> {
+        if i % POLL_EVERY == POLL_EVERY - 1 {
+            self.state.clock.check()?;
+        }
+        Ok(())
     }
 
     fn promise(&mut self, v: &JsValue<'js>, depth: usize) -> Result<Value, ScriptError> {
@@ -152,7 +172,8 @@ impl<'a, 'js> ToValue<'a, 'js> {
             return self.array_like(o, depth);
         }
         let mut entries = Vec::new();
-        for key in o.keys::<rquickjs::Atom>() {
+        for (i, key) in o.keys::<rquickjs::Atom>().enumerate() {
+            self.poll(i)?;
             let key = key.map_err(|e| self.js_err(e))?;
             let name = key.to_js_string().map(|s| js_string(&s)).map_err(|e| self.js_err(e))?;
             let value: JsValue = o.get(key).map_err(|e| self.js_err(e))?;
@@ -180,6 +201,7 @@ impl<'a, 'js> ToValue<'a, 'js> {
         self.spend(len.saturating_mul(std::mem::size_of::<Value>()))?;
         let mut items = Vec::with_capacity(len);
         for i in 0..len {
+            self.poll(i)?;
             let item: JsValue = o.get(i as u32).map_err(|e| self.js_err(e))?;
             items.push(self.convert(&item, depth + 1)?);
         }

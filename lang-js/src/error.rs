@@ -3,6 +3,7 @@
 //! Mapping an exception may read its properties (getters are user code), so callers do it
 //! while the script clock guard of the call is still alive.
 
+use crate::stack;
 use crate::state::State;
 use engine::{ScriptError, ScriptErrorKind};
 use rquickjs::{qjs, Ctx, Exception, Persistent, Type, Value as JsValue};
@@ -40,12 +41,20 @@ pub(crate) fn from_exception<'js>(ctx: &Ctx<'js>, state: &State, exc: &JsValue<'
 
 fn describe_exception(state: &State, exc: &JsValue<'_>, phase: Phase) -> ScriptError {
     let limit = state.memory.limit();
+    // A compile that ran out of memory fails with whatever error the parser was at when
+    // the allocation was refused ("invalid assignment left-hand side", ...): name the limit.
+    if phase == Phase::Compile && state.memory.refused() {
+        return ScriptError::memory(limit);
+    }
     if exc.is_error() {
         let obj = exc.as_object();
         let name = obj.and_then(|o| string_prop(o, "name")).unwrap_or_else(|| "Error".into());
         let message = obj.and_then(|o| string_prop(o, "message")).unwrap_or_default();
         if name == "InternalError" && message == "out of memory" {
             return ScriptError::memory(limit);
+        }
+        if phase == Phase::Compile && stack::is_overflow(&name, &message) {
+            return parser_overflow();
         }
         let kind = if phase == Phase::Compile { ScriptErrorKind::Syntax } else { ScriptErrorKind::Runtime };
         let mut text = format!("{name}: {message}");
@@ -61,6 +70,25 @@ fn describe_exception(state: &State, exc: &JsValue<'_>, phase: Phase) -> ScriptE
         return ScriptError::memory(limit);
     }
     ScriptError::runtime(format!("uncaught exception: {}", describe(exc)))
+}
+
+/// The prefix of the error of a source that nests deeper than the parser's stack allows.
+pub(crate) const PARSER_OVERFLOW: &str = "SyntaxError: the script nests too deeply to compile";
+
+fn parser_overflow() -> ScriptError {
+    ScriptError::new(
+        ScriptErrorKind::Syntax,
+        format!(
+            "{PARSER_OVERFLOW}: parsing it needs more than the {} KiB of native stack JavaScript may use on this thread",
+            stack::limit_kib()
+        ),
+    )
+}
+
+/// Whether `e` is a compile error that says nothing about the syntax of the source: a
+/// limit (memory, parser stack) was reached, the same whatever the source is parsed as.
+pub(crate) fn is_compile_limit(e: &ScriptError) -> bool {
+    e.kind == ScriptErrorKind::Memory || e.message.starts_with(PARSER_OVERFLOW)
 }
 
 /// The error of a native, if `exc` is the value thrown for it.

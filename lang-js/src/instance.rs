@@ -6,6 +6,7 @@ use crate::error::{from_exception, from_js_error, Phase};
 use crate::memory::Counting;
 use crate::modules::{compile_script, install_loader, owned, Compiled, ModuleHost};
 use crate::state::{NativesGuard, State};
+use crate::{sandbox, stack};
 use engine::{CallClock, FnRef, Instance, Limits, Natives, ScriptError, Value};
 use rquickjs::context::intrinsic;
 use rquickjs::promise::PromiseState;
@@ -52,7 +53,9 @@ impl JsInstance {
         let _natives = NativesGuard::bind(&state, natives);
         state.start_call();
         context.with(|ctx| {
+            stack::enter(&ctx)?;
             let _script = state.clock.enter_script();
+            sandbox::install(&ctx, &state)?;
             install_globals(&ctx, &state, args, natives.globals())?;
             match compile_script(&ctx, &state, source)? {
                 Compiled::Global(script) => {
@@ -72,6 +75,7 @@ impl JsInstance {
         let _natives = NativesGuard::bind(&state, natives);
         state.start_call();
         context.with(|ctx| {
+            stack::enter(&ctx)?;
             let _script = state.clock.enter_script();
             let result = call_raw(&ctx, &state, f, args)?;
             drain_jobs(&ctx, &state)?;
@@ -182,9 +186,11 @@ impl Instance for JsInstance {
         let state = self.state.clone();
         let runtime = &self.runtime;
         let r = catch_unwind(AssertUnwindSafe(|| {
-            let context =
-                Context::custom::<intrinsic::Eval>(runtime).map_err(|e| ScriptError::runtime(e.to_string()))?;
+            // The regexp compiler checks regex literals (`/a/`) as a run would.
+            let context = Context::custom::<(intrinsic::Eval, intrinsic::RegExpCompiler)>(runtime)
+                .map_err(|e| ScriptError::runtime(e.to_string()))?;
             context.with(|ctx| {
+                stack::enter(&ctx)?;
                 let _script = state.clock.enter_script();
                 // Imports resolve to stubs: packages are not loaded (nor required to exist).
                 state.checking.set(true);
@@ -212,6 +218,9 @@ impl Instance for JsInstance {
                 // Leftover promise jobs hold the context: run them, interrupted at once.
                 state.draining.set(true);
                 context.with(|ctx| {
+                    if stack::enter(&ctx).is_err() {
+                        return;
+                    }
                     for _ in 0..MAX_LEFTOVER_JOBS {
                         if !ctx.execute_pending_job() {
                             break;

@@ -13,6 +13,8 @@ mod error;
 mod instance;
 mod memory;
 mod modules;
+mod sandbox;
+mod stack;
 mod state;
 
 pub use instance::JsInstance;

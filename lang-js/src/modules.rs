@@ -16,7 +16,7 @@
 //! `check()` compiles with the loader in "checking" mode: imports resolve to empty stubs,
 //! so an unknown package never fails a check (only a run).
 
-use crate::error::{from_exception, from_js_error, script_position, throw, Phase};
+use crate::error::{from_exception, from_js_error, is_compile_limit, script_position, throw, Phase};
 use crate::state::State;
 use engine::{ScriptError, ScriptErrorKind};
 use rquickjs::{qjs, Ctx, Runtime, Value as JsValue};
@@ -74,11 +74,12 @@ pub(crate) enum Compiled<'js> {
 
 /// Compiles the script `source`: as a global script, or else as a module (see the top).
 pub(crate) fn compile_script<'js>(ctx: &Ctx<'js>, state: &State, source: &str) -> Result<Compiled<'js>, ScriptError> {
+    state.memory.clear_refused();
     let (global_exc, global_err) = match compile(ctx, source, c"script", qjs::JS_EVAL_TYPE_GLOBAL) {
         Ok(f) => return Ok(Compiled::Global(f)),
         Err(e) => caught(ctx, state, e),
     };
-    if global_err.kind != ScriptErrorKind::Syntax {
+    if global_err.kind != ScriptErrorKind::Syntax || is_compile_limit(&global_err) {
         return Err(global_err);
     }
     state.import_failed.set(false);
@@ -86,6 +87,10 @@ pub(crate) fn compile_script<'js>(ctx: &Ctx<'js>, state: &State, source: &str) -
         Ok(m) => return Ok(Compiled::Module(m)),
         Err(e) => caught(ctx, state, e),
     };
+    // A module that reached a limit is not a script with a syntax error.
+    if is_compile_limit(&module_err) {
+        return Err(module_err);
+    }
     // Which error to report: the module's if an import failed, if it is not a syntax error
     // (memory), or if parsing as a module got further (a module with a syntax error after
     // its imports); the global script's otherwise (a script that is not a module).
@@ -230,6 +235,7 @@ fn load_module(ctx: &Ctx<'_>, state: &State, cname: &CStr) -> Result<*mut qjs::J
         state.packages.borrow_mut().push(name.clone());
     }
     state.import_depth.set(depth + 1);
+    state.memory.clear_refused();
     let compiled = compile(ctx, &source, cname, qjs::JS_EVAL_TYPE_MODULE);
     state.import_depth.set(depth);
     let module = compiled.map_err(|e| from_js_error(ctx, state, e, Phase::Compile))?;

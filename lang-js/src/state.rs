@@ -33,6 +33,8 @@ pub(crate) struct State {
     pub checking: Cell<bool>,
     /// Set when the module loader refused an import (see `modules.rs`).
     pub import_failed: Cell<bool>,
+    /// Callbacks from natives into the script running now, nested (see bridge.rs).
+    pub nesting: Cell<usize>,
     /// Packages being loaded, nested (package imports package).
     pub import_depth: Cell<usize>,
     /// Names of the packages compiled in this run: file names of their code in stack traces.
