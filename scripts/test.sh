@@ -26,5 +26,4 @@ integration "$redis74"
 scripts/tcl_suite.sh
 
 echo "== fuzz targets: coverage-guided build on stable, 15 s each"
-fuzz/run.sh exec_args 15
-fuzz/run.sh value_codec 15
+fuzz/run.sh all 15
