@@ -36,6 +36,11 @@ fn filter_arg(fctx: *mut raw::RedisModuleCommandFilterCtx, pos: c_int) -> Option
 extern "C" fn on_command(fctx: *mut raw::RedisModuleCommandFilterCtx) {
     let _ = std::panic::catch_unwind(|| {
         let Some(engine) = ENGINE.get() else { return };
+        // The module's own calls are never wrapped (they run as the session's or client's
+        // user already, and their triggers run when the call returns).
+        if crate::host::in_own_call() {
+            return;
+        }
         // Every command passes here: nothing is done unless some command is hooked, some
         // recipe runs or (7.0) some sync trigger waits.
         let recipes = crate::recipes::recipes().is_some_and(|r| {

@@ -155,8 +155,49 @@ impl Host for RedisHost {
     }
 }
 
+thread_local! {
+    /// Set while this thread is inside one of the module's own command calls. The command
+    /// filter leaves those alone: Redis 7.0 filters a module's calls made outside its
+    /// commands (from a worker's lock) despite REDISMODULE_CMDFILTER_NOSELF.
+    static OWN_CALL: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Is this thread inside one of the module's own command calls?
+pub(crate) fn in_own_call() -> bool {
+    OWN_CALL.with(|c| c.get() > 0)
+}
+
+/// Marks the module's own call for the command filter while it runs.
+fn own_call<R>(f: impl FnOnce() -> R) -> R {
+    struct Leave;
+    impl Drop for Leave {
+        fn drop(&mut self) {
+            OWN_CALL.with(|c| c.set(c.get() - 1));
+        }
+    }
+    OWN_CALL.with(|c| c.set(c.get() + 1));
+    let _leave = Leave;
+    f()
+}
+
 impl LockedHost for Locked<'_> {
+    /// Runs a command; the sync triggers its events fire run once it returns (see `defer`).
     fn call(&self, user: Option<&str>, args: &[&[u8]]) -> Result<Value, HostError> {
+        crate::defer::around(self.ctx.ctx, || own_call(|| self.call_now(user, args)))
+    }
+
+    fn replicate(&self, args: &[&[u8]]) {
+        self.replicate_args(args)
+    }
+
+    fn is_primary(&self) -> bool {
+        let flags = self.ctx.get_flags();
+        flags.contains(redis_module::ContextFlags::MASTER) && !flags.contains(redis_module::ContextFlags::LOADING)
+    }
+}
+
+impl Locked<'_> {
+    fn call_now(&self, user: Option<&str>, args: &[&[u8]]) -> Result<Value, HostError> {
         let ctx: &Context = &self.ctx;
         let Some((cmd, rest)) = args.split_first() else {
             return Err(HostError::Command("ERR empty command".into()));
@@ -185,17 +226,6 @@ impl LockedHost for Locked<'_> {
         reply::from_call(&r).map_err(|e| permission_error(user, e))
     }
 
-    fn replicate(&self, args: &[&[u8]]) {
-        self.replicate_args(args)
-    }
-
-    fn is_primary(&self) -> bool {
-        let flags = self.ctx.get_flags();
-        flags.contains(redis_module::ContextFlags::MASTER) && !flags.contains(redis_module::ContextFlags::LOADING)
-    }
-}
-
-impl Locked<'_> {
     /// The error of a call; a write refused inside a keyspace event says why and what to do.
     fn refused_write(&self, cmd: &str, e: String) -> HostError {
         if !self.writes && e.contains("was called while write is not allowed") {
@@ -320,7 +350,7 @@ pub(crate) fn forward(ctx: &Context, user: Option<&str>, args: &[&[u8]]) -> Resu
     // are freed before returning; `v` takes an array of RedisModuleString and its length.
     unsafe {
         let mut argv: Vec<*mut raw::RedisModuleString> = args[1..].iter().map(|a| raw::RedisModule_CreateString.unwrap()(ctx.ctx, a.as_ptr() as *const c_char, a.len())).collect();
-        let reply = raw::RedisModule_Call.unwrap()(ctx.ctx, name.as_ptr(), fmt.as_ptr(), argv.as_mut_ptr(), argv.len());
+        let reply = own_call(|| raw::RedisModule_Call.unwrap()(ctx.ctx, name.as_ptr(), fmt.as_ptr(), argv.as_mut_ptr(), argv.len()));
         for s in argv {
             raw::RedisModule_FreeString.unwrap()(ctx.ctx, s);
         }

@@ -172,6 +172,15 @@ fn sync_trigger_writes_inside_multi_and_eval() {
     assert_eq!(got, if jobs { "1" } else { "0" });
     assert_eq!(fmt(&cmd(&mut c, &["EXISTS", "ex:2"])), "0");
     assert_eq!(fmt(&cmd(&mut c, &["GET", "fired"])), "\"2\"");
+    // Scripts' own writes (on a worker, under its lock): the trigger runs after each call.
+    let got = exec(&mut c, "js", "execute('SET', 'ex:3', 'v', 'EX', '100'); execute('EXISTS', 'ex:3')", &[]);
+    assert!(!got.contains("rror"), "{got}");
+    let got = exec(&mut c, "lua", "GB('ShardsIDReader'):map(function() execute('SET', 'ex:4', 'v', 'EX', '100') return execute('GET', 'fired') end):run()", &[]);
+    assert!(!got.contains("rror"), "{got}");
+    let got = exec(&mut c, "lua", "return atomic(function() execute('SET', 'ex:5', 'v', 'EX', '100') return execute('EXISTS', 'ex:5') end)", &[]);
+    assert!(!got.contains("rror"), "{got}");
+    assert_eq!(fmt(&cmd(&mut c, &["EXISTS", "ex:3", "ex:4", "ex:5"])), "0");
+    assert_eq!(fmt(&cmd(&mut c, &["GET", "fired"])), "\"5\"");
 }
 
 /// A key that expires (or is evicted) with no client command around it: 7.2+ runs the
