@@ -32,7 +32,7 @@ const SAFE: f64 = 9_007_199_254_740_992.0;
 /// instead of making a property: the key is lost (or its value becomes the prototype).
 /// While true, maps with that key are only checked not to panic; set it to false once
 /// lang-js defines the properties.
-const JS_PROTO_KEY_LOST: bool = true;
+const JS_PROTO_KEY_LOST: bool = false;
 
 struct Echo {
     input: Value,

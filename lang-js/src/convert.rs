@@ -307,7 +307,9 @@ impl<'a, 'js> ToJs<'a, 'js> {
                 for (k, item) in entries {
                     let key = key_string(k);
                     let item = self.convert(item, depth + 1)?;
-                    obj.set(key, item).map_err(|e| self.js_err(e))?;
+                    // Defined, not assigned: a key such as `__proto__` (a hash field may be
+                    // named so) must stay an own property, not reach Object.prototype's setter.
+                    obj.prop(key, rquickjs::object::Property::from(item).writable().enumerable().configurable()).map_err(|e| self.js_err(e))?;
                 }
                 Ok(obj.into_value())
             }

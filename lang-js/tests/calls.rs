@@ -54,7 +54,12 @@ fn callbacks_and_nested_calls() {
 fn runaway_nesting_is_a_stack_overflow() {
     let e = run("const rec = (n) => apply(rec, n + 1); rec(0)").unwrap_err();
     assert_eq!(e.kind, ScriptErrorKind::Runtime);
-    assert!(e.message.contains("stack"), "{e:?}");
+    // The depth bound (200 callbacks from natives) or the real-stack bound, whichever the
+    // build reaches first: debug frames are larger.
+    assert!(
+        e.message.contains("script calls nest too deeply: more than 200 callbacks from natives are running") || e.message.contains("stack"),
+        "{e:?}"
+    );
 }
 
 #[test]
