@@ -5,28 +5,37 @@ mod common;
 use common::{canon::fmt, cmd, exec, Server};
 use std::time::{Duration, Instant};
 
-/// Sends `code` from another connection and checks PING keeps answering meanwhile.
-fn assert_ping_while(s: &Server, lang: &str, code: &str) -> String {
+/// Sends `code` from another connection and PINGs meanwhile: every PING sent while the
+/// script ran is answered within 500 ms, and at least `min_pings` were sent while it ran
+/// (PINGs sent before the script was sent, or answered after its reply, do not count).
+fn assert_ping_while(s: &Server, lang: &str, code: &str, min_pings: usize) -> String {
     let port = s.port;
     let (lang, code) = (lang.to_string(), code.to_string());
     let label = lang.to_string();
+    let sent = std::sync::Arc::new(std::sync::OnceLock::<Instant>::new());
+    let sent_in_runner = sent.clone();
     let runner = std::thread::spawn(move || {
         let mut c = redis::Client::open(format!("redis://127.0.0.1:{port}/")).unwrap().get_connection().unwrap();
-        exec(&mut c, &lang, &code, &[])
+        sent_in_runner.set(Instant::now()).unwrap();
+        let got = exec(&mut c, &lang, &code, &[]);
+        (got, Instant::now())
     });
     let mut c = s.conn();
-    let (mut pings, mut slowest) = (0, Duration::ZERO);
+    let mut pings = Vec::new();
     while !runner.is_finished() {
         let t = Instant::now();
         assert_eq!(fmt(&cmd(&mut c, &["PING"])), "PONG");
-        slowest = slowest.max(t.elapsed());
         assert!(t.elapsed() < Duration::from_millis(500), "PING took {:?} while a script ran", t.elapsed());
-        pings += 1;
-        std::thread::sleep(Duration::from_millis(10));
+        pings.push((t, Instant::now()));
+        std::thread::sleep(Duration::from_millis(2));
     }
-    eprintln!("{label}: {pings} PINGs answered while the script ran, the slowest in {slowest:?}");
-    assert!(pings > 3, "the script ended too fast to observe PING ({pings})");
-    runner.join().unwrap()
+    let (got, replied) = runner.join().unwrap();
+    let sent = *sent.get().expect("the script was sent");
+    let during: Vec<Duration> = pings.iter().filter(|(t, done)| *t >= sent && *done <= replied).map(|(t, done)| *done - *t).collect();
+    let slowest = during.iter().max().copied().unwrap_or_default();
+    eprintln!("{label}: {} PINGs answered while the script ran ({:?}), the slowest in {slowest:?}", during.len(), replied - sent);
+    assert!(during.len() >= min_pings, "the script ended too fast to observe PING ({} in {:?})", during.len(), replied - sent);
+    got
 }
 
 #[test]
@@ -42,7 +51,7 @@ fn infinite_loops_end_with_a_time_limit_error_while_ping_answers() {
     ] {
         let mut c = s.conn();
         cmd(&mut c, &["SET", "k", "v"]);
-        let got = assert_ping_while(&s, lang, code);
+        let got = assert_ping_while(&s, lang, code, 4);
         assert!(got.contains("rg.script-timeout"), "{lang} `{code}`: {got}");
         // The instance is still usable.
         assert_eq!(exec(&mut c, lang, if lang == "lua" { "return 1 + 1" } else { "1 + 1" }, &[]), "2");
@@ -57,7 +66,7 @@ fn memory_bombs_end_with_a_memory_error() {
         ("lua", "local t = {} while true do t[#t + 1] = string.rep('x', 1000) .. #t end"),
         ("js", "let a = []; while (true) a.push('x'.repeat(1000) + a.length);"),
     ] {
-        let got = exec(&mut c, lang, code, &[]);
+        let got = assert_ping_while(&s, lang, code, 4);
         assert!(got.contains("out of memory"), "{lang}: {got}");
         assert_eq!(fmt(&cmd(&mut c, &["PING"])), "PONG");
         assert_eq!(exec(&mut c, lang, if lang == "lua" { "return 'still here'" } else { "'still here'" }, &[]), r#""still here""#);
@@ -144,7 +153,7 @@ fn a_long_run_does_not_stall_other_clients() {
         ("lua", "GB():countBy(function(r) return r.value.city end):count():run('user:*')"),
         ("js", "GB().countBy(r => r.value.city).count().run('user:*')"),
     ] {
-        let got = assert_ping_while(&s, lang, code);
+        let got = assert_ping_while(&s, lang, code, 4);
         assert_eq!(got, "[[7], []]", "{lang}");
     }
 }

@@ -55,12 +55,11 @@ fn sessions_survive_a_restart_from_aof_and_after_a_rewrite() {
     check_restored(&mut c, 1);
     // After a rewrite the sessions come from the AOF's RDB preamble.
     assert!(fmt(&cmd(&mut c, &["BGREWRITEAOF"])).contains("rewriting"));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while fmt(&cmd(&mut c, &["INFO", "persistence"])).contains("aof_rewrite_in_progress:1") {
-        assert!(Instant::now() < deadline);
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    std::thread::sleep(Duration::from_millis(200));
+    common::wait_until(10, "the AOF rewrite to finish", || {
+        let info = fmt(&cmd(&mut c, &["INFO", "persistence"]));
+        let done = ["aof_rewrite_in_progress:0", "aof_rewrite_scheduled:0", "aof_last_bgrewrite_status:ok", "aof_rewrites:1"].iter().all(|f| info.contains(f));
+        if done { Ok(()) } else { Err(info) }
+    });
     s.restart();
     let mut c = s.conn();
     check_restored(&mut c, 2);

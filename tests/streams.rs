@@ -52,6 +52,7 @@ fn a_partial_batch_waits_for_its_duration() {
     exec(&mut c, "js", "GB('StreamReader').count().foreach(n => { execute('RPUSH', 'batches', n) }).register({prefix: 'ev:', batch: 100, duration: 400, trimStream: false})", &["ID", "timed"]);
     let t = Instant::now();
     xadd(&mut c, "ev:1", 3);
+    // A fixed wait: time for a batch that runs too early to show.
     std::thread::sleep(Duration::from_millis(100));
     if t.elapsed() < Duration::from_millis(350) {
         assert_eq!(fmt(&cmd(&mut c, &["LLEN", "batches"])), "0", "ran before the batch filled or the duration passed");
@@ -67,10 +68,14 @@ fn failure_policies() {
     // retry: the same batch again until it succeeds; nothing lost.
     exec(&mut c, "lua", "GB('StreamReader'):foreach(function(r) if execute('EXISTS', 'ok') == 0 then error('target down') end execute('SADD', 'seen', r.id) end):register({prefix = 'r:', onFailedPolicy = 'retry', onFailedRetryInterval = 50})", &["ID", "retry"]);
     xadd(&mut c, "r:1", 3);
-    std::thread::sleep(Duration::from_millis(200));
+    // The batch failed and was tried again (numFailures counts the attempts), and nothing
+    // of it went through.
+    common::wait_until(20, "the retry policy to try the failed batch again", || {
+        let dump = fmt(&cmd(&mut c, &["RG.DUMPREGISTRATIONS"]));
+        let failures = dump.split(r#""numFailures", "#).nth(1).and_then(|t| t.split(|ch: char| !ch.is_ascii_digit()).next()).and_then(|n| n.parse::<u64>().ok()).unwrap_or(0);
+        if dump.contains("target down") && dump.contains(r#""stream", "r:1", "lag", 3"#) && failures >= 3 { Ok(()) } else { Err(dump) }
+    });
     assert_eq!(fmt(&cmd(&mut c, &["SCARD", "seen"])), "0");
-    let dump = fmt(&cmd(&mut c, &["RG.DUMPREGISTRATIONS"]));
-    assert!(dump.contains("target down") && dump.contains(r#""stream", "r:1", "lag", 3"#), "{dump}");
     cmd(&mut c, &["SET", "ok", "1"]);
     eventually(&mut c, &["SCARD", "seen"], "3");
     cmd(&mut c, &["DEL", "ok", "seen"]);
@@ -119,6 +124,7 @@ fn an_upgrade_keeps_the_stream_positions() {
     assert_eq!(exec(&mut c, "js", "GB('StreamReader').foreach(r => { execute('SADD', 'v2', r.id) }).register({prefix: 'u:', trimStream: false})", &["ID", "up", "UPGRADE"]), "OK");
     xadd(&mut c, "u:1", 2);
     eventually(&mut c, &["SCARD", "v2"], "2");
+    // A fixed wait: time for a wrong reprocessing to show.
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(fmt(&cmd(&mut c, &["SCARD", "v2"])), "2", "the upgrade reprocessed old entries");
     assert_eq!(fmt(&cmd(&mut c, &["SCARD", "v1"])), "3");
@@ -128,24 +134,41 @@ fn an_upgrade_keeps_the_stream_positions() {
 fn nothing_acknowledged_is_lost_across_kill_9() {
     let mut s = Server::start_with(&[], &["--appendonly", "yes", "--appendfsync", "always"]);
     let mut c = s.conn();
-    exec(&mut c, "lua", "GB('StreamReader'):foreach(function(r) execute('SADD', 'done', r.value.n) end):register({prefix = 'jobs:', batch = 10})", &["ID", "jobs"]);
+    // Each entry takes the consumer 2 ms (a busy wait), so a third of them takes it about
+    // 400 ms: the kills land while it works. `runs` counts every time an entry is processed.
+    exec(&mut c, "lua", "GB('StreamReader'):foreach(function(r) local t = os.clock() + 0.002 while os.clock() < t do end execute('SADD', 'done', r.value.n) execute('INCR', 'runs') end):register({prefix = 'jobs:', batch = 10})", &["ID", "jobs"]);
     let total = 600;
-    let mut acked = 0;
+    let mut acked = std::collections::BTreeSet::new();
     for round in 0..3 {
         // Add a third of the entries, then kill the server without warning while the
         // consumer is still working through them.
+        let before: usize = redis::cmd("SCARD").arg("done").query(&mut c).unwrap();
         for i in 0..total / 3 {
             let n = round * (total / 3) + i;
             let r = cmd(&mut c, &["XADD", "jobs:q", "*", "n", &n.to_string()]);
             assert!(!fmt(&r).starts_with("(error)"), "{}", fmt(&r));
-            acked += 1;
+            acked.insert(n.to_string());
         }
+        common::wait_until(20, "the consumer to start on the round", || match redis::cmd("SCARD").arg("done").query::<usize>(&mut c).unwrap() {
+            n if n > before => Ok(()),
+            n => Err(format!("{n} done")),
+        });
+        let done: usize = redis::cmd("SCARD").arg("done").query(&mut c).unwrap();
+        let backlog: usize = redis::cmd("XLEN").arg("jobs:q").query(&mut c).unwrap();
+        eprintln!("kill {round}: {} entries acknowledged, {done} done, {backlog} not yet trimmed", acked.len());
+        assert!(done < acked.len() && backlog > 0, "kill {round} landed with nothing in flight: {done} of {} done, {backlog} in the stream", acked.len());
         s.restart();
         c = s.conn();
     }
     eventually(&mut c, &["SCARD", "done"], &total.to_string());
-    assert_eq!(acked, total);
+    assert_eq!(acked.len(), total);
+    // The very entries acknowledged were processed.
+    let done: std::collections::BTreeSet<String> = redis::cmd("SMEMBERS").arg("done").query(&mut c).unwrap();
+    assert_eq!(done, acked);
     eventually(&mut c, &["XLEN", "jobs:q"], "0");
+    let runs: usize = redis::cmd("GET").arg("runs").query(&mut c).unwrap();
+    assert!(runs >= total, "{runs}");
+    eprintln!("{} entries processed more than once after the kills", runs - total);
     let dump = fmt(&cmd(&mut c, &["RG.DUMPREGISTRATIONS"]));
     assert!(dump.contains(r#""numFailures", 0"#), "{dump}");
 }
@@ -168,6 +191,7 @@ fn a_promoted_replica_goes_on_from_the_primarys_position() {
     assert_eq!(fmt(&cmd(&mut r, &["REPLICAOF", "NO", "ONE"])), "OK");
     xadd(&mut r, "f:1", 1);
     eventually(&mut r, &["LRANGE", "log", "0", "-1"], r#"["0", "1", "2", "0"]"#);
+    // A fixed wait: time for entries processed twice to show.
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(fmt(&cmd(&mut r, &["LLEN", "log"])), "4", "entries processed twice after the failover");
 }
@@ -180,6 +204,7 @@ fn trimming_waits_for_every_consumer_of_the_stream() {
     exec(&mut c, "js", "GB('StreamReader').foreach(r => { if (execute('EXISTS', 'go') === 0) throw new Error('not yet'); execute('SADD', 'slow', r.id) }).register({prefix: 't:', onFailedPolicy: 'retry', onFailedRetryInterval: 50})", &["ID", "slow"]);
     xadd(&mut c, "t:1", 5);
     eventually(&mut c, &["SCARD", "fast"], "5");
+    // A fixed wait: time for a wrong trim to show.
     std::thread::sleep(Duration::from_millis(150));
     assert_eq!(fmt(&cmd(&mut c, &["XLEN", "t:1"])), "5", "entries trimmed before the slow consumer had them");
     cmd(&mut c, &["SET", "go", "1"]);

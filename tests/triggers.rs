@@ -4,7 +4,6 @@
 mod common;
 
 use common::{eventually, canon::fmt, cmd, exec, Server};
-use std::time::Duration;
 
 
 /// (language, script) pairs doing the same thing.
@@ -230,7 +229,11 @@ fn upgrade_is_atomic_under_concurrent_writes() {
             cmd(&mut w, &["SET", &format!("w:{i}"), "x"]);
         }
     });
-    std::thread::sleep(Duration::from_millis(30));
+    // The upgrade comes once v1 has fired, while the writer writes.
+    common::wait_until(20, "the writer's first write to fire", || match redis::cmd("LLEN").arg("log").query::<usize>(&mut c) {
+        Ok(n) if n > 0 => Ok(()),
+        other => Err(format!("{other:?}")),
+    });
     assert_eq!(exec(&mut c, "js", "GB('KeysOnlyReader').foreach(r => { execute('RPUSH', 'log', 'v2') }).register({prefix: 'w:', mode: 'sync'})", &["ID", "atomic", "UPGRADE"]), "OK");
     writer.join().unwrap();
     let log: Vec<String> = redis::cmd("LRANGE").arg("log").arg(0).arg(-1).query(&mut c).unwrap();

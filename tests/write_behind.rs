@@ -81,6 +81,11 @@ fn inserts_updates_deletes_expiry_rename_and_types_in_both_languages() {
 /// the server acknowledged is recorded as (i, value). A write that failed (the server was
 /// being killed) is tried again with a new value, so each attempt is distinguishable.
 fn writer(port: u16, range: std::ops::Range<usize>, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> std::thread::JoinHandle<Vec<(usize, String)>> {
+    writer_counting(port, range, stop, Default::default())
+}
+
+/// `writer`, which also counts its acknowledged writes in `acks` as it goes.
+fn writer_counting(port: u16, range: std::ops::Range<usize>, stop: std::sync::Arc<std::sync::atomic::AtomicBool>, acks: std::sync::Arc<std::sync::atomic::AtomicUsize>) -> std::thread::JoinHandle<Vec<(usize, String)>> {
     std::thread::spawn(move || {
         let open = || redis::Client::open(format!("redis://127.0.0.1:{port}/")).and_then(|c| c.get_connection_with_timeout(Duration::from_secs(1)));
         let mut conn = None;
@@ -107,6 +112,7 @@ fn writer(port: u16, range: std::ops::Range<usize>, stop: std::sync::Arc<std::sy
                 match r {
                     Ok(_) => {
                         acked.push((i, value));
+                        acks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         break;
                     }
                     // The server is being killed, restarted, or loading its AOF.
@@ -132,12 +138,74 @@ fn assert_all_arrived(pg: &Postgres, acked: &[(usize, String)], secs: u64) {
     pg_eventually(pg, "SELECT id, name FROM users ORDER BY id", &expected, secs);
 }
 
-fn kill_three_times_under_load(delivery: &str) -> (Postgres, Vec<(usize, String)>) {
+/// The recipe's backlog, from `INFO rg`.
+fn backlog(c: &mut redis::Connection) -> Result<u64, String> {
+    let info = fmt(&cmd(c, &["INFO", "rg"]));
+    let n = info.split("rg_recipe_users:backlog=").nth(1).and_then(|t| t.split(|ch: char| !ch.is_ascii_digit()).next()).and_then(|n| n.parse().ok());
+    n.ok_or(info)
+}
+
+/// `id|name` lines as pairs.
+fn pairs(rows: &str) -> Vec<(usize, String)> {
+    rows.lines().map(|l| l.split_once('|').map(|(i, n)| (i.parse().expect("id"), n.to_string())).expect("id|name")).collect()
+}
+
+/// What was in flight when one kill landed.
+struct Kill {
+    /// Changes captured and not yet applied, read just before the main thread was frozen
+    /// (nothing can trim or capture while it is).
+    backlog: u64,
+    /// The (id, name) audit rows of the batch PostgreSQL committed while the main thread
+    /// was frozen: committed, but still in the stream at the kill.
+    committed_not_trimmed: Vec<(usize, String)>,
+}
+
+/// kill -9 with a batch committed in PostgreSQL and not yet trimmed from the stream: the
+/// window in which at-least-once replays and exactly-once must skip. A session holds the
+/// users table locked until `release` has `round`, so the apply thread stops inside the
+/// transaction of the batch it read. Then the main thread is frozen (DEBUG SLEEP), the lock
+/// released: the batch commits, its trim waits for the main thread, and the kill lands.
+fn kill_with_a_batch_in_flight(s: &mut Server, pg: &Postgres, round: usize) -> Kill {
+    let mut c = s.conn();
+    std::thread::scope(|scope| {
+        let locker = scope.spawn(|| {
+            pg.sql(&format!("DO $$ BEGIN LOCK TABLE users IN EXCLUSIVE MODE; WHILE NOT EXISTS (SELECT 1 FROM release WHERE round = {round}) LOOP PERFORM pg_sleep(0.005); END LOOP; END $$"))
+        });
+        common::wait_until(20, "the apply thread to wait on the locked table", || {
+            let waiting = pg.sql(r#"SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE 'INSERT INTO "users"%'"#);
+            if waiting == "1" { Ok(()) } else { Err(format!("{waiting} batches waiting on the lock")) }
+        });
+        // Nothing is trimmed while the apply thread waits: the backlog only grows from here.
+        let backlog = backlog(&mut c).expect("INFO rg");
+        let port = s.port;
+        let sleeper = scope.spawn(move || {
+            let mut c = redis::Client::open(format!("redis://127.0.0.1:{port}/")).unwrap().get_connection().unwrap();
+            // Ends with the kill.
+            let _ = redis::cmd("DEBUG").arg("SLEEP").arg(10).query::<redis::Value>(&mut c);
+        });
+        common::wait_until(5, "the main thread to freeze", || if common::main_thread_busy(port, Duration::from_millis(150)) { Ok(()) } else { Err("answering".into()) });
+        // The blocked batch has written nothing yet: its audit rows are the ones above `seen`.
+        let seen = pg.sql("SELECT coalesce(max(seq), 0) FROM audit");
+        pg.sql(&format!("INSERT INTO release VALUES ({round})"));
+        locker.join().expect("locker");
+        let rows = common::wait_until(10, "the batch to commit", || {
+            let rows = pg.sql(&format!("SELECT id, name FROM audit WHERE seq > {seen} ORDER BY seq"));
+            if rows.is_empty() { Err("nothing committed".into()) } else { Ok(rows) }
+        });
+        assert!(common::main_thread_busy(port, Duration::from_millis(50)), "the main thread woke before the kill");
+        s.restart();
+        sleeper.join().expect("sleeper");
+        Kill { backlog, committed_not_trimmed: pairs(&rows) }
+    })
+}
+
+fn kill_three_times_under_load(delivery: &str) -> (Postgres, Vec<(usize, String)>, Vec<Kill>) {
     let pg = Postgres::start();
-    // The audit trigger is slow (1 ms a row): the pipeline is always behind, so the kills
-    // land while batches are in flight.
-    pg.sql(&format!("{USERS}; CREATE TABLE audit (id integer, name text); \
-        CREATE FUNCTION audit_users() RETURNS trigger AS $$ BEGIN PERFORM pg_sleep(0.001); INSERT INTO audit VALUES (NEW.id, NEW.name); RETURN NEW; END $$ LANGUAGE plpgsql; \
+    // The audit trigger is slow (1 ms a row), so a backlog builds up. `seq` orders the audit
+    // rows by when they were written; `release` lets a locked batch go on (see
+    // kill_with_a_batch_in_flight).
+    pg.sql(&format!("{USERS}; CREATE TABLE audit (seq bigserial, id integer, name text); CREATE TABLE release (round integer); \
+        CREATE FUNCTION audit_users() RETURNS trigger AS $$ BEGIN PERFORM pg_sleep(0.001); INSERT INTO audit (id, name) VALUES (NEW.id, NEW.name); RETURN NEW; END $$ LANGUAGE plpgsql; \
         CREATE TRIGGER users_audit AFTER INSERT OR UPDATE ON users FOR EACH ROW EXECUTE FUNCTION audit_users();"));
     let mut s = server_with(&pg, &["--appendonly", "yes", "--appendfsync", "always"]);
     let mut c = s.conn();
@@ -147,11 +215,20 @@ fn kill_three_times_under_load(delivery: &str) -> (Postgres, Vec<(usize, String)
     // WB_KILLS (default 3) kills; bench/soak.sh runs more.
     let kills: usize = std::env::var("WB_KILLS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
     let total = 1000 * kills;
-    let w = writer(s.port, 0..total, stop.clone());
-    for _ in 0..kills {
-        std::thread::sleep(Duration::from_millis(700));
-        // kill -9 mid-load, while the writer writes and the pipeline applies.
-        s.restart();
+    let acks = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let w = writer_counting(s.port, 0..total, stop.clone(), acks.clone());
+    let mut landed = Vec::new();
+    for k in 0..kills {
+        // Each kill comes after the (restarted) server acknowledged 300 more writes.
+        let from = acks.load(std::sync::atomic::Ordering::Relaxed);
+        common::wait_until(30, "the writer to make progress", || {
+            let n = acks.load(std::sync::atomic::Ordering::Relaxed);
+            if n >= from + 300 { Ok(()) } else { Err(format!("{n} acknowledged, waiting for {}", from + 300)) }
+        });
+        let kill = kill_with_a_batch_in_flight(&mut s, &pg, k);
+        eprintln!("{delivery} kill {k}: backlog {} before the freeze, {} rows committed and not trimmed", kill.backlog, kill.committed_not_trimmed.len());
+        assert!(kill.backlog > 0 && !kill.committed_not_trimmed.is_empty(), "kill {k} landed with nothing in flight");
+        landed.push(kill);
     }
     let acked = w.join().expect("writer");
     assert_eq!(acked.len(), total, "the writer finished every key");
@@ -159,24 +236,64 @@ fn kill_three_times_under_load(delivery: &str) -> (Postgres, Vec<(usize, String)
     let mut c = s.conn();
     common::eventually(&mut c, &["XLEN", "rg:wb:users"], "0");
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    (pg, acked)
+    // Every acknowledged (id, value) reached the target: the audit table saw it applied.
+    let audited: std::collections::BTreeSet<(usize, String)> = pairs(&pg.sql("SELECT DISTINCT id, name FROM audit")).into_iter().collect();
+    let missing: Vec<_> = acked.iter().filter(|p| !audited.contains(p)).collect();
+    assert!(missing.is_empty(), "acknowledged writes never applied: {missing:?}");
+    (pg, acked, landed)
+}
+
+/// How many times the target applied each (id, name).
+fn applications(pg: &Postgres) -> std::collections::HashMap<(usize, String), usize> {
+    pg.sql("SELECT id, name, count(*) FROM audit GROUP BY id, name")
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split('|').collect();
+            ((f[0].parse().unwrap(), f[1].to_string()), f[2].parse().unwrap())
+        })
+        .collect()
+}
+
+/// The rows of a kill's committed-but-not-trimmed batch that no later write replaced: the
+/// writer's last acknowledged value of the key is the one in the batch.
+fn unreplaced<'a>(kill: &'a Kill, acked: &[(usize, String)]) -> Vec<&'a (usize, String)> {
+    let last: std::collections::HashMap<usize, &String> = acked.iter().map(|(i, v)| (*i, v)).collect();
+    kill.committed_not_trimmed.iter().filter(|(i, v)| last.get(i) == Some(&v)).collect()
 }
 
 #[test]
 fn kill_9_three_times_loses_nothing_acknowledged() {
-    let (pg, acked) = kill_three_times_under_load("at-least-once");
+    let (pg, acked, kills) = kill_three_times_under_load("at-least-once");
     // At-least-once may apply a change twice after a crash, never zero times.
     let applied: usize = pg.sql("SELECT count(DISTINCT (id, name)) FROM audit").parse().unwrap();
     assert!(applied >= acked.len(), "{applied}");
-    let replayed = pg.sql("SELECT count(*) FROM (SELECT id, name FROM audit GROUP BY id, name HAVING count(*) > 1) d");
+    // The batch committed but not trimmed at each kill was applied again after the restart.
+    let times = applications(&pg);
+    for (k, kill) in kills.iter().enumerate() {
+        let rows = unreplaced(kill, &acked);
+        assert!(!rows.is_empty(), "kill {k}: every row of the in-flight batch was written again later: {:?}", kill.committed_not_trimmed);
+        let once: Vec<_> = rows.iter().filter(|p| times.get(p).copied().unwrap_or(0) < 2).collect();
+        assert!(once.is_empty(), "kill {k}: committed before the kill, not trimmed, and not replayed: {once:?}");
+    }
+    let replayed: usize = pg.sql("SELECT count(*) FROM (SELECT id, name FROM audit GROUP BY id, name HAVING count(*) > 1) d").parse().unwrap();
+    assert!(replayed > 0, "no change was applied twice");
     eprintln!("at-least-once: {} acknowledged writes, {replayed} changes applied more than once after the kills", acked.len());
 }
 
 #[test]
 fn exactly_once_applies_nothing_twice_across_kill_9() {
-    let (pg, acked) = kill_three_times_under_load("exactly-once");
+    let (pg, acked, kills) = kill_three_times_under_load("exactly-once");
     eprintln!("exactly-once: {} acknowledged writes, {} audit rows", acked.len(), pg.sql("SELECT count(*) FROM audit"));
     assert_eq!(pg.sql("SELECT count(*) FROM (SELECT id, name FROM audit GROUP BY id, name HAVING count(*) > 1) d"), "0", "duplicates in the audit table");
+    // Each kill left a committed batch in the stream (at-least-once replays it, see above);
+    // the checkpoint made the replay skip it.
+    let times = applications(&pg);
+    for (k, kill) in kills.iter().enumerate() {
+        let rows = unreplaced(kill, &acked);
+        assert!(!rows.is_empty(), "kill {k}: every row of the in-flight batch was written again later: {:?}", kill.committed_not_trimmed);
+        let twice: Vec<_> = rows.iter().filter(|p| times.get(p).copied().unwrap_or(0) != 1).collect();
+        assert!(twice.is_empty(), "kill {k}: applied other than once: {twice:?}");
+    }
     let ckpt = pg.sql("SELECT recipe, stream FROM rg_checkpoints");
     assert_eq!(ckpt, "users|rg:wb:users");
 }
@@ -195,9 +312,10 @@ fn a_database_outage_loses_nothing_and_max_backlog_refuses_writes_clearly() {
     // Under maxBacklog no client sees an error (the writer panics on any refusal).
     acked.extend(writer(s.port, 100..400, stop.clone()).join().expect("writer"));
     assert_eq!(acked.len(), 400);
-    std::thread::sleep(Duration::from_millis(300));
-    let dump = fmt(&cmd(&mut c, &["RG.DUMPREGISTRATIONS"]));
-    assert!(dump.contains(r#""connected", 0"#) && dump.contains(r#""backlog", 300"#), "{dump}");
+    common::wait_until(20, "the recipe to see the database gone with 300 changes waiting", || {
+        let dump = fmt(&cmd(&mut c, &["RG.DUMPREGISTRATIONS"]));
+        if dump.contains(r#""connected", 0"#) && dump.contains(r#""backlog", 300"#) { Ok(()) } else { Err(dump) }
+    });
     // Beyond it, writes to the recipe's keys are refused before they are applied.
     let mut refused = None;
     for i in 400..1000 {
@@ -253,10 +371,21 @@ fn an_upgrade_under_load_keeps_the_stream_and_loses_nothing() {
     let mut c = s.conn();
     assert_eq!(exec(&mut c, "lua", &lua_recipe(", batch = 25"), &["ID", "wb"]), "OK");
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let w = writer(s.port, 0..2000, stop.clone());
+    let acks = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let total = 4000;
+    let w = writer_counting(s.port, 0..total, stop.clone(), acks.clone());
+    let written = || acks.load(std::sync::atomic::Ordering::Relaxed);
     for (i, (lang, code)) in [("js", js_recipe(", batch: 7")), ("lua", lua_recipe(", batch = 100, flushMs = 50")), ("js", js_recipe(""))].into_iter().enumerate() {
-        std::thread::sleep(Duration::from_millis(200 + 100 * i as u64));
+        // Upgrade i comes once the writer is 300 * (i + 1) writes in. The writer is fast
+        // (thousands of writes a second): its progress is watched closely.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while written() < 300 * (i + 1) {
+            assert!(Instant::now() < deadline, "the writer is stuck at {} writes", written());
+            std::thread::sleep(Duration::from_millis(1));
+        }
         assert_eq!(exec(&mut c, lang, &code, &["ID", "wb", "UPGRADE"]), "OK");
+        let after = written();
+        assert!(after < total, "upgrade {i} ended after the load ({after} writes)");
     }
     let acked = w.join().expect("writer");
     assert_all_arrived(&pg, &acked, 60);
@@ -407,7 +536,7 @@ fn a_replica_applies_nothing_until_promoted_then_drains_what_the_primary_left() 
     drop(p);
     drop(primary);
     pg.start_again();
-    // Nothing is applied from a replica.
+    // Nothing is applied from a replica. (A fixed wait: time for a wrong apply to show.)
     std::thread::sleep(Duration::from_millis(700));
     assert_eq!(pg.sql("SELECT count(*) FROM users"), "50");
     // Promoted, it applies the backlog the primary left, and captures its own writes.

@@ -198,6 +198,32 @@ pub fn eventually(c: &mut redis::Connection, words: &[&str], expected: &str) {
     }
 }
 
+/// Polls `check` every 20 ms until it gives `Ok`, and returns that; fails after `secs`
+/// with `what` and the last `Err` (which says how far things got).
+pub fn wait_until<T>(secs: u64, what: &str, mut check: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        match check() {
+            Ok(v) => return v,
+            Err(state) => assert!(Instant::now() < deadline, "{what}: still {state}"),
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// True while the server's main thread does not answer a PING within `within` (it is busy,
+/// e.g. in DEBUG SLEEP). A raw socket, so that no client handshake waits on the server.
+pub fn main_thread_busy(port: u16, within: Duration) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return false };
+    s.set_read_timeout(Some(within)).expect("timeout");
+    if s.write_all(b"PING\r\n").is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 16];
+    matches!(s.read(&mut buf), Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut))
+}
+
 /// Waits until a replica's link to its primary is up.
 pub fn wait_for_link(r: &mut redis::Connection) {
     let deadline = Instant::now() + Duration::from_secs(10);
