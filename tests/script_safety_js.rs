@@ -6,18 +6,6 @@ mod common;
 use common::{canon::fmt, cmd, exec, Server};
 use std::time::{Duration, Instant};
 
-fn wait_status(c: &mut redis::Connection, id: &str, status: &str, within: Duration) {
-    let deadline = Instant::now() + within;
-    loop {
-        let v = fmt(&cmd(c, &["RG.GETEXECUTION", id]));
-        if v.contains(&format!("\"status\", \"{status}\"")) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "execution {id} did not reach {status} within {within:?}: {v}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 /// A connection whose replies must come within `timeout` (a PING stuck behind a script
 /// fails instead of waiting for it).
 fn impatient(s: &Server, timeout: Duration) -> redis::Connection {
@@ -141,14 +129,7 @@ fn abortexecution_stops_a_worker_script_in_a_native_loop() {
         "JSON.stringify(new Array(2**32 - 1)).length",
         "/(a+)+$/.test('a'.repeat(60) + 'b')",
     ] {
-        let id = exec(&mut c, "js", code, &["UNBLOCKING"]).trim_matches('"').to_string();
-        wait_status(&mut c, &id, "running", Duration::from_secs(10));
-        std::thread::sleep(Duration::from_millis(100));
-        let start = Instant::now();
-        assert_eq!(fmt(&cmd(&mut c, &["RG.ABORTEXECUTION", &id])), "OK");
-        wait_status(&mut c, &id, "aborted", Duration::from_millis(1000));
-        assert!(start.elapsed() < Duration::from_millis(1000), "`{code}`: {:?}", start.elapsed());
-        assert!(fmt(&cmd(&mut c, &["RG.GETRESULTS", &id])).contains("aborted"));
+        common::assert_abort_stops(&mut c, "js", code);
     }
     assert_eq!(fmt(&cmd(&mut c, &["PING"])), "PONG");
 }

@@ -77,18 +77,6 @@ fn a_sync_trigger_matching_a_hostile_value_does_not_stall_the_set() {
     assert_eq!(fmt(&cmd(&mut c, &["STRLEN", "csv:evil"])), "3000");
 }
 
-fn wait_status(c: &mut redis::Connection, id: &str, status: &str, within: Duration) {
-    let deadline = Instant::now() + within;
-    loop {
-        let v = fmt(&cmd(c, &["RG.GETEXECUTION", id]));
-        if v.contains(&format!("\"status\", \"{status}\"")) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "execution {id} did not reach {status} within {within:?}: {v}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 #[test]
 fn abortexecution_stops_a_worker_script_inside_a_library_call() {
     let s = Server::start(&["script-timeout", "0"]);
@@ -100,15 +88,7 @@ fn abortexecution_stops_a_worker_script_inside_a_library_call() {
         "return string.find(string.rep('(', 1000000), '%b()')",
         "return table.move({}, 1, 2^40, 2)",
     ] {
-        let id = exec(&mut c, "lua", code, &["UNBLOCKING"]).trim_matches('"').to_string();
-        wait_status(&mut c, &id, "running", Duration::from_secs(10));
-        std::thread::sleep(Duration::from_millis(100));
-        let start = Instant::now();
-        assert_eq!(fmt(&cmd(&mut c, &["RG.ABORTEXECUTION", &id])), "OK");
-        wait_status(&mut c, &id, "aborted", Duration::from_millis(1000));
-        assert!(start.elapsed() < Duration::from_millis(1000), "`{code}`: {:?}", start.elapsed());
-        let results = fmt(&cmd(&mut c, &["RG.GETRESULTS", &id]));
-        assert!(results.contains("execution aborted"), "`{code}`: {results}");
+        common::assert_abort_stops(&mut c, "lua", code);
     }
     assert_eq!(fmt(&cmd(&mut c, &["PING"])), "PONG");
 }

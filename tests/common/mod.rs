@@ -232,3 +232,30 @@ pub fn wait_for_link(r: &mut redis::Connection) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Waits until execution `id` has `status` (RG.GETEXECUTION), failing after `within`.
+pub fn wait_status(c: &mut redis::Connection, id: &str, status: &str, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let v = canon::fmt(&cmd(c, &["RG.GETEXECUTION", id]));
+        if v.contains(&format!("\"status\", \"{status}\"")) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "execution {id} did not reach {status} within {within:?}: {v}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Starts `code` with UNBLOCKING, lets it run, aborts it, and checks that it stopped within
+/// a second with `execution aborted` in its results. `s` must have no time limit.
+pub fn assert_abort_stops(c: &mut redis::Connection, lang: &str, code: &str) {
+    let id = exec(c, lang, code, &["UNBLOCKING"]).trim_matches('"').to_string();
+    wait_status(c, &id, "running", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(100));
+    let start = Instant::now();
+    assert_eq!(canon::fmt(&cmd(c, &["RG.ABORTEXECUTION", &id])), "OK");
+    wait_status(c, &id, "aborted", Duration::from_millis(1000));
+    assert!(start.elapsed() < Duration::from_millis(1000), "`{code}`: {:?}", start.elapsed());
+    let results = canon::fmt(&cmd(c, &["RG.GETRESULTS", &id]));
+    assert!(results.contains("execution aborted"), "`{code}`: {results}");
+}
