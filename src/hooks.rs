@@ -173,18 +173,18 @@ pub fn hook_run(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         let bypass = flags.contains(ContextFlags::REPLICATED) || flags.contains(ContextFlags::LOADING) || flags.contains(ContextFlags::LUA);
         let engine = engine();
         let name = String::from_utf8_lossy(&argv[0]).to_ascii_lowercase();
-        let hooked = !bypass && engine.sessions.hook_for(&name, argv.get(1).map(|a| a.as_slice())).is_some();
+        let hook = if bypass { None } else { engine.sessions.hook_for(&name, argv.get(1).map(|a| a.as_slice())) };
         // Sync triggers its events fire run after it (Redis 7.0; see `defer`).
         crate::defer::around(ctx.ctx, || {
-            if !hooked {
+            let Some(hook) = hook else {
                 // Not hooked (or not here): the command's own reply, as the client would get it.
                 let refs: Vec<&[u8]> = argv.iter().map(|a| a.as_slice()).collect();
                 if let Err(e) = crate::host::forward(ctx, user.as_deref(), &refs) {
                     reply::error(ctx, &e.to_string());
                 }
                 return;
-            }
-            match run(ctx, &argv, user, bypass) {
+            };
+            match run_hooked(ctx, &argv, user, Some(hook)) {
                 Ok(v) => reply::reply(ctx, &v),
                 Err(e) => reply::error(ctx, &e),
             }
@@ -196,10 +196,15 @@ pub fn hook_run(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
 /// Runs a command through its hook, if it has one (else runs it as is), in place, as
 /// `user`; returns its reply or the error to send.
 pub fn run(ctx: &Context, argv: &[Vec<u8>], user: Option<String>, bypass: bool) -> Result<Value, String> {
+    let name = String::from_utf8_lossy(&argv[0]).to_ascii_lowercase();
+    let hooked = if bypass { None } else { engine().sessions.hook_for(&name, argv.get(1).map(|a| a.as_slice())) };
+    run_hooked(ctx, argv, user, hooked)
+}
+
+/// Runs a command through `hooked` (the hook found for it, if any), in place, as `user`.
+fn run_hooked(ctx: &Context, argv: &[Vec<u8>], user: Option<String>, hooked: Option<(Arc<engine::Session>, Arc<engine::Registration>)>) -> Result<Value, String> {
     let engine = engine();
     let host: Arc<dyn engine::Host> = Arc::new(InPlaceHost::new(ctx.ctx, redis_host().clone()));
-    let name = String::from_utf8_lossy(&argv[0]).to_ascii_lowercase();
-    let hooked = if bypass { None } else { engine.sessions.hook_for(&name, argv.get(1).map(|a| a.as_slice())) };
     let refs: Vec<&[u8]> = argv.iter().map(|a| a.as_slice()).collect();
     let pass_through = || host.lock(0).call(user.as_deref(), &refs).map_err(|e| e.to_string());
     let Some((session, reg)) = hooked else {
@@ -211,8 +216,9 @@ pub fn run(ctx: &Context, argv: &[Vec<u8>], user: Option<String>, bypass: bool) 
         crate::host::check_acl(ctx, u, &refs).map_err(|e| e.to_string())?;
     }
     let record = Value::Array(argv.iter().map(|a| Value::from_bytes(a.clone())).collect());
-    let call = HookCall { args: argv.to_vec(), user: user.clone() };
-    match engine.fire_hook(host.clone(), &session, &reg, vec![record], Some(call)) {
+    let call = HookCall { args: argv.to_vec() };
+    // The hook's commands run with its owner's rights intersected with the client's.
+    match engine.fire_for(host.clone(), &session, &reg, vec![record], Some(call), user.clone()) {
         Ok(out) if !out.errors.is_empty() => Err(out.errors.join("; ")),
         // Steps that let nothing through leave the command as it was.
         Ok(out) if out.results.is_empty() => pass_through(),

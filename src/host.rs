@@ -186,6 +186,10 @@ impl LockedHost for Locked<'_> {
         crate::defer::around(self.ctx.ctx, || own_call(|| self.call_now(user, args)))
     }
 
+    fn permitted(&self, user: &str, args: &[&[u8]]) -> Result<(), HostError> {
+        check_acl(&self.ctx, user, args)
+    }
+
     fn replicate(&self, args: &[&[u8]]) {
         self.replicate_args(args)
     }

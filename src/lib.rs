@@ -1,6 +1,7 @@
 //! The `rg` Redis module: Redis glue only. Commands parse their arguments, call the
 //! engine and reply; all logic lives in the `engine`, `stdlib` and language crates.
 
+mod acl;
 mod blocking;
 mod commands;
 mod commands_info;
@@ -150,29 +151,29 @@ redis_module! {
     deinit: deinit,
     info: info_guarded,
     commands: [
-        ["rg.exec", commands::exec::rg_exec, "write deny-oom deny-script", 0, 0, 0, ""],
-        ["rg.getexecution", commands::executions::get_execution, "readonly deny-script", 0, 0, 0, ""],
-        ["rg.dumpexecutions", commands::executions::dump_executions, "readonly deny-script", 0, 0, 0, ""],
-        ["rg.getresults", commands::executions::get_results, "readonly deny-script", 0, 0, 0, ""],
-        ["rg.getresultsblocking", commands::executions::get_results_blocking, "readonly deny-script", 0, 0, 0, ""],
-        ["rg.dropexecution", commands::executions::drop_execution, "write deny-script", 0, 0, 0, ""],
-        ["rg.abortexecution", commands::executions::abort_execution, "write deny-script", 0, 0, 0, ""],
-        ["rg.configget", commands::config::config_get, "readonly deny-script", 0, 0, 0, ""],
-        ["rg.configset", commands::config::config_set, "admin deny-script", 0, 0, 0, ""],
-        ["rg.trigger", triggers::rg_trigger, "write deny-oom deny-script", 0, 0, 0, ""],
-        ["rg.triggeronkey", triggers::rg_trigger_on_key, "write deny-oom deny-script", 2, 2, 1, ""],
+        ["rg.exec", commands::exec::rg_exec, "write deny-oom deny-script", 0, 0, 0, "", "scripting slow"],
+        ["rg.getexecution", commands::executions::get_execution, "readonly deny-script", 0, 0, 0, "", "scripting slow"],
+        ["rg.dumpexecutions", commands::executions::dump_executions, "readonly deny-script", 0, 0, 0, "", "scripting slow"],
+        ["rg.getresults", commands::executions::get_results, "readonly deny-script", 0, 0, 0, "", "scripting slow"],
+        ["rg.getresultsblocking", commands::executions::get_results_blocking, "readonly deny-script", 0, 0, 0, "", "scripting slow blocking"],
+        ["rg.dropexecution", commands::executions::drop_execution, "write deny-script", 0, 0, 0, "", "scripting slow"],
+        ["rg.abortexecution", commands::executions::abort_execution, "write deny-script", 0, 0, 0, "", "scripting slow"],
+        ["rg.configget", commands::config::config_get, "readonly deny-script", 0, 0, 0, "", "admin slow dangerous"],
+        ["rg.configset", commands::config::config_set, "admin deny-script", 0, 0, 0, "", "admin slow dangerous"],
+        ["rg.trigger", triggers::rg_trigger, "write deny-oom deny-script", 0, 0, 0, "", "scripting slow"],
+        ["rg.triggeronkey", triggers::rg_trigger_on_key, "write deny-oom deny-script", 2, 2, 1, "", "scripting slow"],
         // Not flagged `write`: LIST must answer on replicas; LOAD/DELETE check for themselves.
-        ["rg.package", commands::packages::rg_package, "deny-script", 0, 0, 0, ""],
-        ["rg.dumpregistrations", commands::registrations::dump_registrations, "readonly deny-script", 0, 0, 0, ""],
-        ["rg.unregister", commands::registrations::unregister, "write deny-script", 0, 0, 0, ""],
-        ["rg.pauseregistrations", commands::registrations::pause, "write deny-script", 0, 0, 0, ""],
-        ["rg.unpauseregistrations", commands::registrations::unpause, "write deny-script", 0, 0, 0, ""],
-        ["rg.clearregistrationsstats", commands::registrations::clear_stats, "write deny-script", 0, 0, 0, ""],
-        ["rg.dumpsessions", commands::registrations::dump_sessions, "readonly deny-script", 0, 0, 0, ""],
-        ["rg.dropsession", commands::registrations::drop_session, "write deny-script", 0, 0, 0, ""],
-        ["rg.sessionload", persistence::session_load, "write deny-script", 0, 0, 0, ""],
-        ["rg.sessiondrop", persistence::session_drop, "write deny-script", 0, 0, 0, ""],
-        ["rg.streampos", persistence::stream_position, "write deny-script", 0, 0, 0, ""],
+        ["rg.package", commands::packages::rg_package, "deny-script", 0, 0, 0, "", "scripting slow"],
+        ["rg.dumpregistrations", commands::registrations::dump_registrations, "readonly deny-script", 0, 0, 0, "", "scripting slow"],
+        ["rg.unregister", commands::registrations::unregister, "write deny-script", 0, 0, 0, "", "scripting slow"],
+        ["rg.pauseregistrations", commands::registrations::pause, "write deny-script", 0, 0, 0, "", "scripting slow"],
+        ["rg.unpauseregistrations", commands::registrations::unpause, "write deny-script", 0, 0, 0, "", "scripting slow"],
+        ["rg.clearregistrationsstats", commands::registrations::clear_stats, "write deny-script", 0, 0, 0, "", "scripting slow"],
+        ["rg.dumpsessions", commands::registrations::dump_sessions, "readonly deny-script", 0, 0, 0, "", "scripting slow"],
+        ["rg.dropsession", commands::registrations::drop_session, "write deny-script", 0, 0, 0, "", "scripting slow"],
+        ["rg.sessionload", persistence::session_load, "write deny-script", 0, 0, 0, "", "admin dangerous"],
+        ["rg.sessiondrop", persistence::session_drop, "write deny-script", 0, 0, 0, "", "admin dangerous"],
+        ["rg.streampos", persistence::stream_position, "write deny-script", 0, 0, 0, "", "admin dangerous"],
         // What hooked commands become. A module command's flags are fixed, so there is one
         // per kind of hooked command: the command filter picks the one whose flags match the
         // original's (write: CLIENT PAUSE WRITE, READONLY replicas; may-replicate), so the

@@ -211,7 +211,7 @@ extern "C" fn on_keyspace_event(ctx: *mut raw::RedisModuleCtx, _type: c_int, eve
                 Mode::Async | Mode::AsyncLocal => {
                     let host = in_place.get_or_insert_with(|| Arc::new(InPlaceHost::read_only(ctx, redis_host().clone()))).clone();
                     let record = read_record(ctx, &*host, db, &event, key_bytes, &reg);
-                    engine.fire_async(session, reg, vec![record], None);
+                    engine.fire_async(session, reg, vec![record], None, None);
                 }
             }
         }
@@ -360,6 +360,10 @@ pub fn rg_trigger(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
             return Err(RedisError::Str("ERR wrong number of arguments; usage: RG.TRIGGER <name> [<arg> ...]"));
         }
         let name = text(&args[1], "the trigger name")?;
+        // Like FCALL; the steps then run with the owner's rights intersected with the
+        // caller's.
+        let command = args[0].to_string_lossy().to_ascii_uppercase();
+        let caller = crate::acl::require(ctx, &command, crate::acl::FCALL, 1)?.user;
         let engine = engine();
         let (session, reg) = engine.sessions.command_trigger(&name).ok_or_else(|| RedisError::String(format!("ERR no registration for trigger '{name}'")))?;
         if reg.paused.load(std::sync::atomic::Ordering::Relaxed) {
@@ -374,7 +378,7 @@ pub fn rg_trigger(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         match reg.spec.mode {
             Mode::Sync => {
                 let host: Arc<dyn engine::Host> = Arc::new(InPlaceHost::new(ctx.ctx, redis_host().clone()));
-                reply_with(ctx, engine.fire(host, &session, &reg, vec![record]));
+                reply_with(ctx, engine.fire_for(host, &session, &reg, vec![record], None, caller));
             }
             Mode::Async | Mode::AsyncLocal => {
                 if ctx.get_flags().contains(ContextFlags::MULTI) {
@@ -383,7 +387,7 @@ pub fn rg_trigger(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
                 let exec = Arc::new(Execution::new(reg.id.clone(), session.language, None));
                 blocking::block_until_done(ctx, &exec);
                 let done_exec = exec.clone();
-                let queued = engine.fire_async(session, reg, vec![record], Some(Box::new(move |r| {
+                let queued = engine.fire_async(session, reg, vec![record], caller, Some(Box::new(move |r| {
                     let outcome = match r {
                         Ok(out) if out.errors.is_empty() => Outcome::Returned(Value::Array(out.results)),
                         Ok(out) => Outcome::Failed(out.errors.join("; ")),

@@ -59,6 +59,8 @@ pub struct Execution {
     pub id: String,
     pub language: &'static str,
     pub description: Option<String>,
+    /// The ACL user who started it (None: no ACL applies): only it or an admin may see it.
+    pub user: Option<String>,
     pub created_ms: u64,
     pub abort: Arc<AtomicBool>,
     /// Bytes its outcome takes once finished (counted against `rg.max-executions-memory`).
@@ -77,6 +79,7 @@ impl Execution {
             id,
             language,
             description,
+            user: None,
             created_ms: now_ms(),
             abort: Arc::new(AtomicBool::new(false)),
             kept_bytes: AtomicU64::new(0),
@@ -192,6 +195,8 @@ pub enum RegistryError {
     StillRunning(String),
     #[error("an execution with id '{0}' is still running")]
     Duplicate(String),
+    #[error("{}", crate::not_owner("execution", .0, .1.as_deref()))]
+    NotOwner(String, Option<String>),
 }
 
 /// All executions of this shard, oldest first.
@@ -254,7 +259,9 @@ impl Registry {
     }
 
     /// Creates an execution with a fresh id `<shard-id>-<seq>` (or the given one).
-    pub fn create(&self, id: Option<String>, language: &'static str, description: Option<String>) -> Result<Arc<Execution>, RegistryError> {
+    /// `who` owns it; a named execution replaces a finished one of the same name only if
+    /// `who` may act on that one (its owner or an admin).
+    pub fn create(&self, id: Option<String>, language: &'static str, description: Option<String>, who: crate::Registrant) -> Result<Arc<Execution>, RegistryError> {
         let mut list = self.list.lock();
         let id = match id {
             Some(id) => {
@@ -264,13 +271,16 @@ impl Registry {
                     if !list[pos].status().is_finished() {
                         return Err(RegistryError::Duplicate(id));
                     }
+                    if !who.owns(list[pos].user.as_deref()) {
+                        return Err(RegistryError::NotOwner(id, list[pos].user.clone()));
+                    }
                     list.remove(pos);
                 }
                 id
             }
             None => format!("{}-{}", self.shard_id, self.seq.fetch_add(1, Ordering::Relaxed) + 1),
         };
-        let e = Arc::new(Execution::new(id, language, description));
+        let e = Arc::new(Execution { user: who.user.map(str::to_string), ..Execution::new(id, language, description) });
         list.push_back(e.clone());
         self.evict(&mut list);
         Ok(e)
@@ -345,7 +355,7 @@ mod tests {
         r.set_max_bytes(10_000);
         let ids: Vec<String> = (0..4)
             .map(|_| {
-                let e = r.create(None, "lua", None).unwrap();
+                let e = r.create(None, "lua", None, crate::Registrant { user: None, admin: true }).unwrap();
                 r.finish(&e, records(4_000), false);
                 e.id.clone()
             })
@@ -354,7 +364,7 @@ mod tests {
         assert_eq!(kept, ids[2..].to_vec());
         assert!(r.kept_bytes() <= 10_000);
         // A running execution is never evicted, whatever it will take.
-        let running = r.create(None, "lua", None).unwrap();
+        let running = r.create(None, "lua", None, crate::Registrant { user: None, admin: true }).unwrap();
         r.set_max_bytes(1);
         assert_eq!(r.all().len(), 1);
         assert_eq!(r.all()[0].id, running.id);
@@ -364,7 +374,7 @@ mod tests {
     fn results_larger_than_the_limit_alone_end_in_an_error() {
         let r = Registry::new("s".into(), 100);
         r.set_max_bytes(1_000);
-        let e = r.create(None, "js", None).unwrap();
+        let e = r.create(None, "js", None, crate::Registrant { user: None, admin: true }).unwrap();
         r.finish(&e, records(5_000), false);
         match e.outcome() {
             Some(Outcome::Failed(m)) => assert!(m.contains("rg.max-executions-memory (1000 bytes)") && m.contains("not kept"), "{m}"),
@@ -374,7 +384,7 @@ mod tests {
         assert_eq!(e.status(), Status::Done);
         // No limit: everything is kept.
         r.set_max_bytes(0);
-        let e = r.create(None, "js", None).unwrap();
+        let e = r.create(None, "js", None, crate::Registrant { user: None, admin: true }).unwrap();
         r.finish(&e, records(5_000), false);
         assert_eq!(e.outcome(), Some(records(5_000)));
     }

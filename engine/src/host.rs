@@ -46,6 +46,12 @@ pub trait LockedHost {
     /// permissions (command and keys) and refused with `HostError::NoPermission`.
     fn call(&self, user: Option<&str>, args: &[&[u8]]) -> Result<Value, HostError>;
 
+    /// Would `user` be allowed to run this command (command, subcommand and keys), without
+    /// running it? Refusals are `HostError::NoPermission`. Hosts without users allow all.
+    fn permitted(&self, _user: &str, _args: &[&[u8]]) -> Result<(), HostError> {
+        Ok(())
+    }
+
     /// Sends a command to replicas and the AOF without running it here (how state that is
     /// not in the keyspace, like sessions, reaches them). Hosts without replicas ignore it.
     fn replicate(&self, _args: &[&[u8]]) {}

@@ -96,11 +96,18 @@ impl LockedHost for Locked<'_> {
     fn call(&self, user: Option<&str>, args: &[&[u8]]) -> Result<Value, HostError> {
         let cmd = args.first().map(|c| String::from_utf8_lossy(c).to_ascii_uppercase()).ok_or_else(|| HostError::Command("ERR empty command".into()))?;
         if let Some(u) = user {
-            if self.host.denied.lock().get(u).is_some_and(|d| d.contains(&cmd)) {
-                return Err(HostError::NoPermission(format!("User {u} has no permissions to run the '{}' command", cmd.to_ascii_lowercase())));
-            }
+            self.permitted(u, args)?;
         }
         exec(&mut self.db.borrow_mut(), &cmd, args)
+    }
+
+    /// A user may run every command `deny` did not forbid it.
+    fn permitted(&self, user: &str, args: &[&[u8]]) -> Result<(), HostError> {
+        let cmd = args.first().map(|c| String::from_utf8_lossy(c).to_ascii_uppercase()).unwrap_or_default();
+        if self.host.denied.lock().get(user).is_some_and(|d| d.contains(&cmd)) {
+            return Err(HostError::NoPermission(format!("User {user} has no permissions to run the '{}' command", cmd.to_ascii_lowercase())));
+        }
+        Ok(())
     }
 }
 

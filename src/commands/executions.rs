@@ -2,7 +2,7 @@
 //! RG.GETRESULTSBLOCKING, RG.DROPEXECUTION, RG.ABORTEXECUTION.
 
 use super::{guarded, replied, text};
-use crate::{blocking, engine, reply};
+use crate::{acl, blocking, engine, reply};
 use engine::{Execution, Outcome, Value};
 use redis_module::{Context, RedisError, RedisResult, RedisString, RedisValue};
 use std::sync::Arc;
@@ -14,8 +14,13 @@ fn one_id(args: &[RedisString], usage: &str) -> Result<String, RedisError> {
     text(&args[1], "the execution id")
 }
 
-fn find(id: &str) -> Result<Arc<Execution>, RedisError> {
-    engine().registry.get(id).map_err(|e| RedisError::String(format!("ERR {e}")))
+/// The execution `id`, if the caller may see it (its owner or an admin); `command` is
+/// checked like EVAL first.
+fn find(ctx: &Context, command: &str, id: &str) -> Result<Arc<Execution>, RedisError> {
+    let caller = acl::require(ctx, command, acl::EVAL, 1)?;
+    let e = engine().registry.get(id).map_err(|e| RedisError::String(format!("ERR {e}")))?;
+    acl::require_owner(&caller, "execution", &e.id, e.user.as_deref())?;
+    Ok(e)
 }
 
 fn kv(k: &str, v: Value) -> (Value, Value) {
@@ -80,7 +85,7 @@ pub fn get_execution(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
                 return Err(RedisError::String(format!("ERR unknown scope '{s}': expected SHARD or CLUSTER")));
             }
         }
-        let e = find(&text(&args[1], "the execution id")?)?;
+        let e = find(ctx, "RG.GETEXECUTION", &text(&args[1], "the execution id")?)?;
         reply::reply(ctx, &details(&e));
         replied()
     })
@@ -92,7 +97,9 @@ pub fn dump_executions(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         if args.len() != 1 {
             return Err(RedisError::Str("ERR wrong number of arguments; usage: RG.DUMPEXECUTIONS"));
         }
-        let all: Vec<Value> = engine().registry.all().iter().map(|e| summary(e)).collect();
+        let caller = acl::require(ctx, "RG.DUMPEXECUTIONS", acl::EVAL, 1)?;
+        // Each user sees its own executions; an admin sees all.
+        let all: Vec<Value> = engine().registry.all().iter().filter(|e| caller.owns(e.user.as_deref())).map(|e| summary(e)).collect();
         reply::reply(ctx, &Value::Array(all));
         replied()
     })
@@ -101,7 +108,7 @@ pub fn dump_executions(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
 /// RG.GETRESULTS id
 pub fn get_results(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     guarded(ctx, || {
-        let e = find(&one_id(&args, "RG.GETRESULTS <id>")?)?;
+        let e = find(ctx, "RG.GETRESULTS", &one_id(&args, "RG.GETRESULTS <id>")?)?;
         match e.outcome() {
             Some(o) => blocking::send(ctx, &blocking::answer(&o)),
             None => reply::error(ctx, &format!("ERR execution '{}' has not finished (it is {}): use RG.GETRESULTSBLOCKING to wait for it", e.id, e.status().as_str())),
@@ -113,7 +120,7 @@ pub fn get_results(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
 /// RG.GETRESULTSBLOCKING id
 pub fn get_results_blocking(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     guarded(ctx, || {
-        let e = find(&one_id(&args, "RG.GETRESULTSBLOCKING <id>")?)?;
+        let e = find(ctx, "RG.GETRESULTSBLOCKING", &one_id(&args, "RG.GETRESULTSBLOCKING <id>")?)?;
         if ctx.get_flags().contains(redis_module::ContextFlags::MULTI) {
             return Err(RedisError::Str("ERR RG.GETRESULTSBLOCKING cannot block inside MULTI/EXEC: use RG.GETRESULTS"));
         }
@@ -129,6 +136,7 @@ pub fn get_results_blocking(ctx: &Context, args: Vec<RedisString>) -> RedisResul
 pub fn drop_execution(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     guarded(ctx, || {
         let id = one_id(&args, "RG.DROPEXECUTION <id>")?;
+        find(ctx, "RG.DROPEXECUTION", &id)?;
         engine().registry.drop_execution(&id).map_err(|e| RedisError::String(format!("ERR {e}")))?;
         Ok(RedisValue::SimpleStringStatic("OK"))
     })
@@ -137,7 +145,7 @@ pub fn drop_execution(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
 /// RG.ABORTEXECUTION id
 pub fn abort_execution(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     guarded(ctx, || {
-        let e = find(&one_id(&args, "RG.ABORTEXECUTION <id>")?)?;
+        let e = find(ctx, "RG.ABORTEXECUTION", &one_id(&args, "RG.ABORTEXECUTION <id>")?)?;
         if e.status().is_finished() {
             return Err(RedisError::String(format!("ERR execution '{}' has already finished ({})", e.id, e.status().as_str())));
         }

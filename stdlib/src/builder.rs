@@ -330,6 +330,10 @@ impl Builder {
                     if command.is_empty() || command.starts_with("rg.") || command.contains(' ') {
                         return Err(ScriptError::usage(format!("register: cannot hook '{command}': give the name of an existing Redis command (not an RG.* command)")));
                     }
+                    let base = command.split('|').next().unwrap_or_default();
+                    if UNHOOKABLE.contains(&base) {
+                        return Err(ScriptError::usage(format!("register: cannot hook '{command}': hooking it would break the connection's state or security (see docs/security.md)")));
+                    }
                     if mode_given && mode != Mode::Sync {
                         return Err(ScriptError::usage("register: a hook runs inside the command it hooks: mode must be 'sync'"));
                     }
@@ -366,3 +370,14 @@ fn run_options(a: &[Value], i: usize) -> Result<(), ScriptError> {
     }
     Ok(())
 }
+
+/// Commands no hook may intercept: they authenticate, hold the connection's state (its
+/// database, transaction, subscriptions, replication role) or configure and run the server
+/// itself, and a hook in their way could read secrets, break transactions or act as
+/// another user. Listed in docs/security.md.
+pub const UNHOOKABLE: &[&str] = &[
+    "auth", "hello", "acl", "multi", "exec", "discard", "watch", "unwatch", "select", "client", "reset", "quit", "module", "config", "shutdown", "debug", "monitor",
+    "sync", "psync", "replconf", "replicaof", "slaveof", "failover", "subscribe", "psubscribe", "ssubscribe", "unsubscribe", "punsubscribe", "sunsubscribe",
+    "readonly", "readwrite", "asking", "cluster", "function", "script", "eval", "eval_ro", "evalsha", "evalsha_ro", "fcall", "fcall_ro", "save", "bgsave",
+    "bgrewriteaof",
+];

@@ -10,7 +10,7 @@ pub fn execute(run: &ScriptRun, a: &[Value]) -> Result<Value, ScriptError> {
         return Err(ScriptError::usage("execute: expected a command and its arguments, e.g. execute('HGET', key, field)"));
     }
     let argv = command_args("execute", a)?;
-    run_command(run, run.env.user.as_deref(), argv)
+    run_command(run, run.env.user.as_deref(), run.env.caller.as_deref(), argv)
 }
 
 /// Script values as command arguments: strings and numbers only.
@@ -25,13 +25,21 @@ fn command_args(what: &str, a: &[Value]) -> Result<Vec<Vec<u8>>, ScriptError> {
 }
 
 /// Runs a command as `user`, inside `atomic()`'s lock if one is held, else taking the lock.
-fn run_command(run: &ScriptRun, user: Option<&str>, argv: Vec<Vec<u8>>) -> Result<Value, ScriptError> {
+/// With `also`, that user must be allowed the command too (a hook or RG.TRIGGER runs with
+/// its owner's rights intersected with its client's).
+fn run_command(run: &ScriptRun, user: Option<&str>, also: Option<&str>, argv: Vec<Vec<u8>>) -> Result<Value, ScriptError> {
     let refs: Vec<&[u8]> = argv.iter().map(|x| x.as_slice()).collect();
+    let call = |l: &dyn LockedHost| {
+        if let Some(other) = also.filter(|o| Some(*o) != user) {
+            l.permitted(other, &refs)?;
+        }
+        l.call(user, &refs)
+    };
     let reply = match run.locked.get() {
         // SAFETY: the pointer is set by `atomic` for the duration of its callback only, and
         // the guard it points into outlives that callback (see `atomic`).
-        Some(l) => unsafe { &*l }.call(user, &refs),
-        None => run.env.host.lock(run.env.db).call(user, &refs),
+        Some(l) => call(unsafe { &*l }),
+        None => call(&*run.env.host.lock(run.env.db)),
     };
     reply.map_err(ScriptError::from)
 }
@@ -46,7 +54,7 @@ pub fn call_next(run: &ScriptRun, a: &[Value]) -> Result<Value, ScriptError> {
     } else {
         argv.extend(command_args("callNext", a)?);
     }
-    run_command(run, hook.user.as_deref(), argv)
+    run_command(run, run.env.caller.as_deref(), run.env.user.as_deref(), argv)
 }
 
 /// `atomic(fn)`: runs `fn` while holding the data lock, so its `execute()` calls form one

@@ -46,7 +46,7 @@ fn run(engine: &Arc<Engine>, lang: &str, code: &str, args: &[&str], unordered: b
         return format!("(error) ERR {e}");
     }
     let exec = engine
-        .submit(ExecRequest { language: lang.into(), source: code.into(), args: args.iter().map(|a| a.as_bytes().to_vec()).collect(), id: None, description: None, user: None, db: 0, upgrade: false })
+        .submit(ExecRequest { language: lang.into(), source: code.into(), args: args.iter().map(|a| a.as_bytes().to_vec()).collect(), id: None, description: None, user: None, db: 0, upgrade: false, admin: false })
         .unwrap();
     assert!(exec.wait(Duration::from_secs(30)), "{code} did not finish");
     match engine::outcome_value(&exec.outcome().unwrap()) {
@@ -85,7 +85,7 @@ fn execute_is_checked_against_the_user() {
     let (engine, host) = engine_with_data();
     host.deny("app", "FLUSHALL");
     let exec = engine
-        .submit(ExecRequest { language: "js".into(), source: "execute('FLUSHALL')".into(), args: vec![], id: None, description: None, user: Some("app".into()), db: 0, upgrade: false })
+        .submit(ExecRequest { language: "js".into(), source: "execute('FLUSHALL')".into(), args: vec![], id: None, description: None, user: Some("app".into()), db: 0, upgrade: false, admin: false })
         .unwrap();
     exec.wait(Duration::from_secs(10));
     let out = engine::outcome_value(&exec.outcome().unwrap()).unwrap_err();

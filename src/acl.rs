@@ -1,0 +1,120 @@
+//! Who is calling an RG command and what that user may do (docs/security.md).
+//!
+//! Every RG command checks, inside the command, the caller's permission for the core
+//! command it is equivalent to (`EVAL` for RG.EXEC, `CONFIG SET` for RG.CONFIGSET, ...):
+//! Redis 7.0 has no ACL categories for module commands, so this is what keeps a limited
+//! user from doing through Gears what Redis would not let it do directly. On 7.2+ the
+//! commands also carry categories, so `-@dangerous` and the like apply before the command.
+
+use engine::Registrant;
+use redis_module::{raw, Context, ContextFlags, RedisError};
+
+/// The caller of an RG command: its ACL user (None: the primary, the AOF or another
+/// module's call, which no ACL applies to) and whether that user is an admin.
+pub struct Caller {
+    pub user: Option<String>,
+    pub admin: bool,
+}
+
+impl Caller {
+    pub fn registrant(&self) -> Registrant<'_> {
+        Registrant { user: self.user.as_deref(), admin: self.admin }
+    }
+
+    /// May the caller see or act on what `owner` owns?
+    pub fn owns(&self, owner: Option<&str>) -> bool {
+        self.registrant().owns(owner)
+    }
+}
+
+/// The ACL user of the client that sent the command (None when there is no client user to
+/// check: replicated or loaded commands, calls made by modules).
+pub fn client_user(ctx: &Context) -> Option<String> {
+    let flags = ctx.get_flags();
+    if flags.contains(ContextFlags::REPLICATED) || flags.contains(ContextFlags::LOADING) {
+        return None;
+    }
+    // SAFETY: main thread inside a command; the returned string is freed right after use.
+    // RM_GetCurrentUserName would dereference a module call's missing user.
+    unsafe {
+        let id = raw::RedisModule_GetClientId.unwrap()(ctx.ctx);
+        if id == 0 {
+            return None;
+        }
+        let name = raw::RedisModule_GetClientUserNameById.unwrap()(ctx.ctx, id);
+        if name.is_null() {
+            return None;
+        }
+        let mut len = 0usize;
+        let p = raw::RedisModule_StringPtrLen.unwrap()(name, &mut len);
+        let user = String::from_utf8_lossy(std::slice::from_raw_parts(p as *const u8, len)).into_owned();
+        raw::RedisModule_FreeString.unwrap()(ctx.ctx, name);
+        Some(user)
+    }
+}
+
+/// May `user` run this core command (command, subcommand, keys)?
+pub fn allowed(ctx: &Context, user: &str, core: &[&[u8]]) -> bool {
+    crate::host::check_acl(ctx, user, core).is_ok()
+}
+
+/// Is `user` an admin of Gears (allowed `CONFIG SET`)?
+pub fn is_admin(ctx: &Context, user: &str) -> bool {
+    allowed(ctx, user, engine::ADMIN_COMMAND)
+}
+
+/// The caller, with its admin status.
+pub fn caller(ctx: &Context) -> Caller {
+    match client_user(ctx) {
+        None => Caller { user: None, admin: true },
+        Some(u) => {
+            let admin = is_admin(ctx, &u);
+            Caller { user: Some(u), admin }
+        }
+    }
+}
+
+/// The core command a check stands for, as users read it (`CONFIG SET`).
+fn shown(core: &[&[u8]], words: usize) -> String {
+    core.iter().take(words).map(|w| String::from_utf8_lossy(w).to_ascii_uppercase()).collect::<Vec<_>>().join(" ")
+}
+
+/// Refuses the command unless the caller may run the core command it is equivalent to
+/// (`words`: how many of `core`'s words name it: 1 for `EVAL`, 2 for `CONFIG SET`).
+/// Returns the caller.
+pub fn require(ctx: &Context, command: &str, core: &[&[u8]], words: usize) -> Result<Caller, RedisError> {
+    let c = caller(ctx);
+    if let Some(u) = c.user.as_deref() {
+        if !allowed(ctx, u, core) {
+            return Err(RedisError::String(format!("NOPERM user '{u}' may not run {command}: it needs the permission to run {}", shown(core, words))));
+        }
+    }
+    Ok(c)
+}
+
+/// Refuses unless the caller is an admin: `what` is what it tried ("load or delete
+/// packages"), `why` names the resource ("packages").
+pub fn require_admin(ctx: &Context, what: &str, why: &str) -> Result<Caller, RedisError> {
+    let c = caller(ctx);
+    match c.user.as_deref() {
+        Some(u) if !c.admin => Err(RedisError::String(format!("NOPERM user '{u}' may not {what}: {why} need admin rights (the permission to run CONFIG SET)"))),
+        _ => Ok(c),
+    }
+}
+
+/// Refuses acting on something `owner` owns unless the caller is that user or an admin.
+pub fn require_owner(c: &Caller, what: &str, id: &str, owner: Option<&str>) -> Result<(), RedisError> {
+    if c.owns(owner) {
+        Ok(())
+    } else {
+        Err(RedisError::String(engine::not_owner(what, id, owner)))
+    }
+}
+
+/// Core commands RG commands are checked against.
+pub const EVAL: &[&[u8]] = &[b"EVAL", b"return 0", b"0"];
+pub const FCALL: &[&[u8]] = &[b"FCALL", b"f", b"0"];
+pub const FUNCTION_LIST: &[&[u8]] = &[b"FUNCTION", b"LIST"];
+pub const FUNCTION_DELETE: &[&[u8]] = &[b"FUNCTION", b"DELETE", b"x"];
+pub const CONFIG_GET: &[&[u8]] = &[b"CONFIG", b"GET", b"x"];
+pub const CONFIG_SET: &[&[u8]] = engine::ADMIN_COMMAND;
