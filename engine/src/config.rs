@@ -1,5 +1,11 @@
-//! Settings (`rg.*`), shared by the module config, `RG.CONFIGGET/SET` and `configGet()`.
+//! Settings (`rg.*`), shared by the module config, `RG.CONFIGGET/SET` and `configGet()`,
+//! and the recipes' connections: `connection.<name>` (a URL, secret: only ever shown
+//! masked) and `connection.<name>.users` (who may use it).
 
+mod connection;
+
+pub use connection::{redact, secrets, ConnectionUsers};
+use connection::unencoded_char;
 use parking_lot::RwLock;
 use std::collections::BTreeMap;
 
@@ -37,57 +43,54 @@ pub enum ConfigError {
     OutOfRange { name: String, value: String, min: i64, max: i64 },
     #[error("'{0}' can only be set at load time (module arguments)")]
     LoadTimeOnly(String),
-    #[error("bad connection setting '{0}': the name after 'connection.' must be letters, digits, '-' or '_'")]
+    #[error("bad connection setting '{0}': use connection.<name> (its URL) or connection.<name>.users (who may use it), with a <name> of letters, digits, '-' or '_'")]
     BadConnectionName(String),
     #[error("'{0}' must be a connection URL, got an empty value")]
     EmptyConnection(String),
-    #[error("unknown setting '{0}'; known settings: {known}, connection.<name>", known = known_settings())]
+    /// Never carries the URL: it holds a password.
+    #[error("'{name}': the URL has a raw '{ch}' in its user name or password (before the '@'), which the database drivers do not all read the same way; percent-encode it ('{ch}' as {encoded})")]
+    UnencodedUrl { name: String, ch: char, encoded: String },
+    #[error("'{name}' must be ACL user names separated by spaces or commas, or '*' for any user (empty: only admins): {why}")]
+    BadUsers { name: String, why: String },
+    #[error("unknown setting '{0}'; known settings: {known}, connection.<name>, connection.<name>.users", known = known_settings())]
     Unknown(String),
 }
 
 pub struct Config {
     values: RwLock<BTreeMap<String, String>>,
-    /// Named connections (`connection.<name>`): secrets, never returned by `get`.
-    secrets: RwLock<BTreeMap<String, String>>,
+    /// `connection.<name>` (URLs: secrets, never returned by `get`) and
+    /// `connection.<name>.users`, by normalized setting name.
+    connections: RwLock<BTreeMap<String, String>>,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Config { values: RwLock::new(SETTINGS.iter().map(|s| (s.name.to_string(), s.default.to_string())).collect()), secrets: Default::default() }
+        Config { values: RwLock::new(SETTINGS.iter().map(|s| (s.name.to_string(), s.default.to_string())).collect()), connections: Default::default() }
     }
 }
 
-/// Settings named `connection.<name>` hold connection URLs for recipes.
+/// Settings named `connection.<name>` hold connection URLs for recipes;
+/// `connection.<name>.users` say who may use them.
 pub const CONNECTION_PREFIX: &str = "connection.";
+const USERS_SUFFIX: &str = ".users";
 
-/// Is `name` (normalized) a connection secret?
+/// Is `name` (normalized) a connection setting (`connection.<name>` or
+/// `connection.<name>.users`)? These are not in `SETTINGS`: `Config::shown` gives what
+/// RG.CONFIGGET shows of them (the URL masked, the users as set).
 pub fn is_secret(name: &str) -> bool {
     name.starts_with(CONNECTION_PREFIX)
 }
 
-/// A connection URL with its password (and query, which may carry one) masked, for replies
-/// and logs: `postgres://app:***@127.0.0.1:5432/db`.
-pub fn redact(url: &str) -> String {
-    let (scheme, rest) = match url.split_once("://") {
-        Some((s, r)) => (format!("{s}://"), r),
-        None => return if url.contains('=') || url.contains('@') { "***".into() } else { url.to_string() },
+/// The connection a normalized `connection.*` setting is about, and whether it is its
+/// `.users` setting. None when the name is not a valid one.
+fn connection_setting(n: &str) -> Option<(&str, bool)> {
+    let rest = n.strip_prefix(CONNECTION_PREFIX)?;
+    let (conn, users) = match rest.strip_suffix(USERS_SUFFIX) {
+        Some(conn) => (conn, true),
+        None => (rest, false),
     };
-    let (authority, path) = match rest.find('/') {
-        Some(i) => rest.split_at(i),
-        None => (rest, ""),
-    };
-    let authority = match authority.rsplit_once('@') {
-        Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _)) => format!("{user}:***@{host}"),
-            None => format!("{userinfo}@{host}"),
-        },
-        None => authority.to_string(),
-    };
-    let path = match path.split_once('?') {
-        Some((p, _)) => format!("{p}?***"),
-        None => path.to_string(),
-    };
-    format!("{scheme}{authority}{path}")
+    let valid = !conn.is_empty() && conn.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    valid.then_some((conn, users))
 }
 
 /// `rg.script-timeout` and `script-timeout` name the same setting.
@@ -105,12 +108,18 @@ impl Config {
     /// Checks a value without setting it; returns the normalized name and value.
     pub fn validate(name: &str, value: &str, at_load: bool) -> Result<(String, String), ConfigError> {
         let n = normalize(name);
-        if let Some(conn) = n.strip_prefix(CONNECTION_PREFIX) {
-            if conn.is_empty() || !conn.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-                return Err(ConfigError::BadConnectionName(name.to_string()));
+        if is_secret(&n) {
+            let (_, users) = connection_setting(&n).ok_or_else(|| ConfigError::BadConnectionName(name.to_string()))?;
+            if users {
+                let list = ConnectionUsers::parse(value).map_err(|why| ConfigError::BadUsers { name: n.clone(), why })?;
+                return Ok((n, list.value()));
             }
             if value.trim().is_empty() {
                 return Err(ConfigError::EmptyConnection(n));
+            }
+            if let Some(ch) = unencoded_char(value) {
+                let encoded = format!("%{:02X}", ch as u32);
+                return Err(ConfigError::UnencodedUrl { name: n, ch, encoded });
             }
             // The name is case-insensitive, the URL is kept as given.
             return Ok((n, value.to_string()));
@@ -130,7 +139,13 @@ impl Config {
     pub fn set(&self, name: &str, value: &str, at_load: bool) -> Result<(), ConfigError> {
         let (n, v) = Self::validate(name, value, at_load)?;
         if is_secret(&n) {
-            self.secrets.write().insert(n, v);
+            let mut connections = self.connections.write();
+            // An empty `.users` is the default (admins only): the setting is unset.
+            if v.is_empty() {
+                connections.remove(&n);
+            } else {
+                connections.insert(n, v);
+            }
         } else {
             self.values.write().insert(n, v);
         }
@@ -143,14 +158,26 @@ impl Config {
 
     /// The URL of connection `name` (as scripts name it, without `connection.`).
     pub fn connection(&self, name: &str) -> Option<String> {
-        self.secrets.read().get(&format!("{CONNECTION_PREFIX}{}", name.to_ascii_lowercase())).cloned()
+        self.connections.read().get(&format!("{CONNECTION_PREFIX}{}", name.to_ascii_lowercase())).cloned()
     }
 
-    /// What RG.CONFIGGET shows for a setting: connection URLs redacted.
+    /// Who may use connection `name` (besides admins): `connection.<name>.users`.
+    pub fn connection_users(&self, name: &str) -> ConnectionUsers {
+        let key = format!("{CONNECTION_PREFIX}{}{USERS_SUFFIX}", name.to_ascii_lowercase());
+        // Stored values were checked when set.
+        self.connections.read().get(&key).and_then(|v| ConnectionUsers::parse(v).ok()).unwrap_or(ConnectionUsers::AdminsOnly)
+    }
+
+    /// What RG.CONFIGGET shows for a setting: connection URLs redacted, their user lists
+    /// as set.
     pub fn shown(&self, name: &str) -> Option<String> {
         let n = normalize(name);
         if is_secret(&n) {
-            return self.secrets.read().get(&n).map(|u| redact(u));
+            let value = self.connections.read().get(&n).cloned()?;
+            return Some(match connection_setting(&n) {
+                Some((_, true)) => value,
+                _ => redact(&value),
+            });
         }
         self.get(&n)
     }

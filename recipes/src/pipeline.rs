@@ -523,19 +523,13 @@ pub fn row(spec: &Spec, schema: &Schema, c: &Change) -> Result<Row, String> {
     Ok(Row { id: c.id, key: c.key.clone(), op: c.op, pk, cells })
 }
 
-/// `message` without the connection URL or its password.
+/// `message` without the connection URL or its secrets (password, query), however the
+/// driver quoted them.
 pub fn scrub(message: &str, url: Option<&str>) -> String {
     let Some(url) = url else { return message.to_string() };
     let mut out = message.replace(url, &engine::config::redact(url));
-    if let Some(rest) = url.split_once("://").map(|(_, r)| r) {
-        let authority = rest.split('/').next().unwrap_or("");
-        if let Some((userinfo, _)) = authority.rsplit_once('@') {
-            if let Some((_, password)) = userinfo.split_once(':') {
-                if !password.is_empty() {
-                    out = out.replace(password, "***");
-                }
-            }
-        }
+    for secret in engine::config::secrets(url) {
+        out = out.replace(&secret, "***");
     }
     out
 }
@@ -548,5 +542,9 @@ mod tests {
         let e = super::scrub("could not connect to postgresql://app:hunter2@db:5432/x: password hunter2 rejected", Some(url));
         assert_eq!(e, "could not connect to postgresql://app:***@db:5432/x: password *** rejected");
         assert_eq!(super::scrub("plain", None), "plain");
+        // Percent-encoded in the URL, decoded by the driver.
+        let url = "postgres://app:hun%2Fter%40@db/x?sslmode=disable";
+        let e = super::scrub("connect postgres://app:hun%2Fter%40@db/x?sslmode=disable failed: password 'hun/ter@' rejected (sslmode=disable)", Some(url));
+        assert_eq!(e, "connect postgres://app:***@db/x?*** failed: password '***' rejected (***)");
     }
 }

@@ -158,8 +158,16 @@ impl Recipes {
 }
 
 impl RecipeHooks for Recipes {
-    fn check(&self, kind: &str, options: &Value, config: &Config) -> Result<(), String> {
+    fn check(&self, kind: &str, options: &Value, config: &Config, who: &engine::Registrant) -> Result<(), String> {
         let spec = Spec::parse(kind, options)?;
+        // Checked before the connection's existence, which is not told to whoever may not
+        // use it (an unset `.users` refuses every non-admin alike).
+        let conn = &spec.target.connection;
+        if let (Some(user), false) = (who.user, who.admin) {
+            if !config.connection_users(conn).allows(user) {
+                return Err(format!("user '{user}' may not use connection '{conn}': only admins and the users in connection.{}.users may", conn.to_ascii_lowercase()));
+            }
+        }
         if config.connection(&spec.target.connection).is_none() {
             return Err(format!(
                 "no connection '{}': set it first with RG.CONFIGSET connection.{} <url> (or the module argument connection.{} <url>)",
@@ -171,5 +179,82 @@ impl RecipeHooks for Recipes {
 
     fn sessions_changed(&self, engine: &Arc<Engine>) {
         self.sync(engine);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use engine::Registrant;
+
+    fn options(connection: &str) -> Value {
+        let target = Value::Map(vec![(Value::from("kind"), Value::from("postgres")), (Value::from("connection"), Value::from(connection)), (Value::from("table"), Value::from("t"))]);
+        Value::Map(vec![(Value::from("name"), Value::from("a")), (Value::from("prefix"), Value::from("a:")), (Value::from("target"), target)])
+    }
+
+    #[test]
+    fn a_connection_is_used_by_admins_and_the_users_listed() {
+        let config = Config::default();
+        config.set("connection.pg", "postgres://app:hunter2@127.0.0.1/db", false).unwrap();
+        let recipes = Recipes::default();
+        let check = |user: Option<&str>, admin: bool, conn: &str| recipes.check("writeBehind", &options(conn), &config, &Registrant { user, admin });
+        let refused = "user 'lim' may not use connection 'pg': only admins and the users in connection.pg.users may";
+        assert_eq!(check(Some("lim"), false, "pg"), Err(refused.to_string()));
+        assert_eq!(check(Some("app"), false, "pg").unwrap_err(), refused.replace("'lim'", "'app'"));
+        assert_eq!(check(Some("admin"), true, "pg"), Ok(()));
+        assert_eq!(check(None, false, "pg"), Ok(()));
+        // Whether a connection exists is not told to who may not use it.
+        assert_eq!(check(Some("lim"), false, "nope").unwrap_err(), "user 'lim' may not use connection 'nope': only admins and the users in connection.nope.users may");
+        assert!(check(Some("admin"), true, "nope").unwrap_err().starts_with("no connection 'nope'"));
+        config.set("connection.pg.users", "app", false).unwrap();
+        assert_eq!(check(Some("app"), false, "pg"), Ok(()));
+        assert_eq!(check(Some("app"), false, "PG"), Ok(()));
+        assert_eq!(check(Some("lim"), false, "pg"), Err(refused.to_string()));
+        config.set("connection.pg.users", "*", false).unwrap();
+        assert_eq!(check(Some("lim"), false, "pg"), Ok(()));
+        config.set("connection.pg.users", "", false).unwrap();
+        assert_eq!(check(Some("app"), false, "pg").unwrap_err(), refused.replace("'lim'", "'app'"));
+    }
+
+    fn postgres_password(url: &str) -> Option<Vec<u8>> {
+        url.parse::<postgres::Config>().ok().and_then(|c| c.get_password().map(<[u8]>::to_vec))
+    }
+    fn mysql_password(url: &str) -> Option<String> {
+        mysql::Opts::from_url(url).ok().and_then(|o| o.get_pass().map(str::to_string))
+    }
+    fn mongodb_password(url: &str) -> Option<String> {
+        mongodb::options::ClientOptions::parse(url).run().ok().and_then(|o| o.credential?.password)
+    }
+
+    /// What `Config::validate` accepts, every driver reads with the same password; a raw
+    /// character it refuses is one some driver misreads.
+    #[test]
+    fn the_drivers_read_the_passwords_that_config_accepts() {
+        for (raw, encoded) in [("hun/ter2", "hun%2Fter2"), ("hun@ter2", "hun%40ter2"), ("hun:ter2", "hun%3Ater2"), ("hun%ter2", "hun%25ter2"), ("hun?ter2", "hun%3Fter2"), ("hun#ter2", "hun%23ter2"), ("a/b@c:d%e?f#g", "a%2Fb%40c%3Ad%25e%3Ff%23g")] {
+            for scheme in ["postgres", "mysql", "mongodb"] {
+                let url = format!("{scheme}://app:{encoded}@127.0.0.1:1234/db");
+                assert!(Config::validate("connection.x", &url, false).is_ok(), "{url}");
+            }
+            assert_eq!(postgres_password(&format!("postgres://app:{encoded}@127.0.0.1:1234/db")).as_deref(), Some(raw.as_bytes()), "{encoded}");
+            assert_eq!(mysql_password(&format!("mysql://app:{encoded}@127.0.0.1:1234/db")).as_deref(), Some(raw), "{encoded}");
+            assert_eq!(mongodb_password(&format!("mongodb://app:{encoded}@127.0.0.1:1234/db")).as_deref(), Some(raw), "{encoded}");
+        }
+        // Refused raw: each is misread (or refused) by at least one driver.
+        let raw = |p: &str, scheme: &str| format!("{scheme}://app:{p}@127.0.0.1:1234/db");
+        for p in ["hun/ter2", "hun?ter2", "hun#ter2"] {
+            assert!(Config::validate("connection.x", &raw(p, "postgres"), false).is_err(), "{p}");
+            assert_ne!(mysql_password(&raw(p, "mysql")).as_deref(), Some(p), "{p}");
+            assert_ne!(mongodb_password(&raw(p, "mongodb")).as_deref(), Some(p), "{p}");
+        }
+        assert!(Config::validate("connection.x", &raw("hun@ter2", "mysql"), false).is_err());
+        assert_ne!(postgres_password(&raw("hun@ter2", "postgres")).as_deref(), Some(&b"hun@ter2"[..]));
+        assert!(Config::validate("connection.x", &raw("hun%ter2", "postgres"), false).is_err());
+        assert_eq!(mongodb_password(&raw("hun%ter2", "mongodb")), None);
+        assert!(Config::validate("connection.x", &raw("hun:ter2", "mongodb"), false).is_err());
+        assert_eq!(mongodb_password(&raw("hun:ter2", "mongodb")), None);
+        // Accepted raw: a ':' is read alike by the PostgreSQL and MySQL drivers.
+        assert!(Config::validate("connection.x", &raw("hun:ter2", "postgres"), false).is_ok());
+        assert_eq!(postgres_password(&raw("hun:ter2", "postgres")).as_deref(), Some(&b"hun:ter2"[..]));
+        assert_eq!(mysql_password(&raw("hun:ter2", "mysql")).as_deref(), Some("hun:ter2"));
     }
 }
