@@ -204,14 +204,16 @@ extern "C" fn on_keyspace_event(ctx: *mut raw::RedisModuleCtx, _type: c_int, eve
                         // command (active expiry, eviction): now, inside the event, where
                         // only reads are safe; writes get a clear error.
                         let host = in_place.get_or_insert_with(|| Arc::new(InPlaceHost::read_only(ctx, redis_host().clone()))).clone();
-                        let record = read_record(ctx, &*host, db, &event, key_bytes, &job.reg);
-                        let _ = engine.fire(host, &job.session, &job.reg, vec![record]);
+                        if let Some(record) = read_record(ctx, &*host, db, &event, key_bytes, &job.session, &job.reg) {
+                            let _ = engine.fire(host, &job.session, &job.reg, vec![record]);
+                        }
                     }
                 }
                 Mode::Async | Mode::AsyncLocal => {
                     let host = in_place.get_or_insert_with(|| Arc::new(InPlaceHost::read_only(ctx, redis_host().clone()))).clone();
-                    let record = read_record(ctx, &*host, db, &event, key_bytes, &reg);
-                    engine.fire_async(session, reg, vec![record], None, None);
+                    if let Some(record) = read_record(ctx, &*host, db, &event, key_bytes, &session, &reg) {
+                        engine.fire_async(session, reg, vec![record], None, None);
+                    }
                 }
             }
         }
@@ -278,15 +280,18 @@ fn restore_access(ctx: *mut raw::RedisModuleCtx, key: &[u8], access: Access) {
 }
 
 /// The record a keyspace trigger gets: the key read with its type and value (if the
-/// registration reads values), and the event. The key's LRU/LFU is left as it was.
-fn read_record(ctx: *mut raw::RedisModuleCtx, host: &dyn engine::Host, db: u32, event: &str, key: &[u8], reg: &engine::Registration) -> Value {
-    let engine::Trigger::Keys { read_value, .. } = reg.spec.trigger else { return Value::Nil };
+/// registration reads values), and the event. The key's LRU/LFU is left as it was. The key
+/// is read with the session owner's permissions: None if the owner may not read it (the
+/// trigger does not fire for keys its owner could not read, whatever its prefix).
+fn read_record(ctx: *mut raw::RedisModuleCtx, host: &dyn engine::Host, db: u32, event: &str, key: &[u8], session: &engine::Session, reg: &engine::Registration) -> Option<Value> {
+    let engine::Trigger::Keys { read_value, .. } = reg.spec.trigger else { return Some(Value::Nil) };
     let access = save_access(ctx, key);
     let locked = host.lock(db);
-    let read = engine::read_key(&*locked, None, key, read_value);
+    let read = engine::read_key(&*locked, session.user.as_deref(), key, read_value);
     drop(locked);
     restore_access(ctx, key, access);
     let mut record = match read {
+        Err(engine::HostError::NoPermission(_)) => return None,
         Ok(Some(r)) => r.into_value(),
         // A deleted or expired key: the record has the key and the event only.
         _ => Value::Map(vec![(Value::str("key"), Value::from_bytes(key.to_vec())), (Value::str("type"), Value::str("none"))]),
@@ -294,7 +299,7 @@ fn read_record(ctx: *mut raw::RedisModuleCtx, host: &dyn engine::Host, db: u32, 
     if let Value::Map(m) = &mut record {
         m.push((Value::str("event"), Value::String(event.to_string())));
     }
-    record
+    Some(record)
 }
 
 /// Runs a sync trigger as a post-notification job: after the command (or expiry,
@@ -332,7 +337,7 @@ fn run_job(ctx: *mut raw::RedisModuleCtx, job: &TriggerJob) {
         return;
     }
     let host: Arc<dyn engine::Host> = Arc::new(InPlaceHost::new(ctx, redis_host().clone()));
-    let record = read_record(ctx, &*host, job.db, &job.event, &job.key, &job.reg);
+    let Some(record) = read_record(ctx, &*host, job.db, &job.event, &job.key, &job.session, &job.reg) else { return };
     let outer = JOB_DEPTH.with(|d| d.replace(job.depth));
     let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| engine.fire(host, &job.session, &job.reg, vec![record])));
     JOB_DEPTH.with(|d| d.set(outer));
