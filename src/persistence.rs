@@ -11,10 +11,14 @@ use redis_module::native_types::RedisType;
 use redis_module::{raw, Context, ContextFlags, RedisError, RedisResult, RedisString, RedisValue};
 use std::os::raw::{c_int, c_void};
 
+/// The format of the aux data: 1 saved packages as (language, name, code); 2 adds each
+/// package's owner. Both are read.
+const AUX_FORMAT: i32 = 2;
+
 /// The module type that carries sessions as aux data (it holds no keys).
 pub static SESSIONS_TYPE: RedisType = RedisType::new(
     "rgsession",
-    1,
+    AUX_FORMAT,
     raw::RedisModuleTypeMethods {
         version: raw::REDISMODULE_TYPE_METHOD_VERSION as u64,
         rdb_load: None,
@@ -52,6 +56,11 @@ extern "C" fn aux_save(rdb: *mut raw::RedisModuleIO, _when: c_int) {
             raw::save_slice(rdb, p.language.as_bytes());
             raw::save_slice(rdb, p.name.as_bytes());
             raw::save_slice(rdb, p.source.as_bytes());
+            // Format 2: 0 (no owner) or 1 and the owner's name.
+            raw::save_unsigned(rdb, p.owner.is_some() as u64);
+            if let Some(owner) = &p.owner {
+                raw::save_slice(rdb, owner.as_bytes());
+            }
         }
         let sessions = engine.sessions.all();
         raw::save_unsigned(rdb, sessions.len() as u64);
@@ -63,8 +72,8 @@ extern "C" fn aux_save(rdb: *mut raw::RedisModuleIO, _when: c_int) {
 
 extern "C" fn aux_load(rdb: *mut raw::RedisModuleIO, encver: c_int, _when: c_int) -> c_int {
     let r = std::panic::catch_unwind(|| -> Result<(), String> {
-        if encver != 1 {
-            return Err(format!("rg: sessions saved with format {encver}, this module reads format 1"));
+        if !(1..=AUX_FORMAT).contains(&encver) {
+            return Err(format!("rg: sessions saved with format {encver}, this module reads formats 1 to {AUX_FORMAT}"));
         }
         let engine = ENGINE.get().ok_or("rg: not initialised")?;
         let text = |rdb| -> Result<String, String> {
@@ -74,7 +83,14 @@ extern "C" fn aux_load(rdb: *mut raw::RedisModuleIO, encver: c_int, _when: c_int
         let packages = raw::load_unsigned(rdb).map_err(|e| e.to_string())?;
         for _ in 0..packages {
             let (language, name, source) = (text(rdb)?, text(rdb)?, text(rdb)?);
-            if let Err(e) = engine.packages.load(engine::Package { name, language, source, builtin: false }, true) {
+            let owner = match encver {
+                1 => None,
+                _ => match raw::load_unsigned(rdb).map_err(|e| e.to_string())? {
+                    0 => None,
+                    _ => Some(text(rdb)?),
+                },
+            };
+            if let Err(e) = engine.packages.load(engine::Package::new(&language, &name, source, owner), true) {
                 log_warning(&format!("rg: a package could not be restored from RDB: {e}"));
             }
         }

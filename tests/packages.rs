@@ -1,9 +1,11 @@
 //! Shared recipe packages: RG.PACKAGE LOAD/LIST/DELETE, `require()` in Lua and `import` in
-//! JavaScript, refusal to delete what a session imports, persistence and replication.
+//! JavaScript, refusal to delete what a session imports, persistence and replication
+//! (pinning and admin rights: tests/packages_pinning.rs).
 
 mod common;
 
 use common::{canon::fmt, cmd, exec, Server};
+use engine::packages::source_hash;
 use std::time::{Duration, Instant};
 
 const LUA_LIB: &str = "local M = {} function M.double(x) return x * 2 end return M";
@@ -30,27 +32,30 @@ fn packages_are_imported_in_both_languages() {
     assert_eq!(fmt(&cmd(&mut c, &["RG.TRIGGER", "dbl-lua", "4"])), "[8]");
     assert_eq!(fmt(&cmd(&mut c, &["RG.TRIGGER", "dbl-js", "5"])), "[10]");
     let list = fmt(&cmd(&mut c, &["RG.PACKAGE", "LIST"]));
-    assert!(list.contains(r#""name", "mylib", "language", "lua", "builtin", 0, "importedBy", ["uses-lua"]"#), "{list}");
-    assert!(list.contains(r#""name", "mylib", "language", "js", "builtin", 0, "importedBy", ["uses-js"]"#), "{list}");
+    for (lang, source) in [("lua", LUA_LIB), ("js", JS_LIB)] {
+        let entry = format!(r#""name", "mylib", "language", "{lang}", "builtin", 0, "owner", "default", "hash", "{}", "importedBy", ["uses-{lang}"]"#, source_hash(source));
+        assert!(list.contains(&entry), "{list}");
+    }
     // Unknown packages.
     assert!(exec(&mut c, "lua", "return require('nope')", &[]).contains("module 'nope' not found"));
     assert!(exec(&mut c, "js", "import { x } from 'nope';\nx", &[]).contains("module 'nope' not found"));
 }
 
 #[test]
-fn a_package_in_use_cannot_be_deleted_or_replaced() {
+fn a_package_in_use_cannot_be_deleted_but_can_be_replaced() {
     let s = Server::start(&[]);
     let mut c = s.conn();
     load(&mut c);
     use_in_sessions(&mut c);
     let got = fmt(&cmd(&mut c, &["RG.PACKAGE", "DELETE", "mylib"]));
     assert!(got.contains("package 'mylib' is imported by session(s)"), "{got}");
-    assert!(fmt(&cmd(&mut c, &["RG.PACKAGE", "LOAD", "lua", "mylib", LUA_LIB, "REPLACE"])).contains("is imported by session(s) uses-lua"));
     assert!(fmt(&cmd(&mut c, &["RG.PACKAGE", "LOAD", "lua", "mylib", LUA_LIB])).contains("already exists: add REPLACE"));
-    cmd(&mut c, &["RG.DROPSESSION", "uses-lua"]);
-    cmd(&mut c, &["RG.DROPSESSION", "uses-js"]);
+    // Replaced while a session imports it: the session keeps the version it imported.
     assert_eq!(fmt(&cmd(&mut c, &["RG.PACKAGE", "LOAD", "lua", "mylib", "return { double = function(x) return x * 3 end }", "REPLACE"])), "OK");
     assert_eq!(exec(&mut c, "lua", "return require('mylib').double(2)", &[]), "6");
+    assert_eq!(fmt(&cmd(&mut c, &["RG.TRIGGER", "dbl-lua", "2"])), "[4]");
+    cmd(&mut c, &["RG.DROPSESSION", "uses-lua"]);
+    cmd(&mut c, &["RG.DROPSESSION", "uses-js"]);
     assert_eq!(fmt(&cmd(&mut c, &["RG.PACKAGE", "DELETE", "mylib"])), "OK");
     assert!(!fmt(&cmd(&mut c, &["RG.PACKAGE", "LIST"])).contains(r#""builtin", 0"#));
 }
@@ -114,6 +119,7 @@ fn packages_survive_restarts_and_reach_replicas() {
     }
     let list = fmt(&cmd(&mut r, &["RG.PACKAGE", "LIST"]));
     assert!(list.contains(r#""importedBy", ["uses-js"]"#), "{list}");
+    assert!(list.contains(&format!(r#""owner", "default", "hash", "{}""#, source_hash(JS_LIB))), "{list}");
     assert!(fmt(&cmd(&mut r, &["RG.PACKAGE", "DELETE", "mylib"])).contains("READONLY"));
     assert_eq!(fmt(&cmd(&mut c, &["SAVE"])), "OK");
     s.restart();
@@ -121,4 +127,6 @@ fn packages_survive_restarts_and_reach_replicas() {
     assert_eq!(fmt(&cmd(&mut c, &["RG.TRIGGER", "dbl-lua", "4"])), "[8]");
     assert_eq!(fmt(&cmd(&mut c, &["RG.TRIGGER", "dbl-js", "5"])), "[10]");
     assert!(fmt(&cmd(&mut c, &["RG.PACKAGE", "DELETE", "mylib"])).contains("is imported"));
+    let list = fmt(&cmd(&mut c, &["RG.PACKAGE", "LIST"]));
+    assert!(list.contains(&format!(r#""name", "mylib", "language", "lua", "builtin", 0, "owner", "default", "hash", "{}""#, source_hash(LUA_LIB))), "{list}");
 }

@@ -507,3 +507,26 @@ fn sessions_belong_to_their_owner() {
         assert_eq!(fmt(&cmd(&mut lim, &["RG.DROPEXECUTION", "lim-s"])), "OK");
     }
 }
+
+/// A registration is checked on its prefix, but an ACL key pattern can allow the prefix and
+/// not every key under it (`~odd:*x` allows `odd:x` but not `odd:xy`): the trigger reads each
+/// key with its owner's permissions and does not fire for a key the owner may not read.
+#[test]
+fn a_keyspace_trigger_fires_only_for_keys_its_owner_may_read() {
+    for (lang, script) in [
+        ("lua", "GB('KeysReader'):foreach(function(r) execute('SET', 'odd:seen-' .. r.key .. '-x', r.value or '') end):register({prefix = 'odd:x', mode = 'sync', eventTypes = {'set'}})"),
+        ("js", "GB('KeysReader').foreach(r => execute('SET', 'odd:seen-' + r.key + '-x', r.value || '')).register({prefix: 'odd:x', mode: 'sync', eventTypes: ['set']})"),
+    ] {
+        let (s, mut admin) = setup();
+        set_user(&mut admin, "odd", &["~odd:*x", "+@all", "-@dangerous"]);
+        let mut odd = login(&s, "odd");
+        assert_eq!(exec(&mut odd, lang, script, &[]), "OK", "{lang}");
+        // odd may read odd:xyx: the trigger fires and sees its value.
+        cmd(&mut admin, &["SET", "odd:xyx", "visible"]);
+        assert_eq!(fmt(&cmd(&mut admin, &["GET", "odd:seen-odd:xyx-x"])), "\"visible\"", "{lang}");
+        // odd may not read odd:xy (it does not end with x): no firing, nothing read.
+        cmd(&mut admin, &["SET", "odd:xy", "hidden"]);
+        assert_eq!(fmt(&cmd(&mut admin, &["GET", "odd:seen-odd:xy-x"])), "nil", "{lang}");
+        assert_eq!(fmt(&cmd(&mut admin, &["KEYS", "odd:seen-*"])), "[\"odd:seen-odd:xyx-x\"]", "{lang}");
+    }
+}

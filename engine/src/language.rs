@@ -78,10 +78,12 @@ pub trait Natives {
 
     /// The source of the package `name` written in `language` ("lua" or "js"), for
     /// `require('name')` in Lua and `import ... from 'name'` in JavaScript; None if there is
-    /// no such package. Languages call it once per package and run: they cache the result
-    /// of loading it for the rest of the run.
-    fn package(&self, _language: &str, _name: &str) -> Option<String> {
-        None
+    /// no such package (the language says how to load one), an error if this run may not
+    /// import it (a session's instance imports only what the session imported when it was
+    /// registered). Languages call it once per package and run: they cache the result of
+    /// loading it for the rest of the run.
+    fn package(&self, _language: &str, _name: &str) -> Result<Option<String>, ScriptError> {
+        Ok(None)
     }
 }
 

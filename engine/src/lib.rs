@@ -35,5 +35,5 @@ pub use plan::{Func, GroupMode, NativeOp, Plan, Reader, Step};
 pub use packages::{Package, PackageError, Packages};
 pub use session::{FailPolicy, StreamOptions, Mode, Registration, RegistrationSpec, Replace, Session, SessionDef, SessionError, Sessions, Stats, Trigger, Unbuilt};
 pub use streams::STREAM_POSITION;
-pub use runtime::{session_busy, RecipeHooks, outcome_value, HookCall, SESSION_LOAD, Api, Engine, EngineError, ExecRequest, RunApi, RunEnv};
+pub use runtime::{is_admin, not_owner, session_busy, RecipeHooks, Registrant, ADMIN_COMMAND, outcome_value, HookCall, SESSION_LOAD, Api, Engine, EngineError, ExecRequest, RunApi, RunEnv};
 pub use value::{format_double, FnRef, ObjRef, Value};

@@ -15,7 +15,9 @@ use std::sync::Arc;
 #[derive(Clone)]
 pub struct RunEnv {
     pub host: Arc<dyn Host>,
-    pub packages: Arc<crate::Packages>,
+    /// Where its imports come from: the packages loaded now for a new run, the session's
+    /// pinned ones for a session's instance.
+    pub packages: crate::packages::PackageSource,
     pub config: Arc<Config>,
     pub execution: Arc<Execution>,
     /// The ACL user whose permissions `execute()` and readers run with (None = unchecked).
@@ -24,15 +26,18 @@ pub struct RunEnv {
     pub db: u32,
     /// In a command hook: the hooked call, for `callNext()`.
     pub hook: Option<HookCall>,
+    /// The user of the client whose command fired the run (a hook, RG.TRIGGER): every
+    /// command the run sends must be allowed to it as well as to `user`, so a run can never
+    /// do more than the client could (None: no client, e.g. keyspace triggers).
+    pub caller: Option<String>,
 }
 
 /// The command call a hook intercepted.
 #[derive(Clone, Debug)]
 pub struct HookCall {
-    /// The command and its arguments as the client sent them.
+    /// The command and its arguments as the client sent them (`callNext()` runs it as the
+    /// client's user, `RunEnv::caller`).
     pub args: Vec<Vec<u8>>,
-    /// The client's ACL user: `callNext()` runs the command with its permissions.
-    pub user: Option<String>,
 }
 
 /// The script API (the stdlib) as the engine sees it.
@@ -58,8 +63,8 @@ pub trait RunApi: Natives {
     fn take_registrations(&self) -> Vec<crate::RegistrationSpec> {
         Vec::new()
     }
-    /// The packages the run imported, as (language, name).
-    fn imports(&self) -> Vec<(String, String)> {
+    /// The packages the run imported, as it imported them (source and hash).
+    fn imports(&self) -> Vec<crate::Package> {
         Vec::new()
     }
 }
@@ -75,6 +80,16 @@ pub struct ExecRequest {
     pub db: u32,
     /// Replace the session named by `id` (RG.EXEC ... UPGRADE).
     pub upgrade: bool,
+    /// `user` is an admin (may run `CONFIG SET`): it may act on what other users own and
+    /// register hooks.
+    pub admin: bool,
+}
+
+impl ExecRequest {
+    /// Who sends it.
+    pub fn registrant(&self) -> Registrant<'_> {
+        Registrant { user: self.user.as_deref(), admin: self.admin || self.user.is_none() }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -95,11 +110,27 @@ pub enum EngineError {
 /// `recipes` crate, wired by the module): these are its hooks.
 pub trait RecipeHooks: Send + Sync {
     /// Checks a recipe's options when a script registers it (RG.EXEC), so that mistakes are
-    /// reported to the caller rather than found later.
-    fn check(&self, kind: &str, options: &Value, config: &Config) -> Result<(), String>;
+    /// reported to the caller rather than found later, and that `who` may use its
+    /// connection.
+    fn check(&self, kind: &str, options: &Value, config: &Config, who: &Registrant) -> Result<(), String>;
     /// The sessions changed (installed, upgraded, dropped, loaded, promoted): the recipes
     /// running must follow.
     fn sessions_changed(&self, engine: &Arc<Engine>);
+}
+
+/// Who registers something: the ACL user (None: trusted, no ACL applies) and whether that
+/// user is an admin (may run `CONFIG SET`).
+#[derive(Clone, Copy, Debug)]
+pub struct Registrant<'a> {
+    pub user: Option<&'a str>,
+    pub admin: bool,
+}
+
+impl Registrant<'_> {
+    /// May this registrant act on what `owner` owns (its own, or any as an admin)?
+    pub fn owns(&self, owner: Option<&str>) -> bool {
+        self.admin || self.user.is_none() || self.user == owner
+    }
 }
 
 pub struct Engine {
@@ -123,7 +154,7 @@ pub struct Engine {
 }
 
 /// What running a session's script again gives: its language, registrations and imports.
-pub(crate) type Rebuilt = (&'static str, Vec<crate::RegistrationSpec>, Vec<(String, String)>);
+pub(crate) type Rebuilt = (&'static str, Vec<crate::RegistrationSpec>, Vec<crate::Package>);
 
 /// The internal command that carries a session to replicas and the AOF.
 pub const SESSION_LOAD: &str = "RG.SESSIONLOAD";
@@ -364,7 +395,7 @@ impl Engine {
     pub fn submit(self: &Arc<Self>, req: ExecRequest) -> Result<Arc<Execution>, EngineError> {
         let lang = self.language(&req.language)?;
         self.check_size(&req.source)?;
-        let exec = self.registry.create(req.id.clone(), lang.name(), req.description.clone())?;
+        let exec = self.registry.create(req.id.clone(), lang.name(), req.description.clone(), req.registrant())?;
         let engine = self.clone();
         let job_exec = exec.clone();
         let submitted = self.pool.submit(Box::new(move |worker| {
@@ -403,13 +434,14 @@ impl Engine {
         };
         inst.clock().set_abort_flag(exec.abort.clone());
         let api = self.api.begin_run(RunEnv {
-            packages: self.packages.clone(),
+            packages: crate::packages::PackageSource::Current(self.packages.clone()),
             host: self.host.clone(),
             config: self.config.clone(),
             execution: exec.clone(),
             user: req.user.clone(),
             db: req.db,
             hook: None,
+            caller: None,
         });
         let result = inst.run(&req.source, &req.args, &*api as &dyn Natives);
         inst.end_run();
@@ -420,6 +452,10 @@ impl Engine {
             // Installed under the data lock: no trigger fires while the old registrations
             // give way to the new ones.
             let locked = self.host.lock(req.db);
+            let who = req.registrant();
+            if let Err(e) = self.may_register(&*locked, &who, &specs, req) {
+                return (Outcome::Failed(e), false);
+            }
             // A user may only register on keys it may read (checked on the prefix itself).
             if let Some(user) = req.user.as_deref() {
                 for spec in &specs {
@@ -441,7 +477,7 @@ impl Engine {
             for spec in &specs {
                 if let crate::Trigger::Recipe { kind, options, .. } = &spec.trigger {
                     let checked = match self.recipes.get() {
-                        Some(r) => r.check(kind, options, &self.config),
+                        Some(r) => r.check(kind, options, &self.config, &who),
                         None => Err("recipes are not available in this host".to_string()),
                     };
                     if let Err(e) = checked {
@@ -460,6 +496,8 @@ impl Engine {
                 removed: Vec::new(),
                 paused: Vec::new(),
                 positions: Vec::new(),
+                // Its instances import these, whatever RG.PACKAGE LOAD ... REPLACE does later.
+                packages: Some(api.imports().into_iter().filter(|p| !p.builtin).collect()),
             };
             // What is installed must be restorable where the keyspace cannot be used (loading
             // an RDB, a replica applying it): check that now rather than lose it then.
@@ -493,6 +531,27 @@ impl Engine {
         }
     }
 
+    /// May `who` register these (or, with UPGRADE, replace the session)? Registering is
+    /// loading code that runs later, like `FUNCTION LOAD`; hooks intercept every user's
+    /// commands, so they need an admin; a session is upgraded by its owner or an admin.
+    fn may_register(&self, locked: &dyn crate::LockedHost, who: &Registrant, specs: &[crate::RegistrationSpec], req: &ExecRequest) -> Result<(), String> {
+        let Some(user) = who.user else { return Ok(()) };
+        if let Err(crate::HostError::NoPermission(_)) = locked.permitted(user, &[b"FUNCTION", b"LOAD", b"x"]) {
+            return Err(format!("NOPERM user '{user}' may not register triggers: it needs the permission to run FUNCTION LOAD"));
+        }
+        if specs.iter().any(|s| matches!(&s.trigger, crate::Trigger::Hook { .. })) && !who.admin {
+            return Err(format!("NOPERM user '{user}' may not register a hook: hooks need admin rights (the permission to run CONFIG SET)"));
+        }
+        if req.upgrade {
+            if let Some(old) = req.id.as_deref().and_then(|id| self.sessions.get(id)) {
+                if !who.owns(old.user.as_deref()) {
+                    return Err(not_owner("session", &old.id, old.user.as_deref()));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Installs (or replaces) a session from its definition, as when loading RDB/AOF or
     /// applying the primary's: the script runs again on this thread in plan-building mode,
     /// with `host` for its top-level code, to recover its registrations.
@@ -512,14 +571,26 @@ impl Engine {
         }
         let mut instance = lang.new_instance(limits).map_err(|e| e.message)?;
         let execution = Arc::new(Execution::new(def.id.clone(), lang.name(), None));
-        let natives = self.api.begin_rebuild(RunEnv { host, packages: self.packages.clone(), config: self.config.clone(), execution, user: def.user.clone(), db: def.db, hook: None });
+        let packages = match &def.packages {
+            Some(pinned) => self.pinned(&def.id, Arc::new(pinned.clone())),
+            // Saved before sessions pinned their packages: those loaded now, pinned from here on.
+            None => crate::packages::PackageSource::Current(self.packages.clone()),
+        };
+        let natives = self.api.begin_rebuild(RunEnv { host, packages, config: self.config.clone(), execution, user: def.user.clone(), db: def.db, hook: None, caller: None });
         let r = instance.run(&def.source, &def.args, &*natives as &dyn Natives);
         instance.end_run();
         ticket.end_use(instance.memory_used());
         drop(instance);
         drop(ticket);
         r.map_err(|e| format!("session '{}': {}", def.id, e.message))?;
-        Ok((lang.name(), natives.take_registrations(), natives.imports()))
+        // The session keeps every package it pinned, even one this run did not import.
+        let mut imports = natives.imports();
+        for p in def.packages.iter().flatten() {
+            if !imports.iter().any(|i| i.language == p.language && i.name == p.name) {
+                imports.push(p.clone());
+            }
+        }
+        Ok((lang.name(), natives.take_registrations(), imports))
     }
 
     /// Runs a registration's steps over `records` in this thread, with this thread's
@@ -527,18 +598,20 @@ impl Engine {
     /// in plan-building mode). `host` is how its `execute()` calls reach the data: in place
     /// for sync triggers, through the lock for async ones.
     pub fn fire(&self, host: Arc<dyn Host>, session: &Arc<crate::Session>, reg: &crate::Registration, records: Vec<Value>) -> Result<RunOutput, ScriptError> {
-        self.fire_hook(host, session, reg, records, None)
+        self.fire_for(host, session, reg, records, None, None)
     }
 
-    /// `fire` for a command hook: `callNext()` in the steps runs `hook`'s call.
-    pub fn fire_hook(&self, host: Arc<dyn Host>, session: &Arc<crate::Session>, reg: &crate::Registration, records: Vec<Value>, hook: Option<HookCall>) -> Result<RunOutput, ScriptError> {
+    /// `fire` for a client's command (a hook, RG.TRIGGER): every command the steps send
+    /// must be allowed to `caller` too; in a hook, `callNext()` runs `hook`'s call as
+    /// `caller`.
+    pub fn fire_for(&self, host: Arc<dyn Host>, session: &Arc<crate::Session>, reg: &crate::Registration, records: Vec<Value>, hook: Option<HookCall>, caller: Option<String>) -> Result<RunOutput, ScriptError> {
         if session_busy(&session.id) {
             // The session's own trigger wrote this key: not fired again (no recursion).
             return Ok(RunOutput::default());
         }
         let started = std::time::Instant::now();
         let execution = Arc::new(Execution::new(reg.id.clone(), session.language, None));
-        let env = RunEnv { host: host.clone(), packages: self.packages.clone(), config: self.config.clone(), execution: execution.clone(), user: session.user.clone(), db: session.db, hook };
+        let env = RunEnv { host: host.clone(), packages: self.pinned(&session.id, session.imports.clone()), config: self.config.clone(), execution: execution.clone(), user: session.user.clone(), db: session.db, hook, caller };
         let result = self.with_session_instance(session, env.clone(), |inst| {
             let natives = self.api.begin_run(env);
             let calls = InstanceCalls { inst: std::cell::RefCell::new(inst), natives: &*natives as &dyn Natives };
@@ -552,6 +625,12 @@ impl Engine {
             Err(e) => reg.record(started.elapsed(), Err(&e.message), aborted),
         }
         result
+    }
+
+    /// The imports of a session's instances: the packages it imported when it was
+    /// registered, and the module's built-in ones.
+    fn pinned(&self, session: &str, packages: Arc<Vec<crate::Package>>) -> crate::packages::PackageSource {
+        crate::packages::PackageSource::Pinned { builtins: self.packages.clone(), session: session.to_string(), packages }
     }
 
     /// Queues a job on a worker; false if the engine is shutting down.
@@ -568,10 +647,10 @@ impl Engine {
     }
 
     /// Queues a registration's firing on a worker; `done` gets the outcome there.
-    pub fn fire_async(self: &Arc<Self>, session: Arc<crate::Session>, reg: Arc<crate::Registration>, records: Vec<Value>, done: Option<Box<dyn FnOnce(Result<RunOutput, ScriptError>) + Send>>) -> bool {
+    pub fn fire_async(self: &Arc<Self>, session: Arc<crate::Session>, reg: Arc<crate::Registration>, records: Vec<Value>, caller: Option<String>, done: Option<Box<dyn FnOnce(Result<RunOutput, ScriptError>) + Send>>) -> bool {
         let engine = self.clone();
         self.pool.submit(Box::new(move |_worker| {
-            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| engine.fire(engine.host.clone(), &session, &reg, records)))
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| engine.fire_for(engine.host.clone(), &session, &reg, records, None, caller)))
                 .unwrap_or_else(|_| Err(ScriptError::runtime("internal error: a trigger's worker panicked")));
             if let Some(done) = done {
                 done(r);
@@ -657,4 +736,17 @@ pub fn outcome_value(o: &Outcome) -> Result<Value, String> {
         Outcome::Returned(v) => Ok(v.clone()),
         Outcome::Failed(e) => Err(e.clone()),
     }
+}
+
+/// `CONFIG SET` as an ACL check: a user allowed it is an admin of Gears.
+pub const ADMIN_COMMAND: &[&[u8]] = &[b"CONFIG", b"SET", b"rg-admin-check", b"0"];
+
+/// Is `user` an admin (allowed `CONFIG SET`)?
+pub fn is_admin(locked: &dyn crate::LockedHost, user: &str) -> bool {
+    locked.permitted(user, ADMIN_COMMAND).is_ok()
+}
+
+/// The refusal of acting on what another user owns.
+pub fn not_owner(what: &str, id: &str, owner: Option<&str>) -> String {
+    format!("NOPERM {what} '{id}' belongs to user '{}': only its owner or an admin may see or change it", owner.unwrap_or("(none)"))
 }

@@ -88,8 +88,10 @@ pub struct Session {
     pub version: u64,
     /// How many registrations the script declares (some may have been removed since).
     pub declared: usize,
-    /// Packages the script imported, as (language, name).
-    pub imports: Vec<(String, String)>,
+    /// The packages the script imported when it was registered (or upgraded), source
+    /// included: all its instances import these and no other version (built-in packages
+    /// come from the module).
+    pub imports: Arc<Vec<crate::Package>>,
     pub registrations: Vec<Arc<Registration>>,
     /// Set while the session's script has not been run again since it was loaded (RDB, AOF,
     /// from the primary): it has no registrations yet, and is saved and replicated as it was
@@ -188,7 +190,7 @@ impl Sessions {
     /// a missing one is (UPGRADE), with `Replace::Any` whatever is there is replaced (a
     /// session loaded from RDB, AOF or the primary). A replaced session's registrations
     /// are gone and the new ones live in one step.
-    pub fn install(&self, def: &SessionDef, language: &'static str, specs: Vec<RegistrationSpec>, imports: Vec<(String, String)>, replace: Replace) -> Result<Arc<Session>, SessionError> {
+    pub fn install(&self, def: &SessionDef, language: &'static str, specs: Vec<RegistrationSpec>, imports: Vec<crate::Package>, replace: Replace) -> Result<Arc<Session>, SessionError> {
         let id = def.id.clone();
         let mut map = self.map.write();
         match (map.get(&id), replace) {
@@ -270,7 +272,7 @@ impl Sessions {
             description: def.description.clone(),
             version,
             declared,
-            imports,
+            imports: Arc::new(imports),
             registrations,
             unbuilt: None,
         });
@@ -298,7 +300,7 @@ impl Sessions {
             description: def.description.clone(),
             version,
             declared: 0,
-            imports: Vec::new(),
+            imports: Default::default(),
             registrations: Vec::new(),
             unbuilt: Some(Unbuilt { def: def.clone(), attempts: AtomicU64::new(error.is_some() as u64), error: Mutex::new(error) }),
         });
@@ -375,12 +377,14 @@ impl Sessions {
         Ok(updated)
     }
 
-    /// Sessions that import the package `name` (of `language`, or of any language).
+    /// Sessions that import the package `name` (of `language`, or of any language),
+    /// unbuilt ones included (what their definition pinned).
     pub fn importers(&self, language: Option<&str>, name: &str) -> Vec<String> {
+        let matches = |p: &crate::Package| p.name == name && language.is_none_or(|x| x == p.language);
         self.map
             .read()
             .values()
-            .filter(|s| s.imports.iter().any(|(l, n)| n == name && language.is_none_or(|x| x == l)))
+            .filter(|s| s.imports.iter().any(matches) || s.unbuilt.as_ref().is_some_and(|u| u.def.packages.iter().flatten().any(matches)))
             .map(|s| s.id.clone())
             .collect()
     }
@@ -492,6 +496,7 @@ mod tests {
             removed: vec![1],
             paused: vec![0],
             positions,
+            packages: None,
         }
     }
 
@@ -527,7 +532,8 @@ mod tests {
         assert_eq!(s.registrations.len(), 1);
         assert!(s.registrations[0].paused.load(Ordering::Relaxed));
         assert_eq!(s.registrations[0].consumers.positions(), vec![(b"s1".to_vec(), "5-0".to_string())]);
-        assert_eq!(SessionDef::of(&s), loaded);
+        // Built, it pins what it imported (nothing here), where the old definition had no pins.
+        assert_eq!(SessionDef::of(&s), SessionDef { packages: Some(vec![]), ..loaded.clone() });
         // Dropped meanwhile: nothing installed either.
         sessions.drop_session("s").unwrap();
         assert!(sessions.install(&loaded, "lua", vec![stream_spec()], Vec::new(), Replace::Unbuilt(s.version)).is_err());

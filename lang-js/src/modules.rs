@@ -226,7 +226,7 @@ fn load_module(ctx: &Ctx<'_>, state: &State, cname: &CStr) -> Result<*mut qjs::J
         let _native = state.clock.enter_native();
         natives.package("js", &name)
     };
-    let source = source.ok_or_else(not_found)?;
+    let source = source?.ok_or_else(not_found)?;
     let depth = state.import_depth.get();
     if depth >= MAX_IMPORT_DEPTH {
         return Err(ScriptError::runtime(format!("import of '{name}': packages nest too deeply")));

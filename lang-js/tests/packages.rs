@@ -118,6 +118,15 @@ fn unknown_packages_are_not_found() {
 }
 
 #[test]
+fn packages_the_natives_refuse_are_errors_with_their_message() {
+    let e = error(&[], "import { x } from 'refused'\nrecord(x)");
+    assert_eq!(e.kind, ScriptErrorKind::Runtime, "{e:?}");
+    assert!(e.message.contains("package 'refused' may not be imported here"), "{e:?}");
+    let e = error(&[("p", "export { y } from 'refused'")], "import { y } from 'p'");
+    assert!(e.message.contains("package 'refused' may not be imported here"), "{e:?}");
+}
+
+#[test]
 fn std_and_os_are_not_modules() {
     for name in ["os", "std", "qjs:os", "qjs:std"] {
         let e = error(&[], &format!("import * as m from '{name}'\nm.exec(['ls'])"));

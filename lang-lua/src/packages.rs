@@ -73,7 +73,7 @@ pub(crate) fn require(lua: &Lua, name: LuaValue) -> mlua::Result<LuaValue> {
         let _native = ctx.clock().enter_native();
         natives.package("lua", &key)
     };
-    let Some(source) = source else {
+    let Some(source) = source.map_err(|e| runtime(e.message))? else {
         return Err(not_found());
     };
 

@@ -149,6 +149,18 @@ fn unknown_packages_are_errors() {
 }
 
 #[test]
+fn packages_the_natives_refuse_are_errors_with_their_message() {
+    let natives = FakeNatives::new();
+    let e = err_with(&natives, "return require('refused')");
+    assert_kind(&e, ScriptErrorKind::Runtime);
+    assert_eq!(e.message, "script:1: package 'refused' may not be imported here");
+    assert_eq!(
+        eval_with(&natives, "local ok, e = pcall(require, 'refused') return {ok, tostring(e)}"),
+        arr(vec![Value::Bool(false), s("package 'refused' may not be imported here")])
+    );
+}
+
+#[test]
 fn circular_requires_are_errors() {
     let natives = FakeNatives::new()
         .with_package("self", "return require('self')")

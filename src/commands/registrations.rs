@@ -196,6 +196,13 @@ fn session(s: &Session, verbose: bool) -> Value {
     let (status, error) = s.status();
     m.push(kv("status", Value::str(status)));
     m.push(kv("error", opt(&error)));
+    // The packages it imported, pinned by hash (an unbuilt session: those its definition pinned).
+    let imports = match &s.unbuilt {
+        Some(u) => u.def.packages.clone().unwrap_or_default(),
+        None => s.imports.to_vec(),
+    };
+    let package = |p: &engine::Package| Value::Map(vec![kv("language", Value::String(p.language.clone())), kv("name", Value::String(p.name.clone())), kv("hash", Value::str(p.hash()))]);
+    m.push(kv("imports", Value::Array(imports.iter().map(package).collect())));
     if verbose {
         m.push(kv("source", Value::String(s.source.clone())));
         m.push(kv("args", Value::Array(s.args.iter().map(|a| Value::from_bytes(a.clone())).collect())));

@@ -8,7 +8,7 @@ pub const ENCODE: &str = "__gears_json_encode";
 pub const DECODE: &str = "__gears_json_decode";
 
 pub fn packages() -> Vec<Package> {
-    let p = |language: &str, source: &str| Package { name: "gears/json".into(), language: language.into(), source: source.into(), builtin: true };
+    let p = |language: &str, source: &str| Package::builtin(language, "gears/json", source.into());
     vec![
         p("lua", "return { encode = __gears_json_encode, decode = __gears_json_decode }"),
         p("js", "export const encode = v => __gears_json_encode(v);\nexport const decode = s => __gears_json_decode(s);\nexport default { encode, decode };"),

@@ -8,7 +8,7 @@ mod globals;
 mod json;
 mod recipes;
 
-pub use builder::{METHODS as BUILDER_METHODS, READERS};
+pub use builder::{METHODS as BUILDER_METHODS, READERS, UNHOOKABLE};
 
 use builder::Builder;
 use engine::{Api, LockedHost, Natives, ObjRef, RunApi, RunEnv, RunOutput, ScriptCalls, ScriptError, Value};
@@ -75,8 +75,8 @@ pub struct ScriptRun {
     output: RefCell<Option<RunOutput>>,
     plan: RefCell<Option<engine::Plan>>,
     registrations: RefCell<Vec<engine::RegistrationSpec>>,
-    /// Packages the script imported, as (language, name).
-    imports: RefCell<Vec<(String, String)>>,
+    /// The packages the script imported, each once, as they were when it imported them.
+    imports: RefCell<Vec<engine::Package>>,
     /// Set while `run()` executes (register() is refused from its callbacks).
     running: Cell<bool>,
     ran: Cell<bool>,
@@ -134,14 +134,16 @@ impl Natives for ScriptRun {
         }
     }
 
-    fn package(&self, language: &str, name: &str) -> Option<String> {
-        let p = self.env.packages.get(language, name)?;
-        let key = (language.to_string(), name.to_string());
+    fn package(&self, language: &str, name: &str) -> Result<Option<String>, ScriptError> {
+        let Some(p) = self.env.packages.resolve(language, name).map_err(|e| ScriptError::runtime(e.to_string()))? else {
+            return Ok(None);
+        };
+        let source = p.source.clone();
         let mut imports = self.imports.borrow_mut();
-        if !imports.contains(&key) {
-            imports.push(key);
+        if !imports.iter().any(|i| i.language == p.language && i.name == p.name) {
+            imports.push(p);
         }
-        Some(p.source)
+        Ok(Some(source))
     }
 
     fn call_method(&self, obj: ObjRef, name: &str, args: Vec<Value>, script: &dyn ScriptCalls) -> Result<Value, ScriptError> {
@@ -215,7 +217,7 @@ impl RunApi for ScriptRun {
     fn take_registrations(&self) -> Vec<engine::RegistrationSpec> {
         std::mem::take(&mut self.registrations.borrow_mut())
     }
-    fn imports(&self) -> Vec<(String, String)> {
+    fn imports(&self) -> Vec<engine::Package> {
         self.imports.borrow().clone()
     }
 }

@@ -12,7 +12,7 @@ pub const KINDS: &[&str] = &["writeBehind", "writeThrough"];
 pub const TARGETS: &[&str] = &["postgres", "mongodb", "mysql", "sqlite"];
 
 pub fn packages() -> Vec<Package> {
-    let p = |name: &str, language: &str, source: String| Package { name: name.into(), language: language.into(), source, builtin: true };
+    let p = |name: &str, language: &str, source: String| Package::builtin(language, name, source);
     let names: Vec<&str> = KINDS.iter().chain(TARGETS).copied().collect();
     let lua = format!("return {{ {} }}", names.iter().map(|n| format!("{n} = function(o) return {RECIPE}('{n}', o) end")).collect::<Vec<_>>().join(", "));
     let js = names.iter().map(|n| format!("export const {n} = o => {RECIPE}('{n}', o);\n")).collect::<String>()

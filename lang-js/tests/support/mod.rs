@@ -6,6 +6,9 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::time::Duration;
 
+/// The package `Natives::package` refuses with an error.
+pub const REFUSED_PACKAGE: &str = "refused";
+
 /// Globals:
 /// - `echo(...args)`: returns its arguments as an array;
 /// - `apply(f, ...args)`: calls `f(...args)` through `ScriptCalls`;
@@ -15,7 +18,9 @@ use std::time::Duration;
 /// - `sleep(ms)`: sleeps (time in natives does not count against the script);
 /// - `record(...args)`: appends its arguments (as one array) to `records`.
 ///
-/// Packages: `packages` (name -> JS source); `package_calls` records every lookup, in order.
+/// Packages: `packages` (name -> JS source); `package_calls` records every lookup, in order;
+/// `REFUSED_PACKAGE` is refused with an error (as a session's instance refuses a package the
+/// session did not import).
 #[derive(Default)]
 pub struct Fake {
     pub counters: RefCell<Vec<Vec<Value>>>,
@@ -101,10 +106,13 @@ impl engine::Natives for Fake {
         }
     }
 
-    fn package(&self, language: &str, name: &str) -> Option<String> {
+    fn package(&self, language: &str, name: &str) -> Result<Option<String>, ScriptError> {
         assert_eq!(language, "js");
         self.package_calls.borrow_mut().push(name.to_string());
-        self.packages.get(name).cloned()
+        if name == REFUSED_PACKAGE {
+            return Err(ScriptError::runtime(format!("package '{name}' may not be imported here")));
+        }
+        Ok(self.packages.get(name).cloned())
     }
 }
 

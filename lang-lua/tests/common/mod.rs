@@ -10,6 +10,9 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::time::Duration;
 
+/// The package `Natives::package` refuses with an error.
+pub const REFUSED_PACKAGE: &str = "refused";
+
 /// Globals:
 /// - `echo(...)` -> its arguments as an array
 /// - `apply(f, ...)` -> `f(...)` through `ScriptCalls::call`
@@ -18,7 +21,8 @@ use std::time::Duration;
 /// - `spin(ms)` -> sleeps `ms` milliseconds in native code, returns true
 ///
 /// Packages (`require`): the Lua sources added with `with_package`; `asked()` counts the
-/// calls to `Natives::package`.
+/// calls to `Natives::package`. `REFUSED_PACKAGE` is refused with an error (as a session's
+/// instance refuses a package the session did not import).
 #[derive(Default)]
 pub struct FakeNatives {
     objects: RefCell<HashMap<u32, Vec<Value>>>,
@@ -134,12 +138,15 @@ impl Natives for FakeNatives {
         }
     }
 
-    fn package(&self, language: &str, name: &str) -> Option<String> {
+    fn package(&self, language: &str, name: &str) -> Result<Option<String>, ScriptError> {
         self.asked.borrow_mut().push((language.to_string(), name.to_string()));
         if language != "lua" {
-            return None;
+            return Ok(None);
         }
-        self.packages.get(name).cloned()
+        if name == REFUSED_PACKAGE {
+            return Err(ScriptError::runtime(format!("package '{name}' may not be imported here")));
+        }
+        Ok(self.packages.get(name).cloned())
     }
 }
 
