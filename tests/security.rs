@@ -530,3 +530,28 @@ fn a_keyspace_trigger_fires_only_for_keys_its_owner_may_read() {
         assert_eq!(fmt(&cmd(&mut admin, &["KEYS", "odd:seen-*"])), "[\"odd:seen-odd:xyx-x\"]", "{lang}");
     }
 }
+
+/// The same for a StreamReader: it reads each stream with its owner's permissions, so a
+/// stream under its prefix that the owner may not read is not consumed (the consumer stops
+/// with the refusal as its error) while the owner's other streams are.
+#[test]
+fn a_stream_reader_consumes_only_streams_its_owner_may_read() {
+    for (lang, script) in [
+        ("lua", "GB('StreamReader'):foreach(function(r) execute('INCR', 'odd:n-' .. r.key .. '-x') end):register({prefix = 'odd:x'})"),
+        ("js", "GB('StreamReader').foreach(r => execute('INCR', 'odd:n-' + r.key + '-x')).register({prefix: 'odd:x'})"),
+    ] {
+        let (s, mut admin) = setup();
+        set_user(&mut admin, "odd", &["~odd:*x", "+@all", "-@dangerous"]);
+        let mut odd = login(&s, "odd");
+        assert_eq!(exec(&mut odd, lang, script, &[]), "OK", "{lang}");
+        cmd(&mut admin, &["XADD", "odd:xy", "*", "f", "hidden"]);
+        cmd(&mut admin, &["XADD", "odd:xyx", "*", "f", "visible"]);
+        common::eventually(&mut admin, &["GET", "odd:n-odd:xyx-x"], "\"1\"");
+        // The refused stream's consumer stopped with the refusal; it never ran the steps.
+        common::wait_until(20, "the refused stream's error", || {
+            let regs = fmt(&cmd(&mut odd, &["RG.DUMPREGISTRATIONS"]));
+            if regs.contains("odd:xy\"") && regs.contains("NOPERM") { Ok(()) } else { Err(regs) }
+        });
+        assert_eq!(fmt(&cmd(&mut admin, &["GET", "odd:n-odd:xy-x"])), "nil", "{lang}");
+    }
+}

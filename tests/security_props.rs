@@ -71,7 +71,7 @@ const CASES: &[Case] = &[
     Case { words: &["RG.TRIGGERONKEY", "pt", "k:1"], core: &[&["FCALL", "f", "1", "k:1"]], owned: No },
     Case { words: &["RG.CONFIGGET", "script-timeout"], core: &[&["CONFIG", "GET", "script-timeout"]], owned: No },
     Case { words: &["RG.CONFIGSET", "script-timeout", "5000"], core: &[&["CONFIG", "SET", "script-timeout", "5000"]], owned: No },
-    Case { words: &["RG.PACKAGE", "LIST"], core: &[], owned: No },
+    Case { words: &["RG.PACKAGE", "LIST"], core: &[FUNCTION_LIST], owned: No },
     Case { words: &["RG.PACKAGE", "LOAD", "lua", "props-pkg", "return {}", "REPLACE"], core: &[ADMIN], owned: No },
     Case { words: &["RG.PACKAGE", "DELETE", "props-pkg"], core: &[ADMIN], owned: No },
 ];

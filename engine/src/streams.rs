@@ -141,7 +141,9 @@ impl Engine {
                 if !locked.is_primary() || !current || reg.paused.load(std::sync::atomic::Ordering::Relaxed) {
                     (Ok(Vec::new()), false)
                 } else {
-                    (read_stream(&*locked, None, stream, &format_id(last), true, opts.batch), true)
+                    // With the owner's permissions: a stream its owner may not read (a key
+                    // pattern that allows the prefix but not this name) stops with the error.
+                    (read_stream(&*locked, session.user.as_deref(), stream, &format_id(last), true, opts.batch), true)
                 }
             };
             let entries = match entries {

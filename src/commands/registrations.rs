@@ -3,7 +3,7 @@
 //! RG.DUMPSESSIONS, RG.DROPSESSION.
 
 use super::{guarded, replied, text};
-use crate::{engine, reply};
+use crate::{acl, engine, reply};
 use engine::{Registration, Session, Value};
 use redis_module::{Context, RedisError, RedisResult, RedisString, RedisValue};
 use std::sync::atomic::Ordering;
@@ -102,7 +102,15 @@ pub fn dump_registrations(ctx: &Context, args: Vec<RedisString>) -> RedisResult 
         if args.len() != 1 {
             return Err(RedisError::Str("ERR wrong number of arguments; usage: RG.DUMPREGISTRATIONS"));
         }
-        let all: Vec<Value> = engine().sessions.all().iter().flat_map(|s| s.registrations.iter().map(|r| registration(ctx, r)).collect::<Vec<_>>()).collect();
+        let caller = acl::require(ctx, "RG.DUMPREGISTRATIONS", acl::FUNCTION_LIST, 2)?;
+        // Each user sees the registrations of its own sessions; an admin sees all.
+        let all: Vec<Value> = engine()
+            .sessions
+            .all()
+            .iter()
+            .filter(|s| caller.owns(s.user.as_deref()))
+            .flat_map(|s| s.registrations.iter().map(|r| registration(ctx, r)).collect::<Vec<_>>())
+            .collect();
         reply::reply(ctx, &Value::Array(all));
         replied()
     })
@@ -122,6 +130,10 @@ pub fn unregister(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
             return Err(RedisError::Str("ERR wrong number of arguments; usage: RG.UNREGISTER <registration id>"));
         }
         let id = text(&args[1], "the registration id")?;
+        let caller = acl::require(ctx, "RG.UNREGISTER", acl::FUNCTION_DELETE, 2)?;
+        if let Some((s, _)) = engine().sessions.registration(&id) {
+            acl::require_owner(&caller, "session", &s.id, s.user.as_deref())?;
+        }
         let session = engine().sessions.unregister(&id).map_err(|e| RedisError::String(format!("ERR {e}")))?;
         crate::persistence::replicate_session(ctx, &session);
         crate::recipes::sessions_changed();
@@ -131,12 +143,18 @@ pub fn unregister(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
 
 fn set_paused(ctx: &Context, args: &[RedisString], paused: bool, usage: &str) -> RedisResult {
     let ids = ids(args, usage)?;
+    let command = args[0].to_string_lossy().to_ascii_uppercase();
+    let caller = acl::require(ctx, &command, acl::FUNCTION_DELETE, 2)?;
     let sessions = &engine().sessions;
-    // All or nothing: every id must exist before any is changed.
+    // All or nothing: every id must exist, and be the caller's, before any is changed.
     let regs = ids
         .iter()
-        .map(|id| sessions.registration(id).map(|(_, r)| r).ok_or_else(|| RedisError::String(format!("ERR no registration '{id}'"))))
-        .collect::<Result<Vec<_>, _>>()?;
+        .map(|id| {
+            let (s, r) = sessions.registration(id).ok_or_else(|| RedisError::String(format!("ERR no registration '{id}'")))?;
+            acl::require_owner(&caller, "session", &s.id, s.user.as_deref())?;
+            Ok(r)
+        })
+        .collect::<Result<Vec<_>, RedisError>>()?;
     for r in &regs {
         r.paused.store(paused, Ordering::Relaxed);
     }
@@ -174,7 +192,9 @@ pub fn clear_stats(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         if args.len() != 1 {
             return Err(RedisError::Str("ERR wrong number of arguments; usage: RG.CLEARREGISTRATIONSSTATS"));
         }
-        for s in engine().sessions.all() {
+        let caller = acl::require(ctx, "RG.CLEARREGISTRATIONSSTATS", acl::FUNCTION_DELETE, 2)?;
+        // A user clears the counters of its own sessions; an admin those of all.
+        for s in engine().sessions.all().iter().filter(|s| caller.owns(s.user.as_deref())) {
             for r in &s.registrations {
                 r.clear_stats();
             }
@@ -218,7 +238,9 @@ pub fn dump_sessions(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
             2 if text(&args[1], "the option")?.eq_ignore_ascii_case("VERBOSE") => true,
             _ => return Err(RedisError::Str("ERR wrong arguments; usage: RG.DUMPSESSIONS [VERBOSE]")),
         };
-        let all: Vec<Value> = engine().sessions.all().iter().map(|s| session(s, verbose)).collect();
+        let caller = acl::require(ctx, "RG.DUMPSESSIONS", acl::FUNCTION_LIST, 2)?;
+        // Each user sees its own sessions (sources and arguments included); an admin all.
+        let all: Vec<Value> = engine().sessions.all().iter().filter(|s| caller.owns(s.user.as_deref())).map(|s| session(s, verbose)).collect();
         reply::reply(ctx, &Value::Array(all));
         replied()
     })
@@ -231,6 +253,10 @@ pub fn drop_session(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
             return Err(RedisError::Str("ERR wrong number of arguments; usage: RG.DROPSESSION <session id>"));
         }
         let id = text(&args[1], "the session id")?;
+        let caller = acl::require(ctx, "RG.DROPSESSION", acl::FUNCTION_DELETE, 2)?;
+        if let Some(s) = engine().sessions.get(&id) {
+            acl::require_owner(&caller, "session", &s.id, s.user.as_deref())?;
+        }
         engine().sessions.drop_session(&id).map_err(|e| RedisError::String(format!("ERR {e}")))?;
         ctx.replicate("RG.SESSIONDROP", &[id.as_bytes()][..]);
         crate::recipes::sessions_changed();
