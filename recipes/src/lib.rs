@@ -19,7 +19,7 @@ pub mod target;
 
 pub use change::{Change, Op};
 pub use convert::{Cell, ColType};
-pub use spec::{Delivery, Kind, Spec, TargetKind};
+pub use spec::{Delivery, Kind, OnFlush, Spec, TargetKind};
 pub use target::{connect, Checkpoint, Row, Schema, Target, TargetError};
 pub mod capture;
 pub mod pipeline;

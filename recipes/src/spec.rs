@@ -112,9 +112,45 @@ pub struct Spec {
     pub max_retries: u32,
     /// Write-through: how long a client's write waits for the target.
     pub timeout_ms: u64,
+    /// `backfill`: at registration (and at an UPGRADE that changes the target), the hashes
+    /// already under the prefix are queued too.
+    pub backfill: bool,
+    /// `createTable`: the target table (MongoDB: collection and its index) is created from
+    /// `columns`/`types` and `keyField` if it does not exist; an existing one is never altered.
+    pub create_table: bool,
+    /// What FLUSHALL/FLUSHDB (and SWAPDB) do to the target.
+    pub on_flush: OnFlush,
 }
 
-const OPTIONS: &[&str] = &["name", "prefix", "keyField", "keyPattern", "columns", "allFields", "target", "batch", "flushMs", "delivery", "maxBacklog", "maxRetries", "timeoutMs", "description"];
+/// `onFlush`: what a FLUSHALL/FLUSHDB/SWAPDB that removes the recipe's hashes does to the
+/// target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnFlush {
+    /// `'keep'` (default): the target keeps its rows (a flush is not a delete of each row).
+    Keep,
+    /// `'delete-all'`: every row the recipe wrote is deleted from the target.
+    DeleteAll,
+}
+
+impl OnFlush {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnFlush::Keep => "keep",
+            OnFlush::DeleteAll => "delete-all",
+        }
+    }
+}
+
+fn boolean(name: &str, v: &Value) -> Result<bool, String> {
+    match v {
+        Value::Bool(b) => Ok(*b),
+        other => Err(format!("{name} must be a boolean, got {}", other.type_name())),
+    }
+}
+
+const OPTIONS: &[&str] = &[
+    "name", "prefix", "keyField", "keyPattern", "columns", "allFields", "target", "batch", "flushMs", "delivery", "maxBacklog", "maxRetries", "timeoutMs", "description", "backfill", "createTable", "onFlush",
+];
 const TARGET_OPTIONS: &[&str] = &["kind", "connection", "table", "collection", "database", "types", "columns"];
 
 fn key_name(k: &Value) -> Option<String> {
@@ -256,6 +292,9 @@ impl Spec {
             max_backlog: 1_000_000,
             max_retries: 3,
             timeout_ms: 5000,
+            backfill: false,
+            create_table: false,
+            on_flush: OnFlush::Keep,
         };
         let (mut have_target, mut key_field, mut target_columns) = (false, None, None);
         let mut timeout_given = false;
@@ -293,6 +332,15 @@ impl Spec {
                 }
                 "maxBacklog" => spec.max_backlog = int("maxBacklog", &v, 0, i64::MAX)? as u64,
                 "maxRetries" => spec.max_retries = int("maxRetries", &v, 0, 1_000_000)? as u32,
+                "backfill" => spec.backfill = boolean("backfill", &v)?,
+                "createTable" => spec.create_table = boolean("createTable", &v)?,
+                "onFlush" => {
+                    spec.on_flush = match text("onFlush", &v)?.as_str() {
+                        "keep" => OnFlush::Keep,
+                        "delete-all" => OnFlush::DeleteAll,
+                        other => return Err(format!("onFlush must be 'keep' or 'delete-all', got '{other}'")),
+                    }
+                }
                 "timeoutMs" => {
                     spec.timeout_ms = int("timeoutMs", &v, 1, 3_600_000)? as u64;
                     timeout_given = true;
