@@ -183,6 +183,8 @@ fn own_call<R>(f: impl FnOnce() -> R) -> R {
 impl LockedHost for Locked<'_> {
     /// Runs a command; the sync triggers its events fire run once it returns (see `defer`).
     fn call(&self, user: Option<&str>, args: &[&[u8]]) -> Result<Value, HostError> {
+        // Redis 7.0: a recipe hash this call may replace with another type (see recipes.rs).
+        crate::recipes::note_hashes_in_call(self.ctx.ctx, args);
         crate::defer::around(self.ctx.ctx, || own_call(|| self.call_now(user, args)))
     }
 
