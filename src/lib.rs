@@ -159,7 +159,8 @@ redis_module! {
         ["rg.dropexecution", commands::executions::drop_execution, "write deny-script", 0, 0, 0, "", "scripting slow"],
         ["rg.abortexecution", commands::executions::abort_execution, "write deny-script", 0, 0, 0, "", "scripting slow"],
         ["rg.configget", commands::config::config_get, "readonly deny-script", 0, 0, 0, "", "admin slow dangerous"],
-        ["rg.configset", commands::config::config_set, "admin deny-script", 0, 0, 0, "", "admin slow dangerous"],
+        // may-replicate: connection settings are replicated (CLIENT PAUSE WRITE must hold it).
+        ["rg.configset", commands::config::config_set, "admin may-replicate deny-script", 0, 0, 0, "", "admin slow dangerous"],
         ["rg.trigger", triggers::rg_trigger, "write deny-oom deny-script", 0, 0, 0, "", "scripting slow"],
         ["rg.triggeronkey", triggers::rg_trigger_on_key, "write deny-oom deny-script", 2, 2, 1, "", "scripting slow"],
         // Not flagged `write`: LIST must answer on replicas; LOAD/DELETE check for themselves.

@@ -1,8 +1,9 @@
-//! Sessions in RDB (aux fields, also in the AOF's RDB preamble), in the replication stream
-//! and the AOF (the internal commands RG.SESSIONLOAD and RG.SESSIONDROP), and cleared when
-//! the server starts loading another state. Loading never drops a session and is bounded in
-//! time: see `Engine::load_session`. Also the main thread's share of instance purging (its
-//! cron tick).
+//! Sessions, packages and the connections set at run time in RDB (aux fields, also in the
+//! AOF's RDB preamble), in the replication stream and the AOF (the internal commands
+//! RG.SESSIONLOAD and RG.SESSIONDROP; connections travel as RG.CONFIGSET, see
+//! commands/config.rs), and cleared when the server starts loading another state. Loading
+//! never drops a session and is bounded in time: see `Engine::load_session`. Also the main
+//! thread's share of instance purging (its cron tick).
 
 use crate::commands::{guarded, text};
 use crate::{engine, ENGINE};
@@ -11,9 +12,10 @@ use redis_module::native_types::RedisType;
 use redis_module::{raw, Context, ContextFlags, RedisError, RedisResult, RedisString, RedisValue};
 use std::os::raw::{c_int, c_void};
 
-/// The format of the aux data: 1 saved packages as (language, name, code); 2 adds each
-/// package's owner. Both are read.
-const AUX_FORMAT: i32 = 2;
+/// The format of the aux data: 1 saved packages as (language, name, code), then sessions;
+/// 2 adds each package's owner; 3 starts with the connection settings set at run time
+/// (count, then setting and value). All are read.
+const AUX_FORMAT: i32 = 3;
 
 /// The module type that carries sessions as aux data (it holds no keys).
 pub static SESSIONS_TYPE: RedisType = RedisType::new(
@@ -49,6 +51,15 @@ fn log_warning(msg: &str) {
 extern "C" fn aux_save(rdb: *mut raw::RedisModuleIO, _when: c_int) {
     let _ = std::panic::catch_unwind(|| {
         let Some(engine) = ENGINE.get() else { return };
+        // Format 3: connections first (recipes connect as soon as their session is back).
+        // The values as set: URLs (secrets, see docs/write-behind.md) or env:/file:
+        // references.
+        let connections = engine.config.runtime_connections();
+        raw::save_unsigned(rdb, connections.len() as u64);
+        for (name, value) in connections {
+            raw::save_slice(rdb, name.as_bytes());
+            raw::save_slice(rdb, value.as_bytes());
+        }
         // Packages first: restoring a session may import them.
         let packages: Vec<engine::Package> = engine.packages.all().into_iter().filter(|p| !p.builtin).collect();
         raw::save_unsigned(rdb, packages.len() as u64);
@@ -78,8 +89,21 @@ extern "C" fn aux_load(rdb: *mut raw::RedisModuleIO, encver: c_int, _when: c_int
         let engine = ENGINE.get().ok_or("rg: not initialised")?;
         let text = |rdb| -> Result<String, String> {
             let b = raw::load_string_buffer(rdb).map_err(|e| e.to_string())?;
-            String::from_utf8(b.as_ref().to_vec()).map_err(|_| "rg: a saved package is not UTF-8".to_string())
+            String::from_utf8(b.as_ref().to_vec()).map_err(|_| "rg: a saved package or connection is not UTF-8".to_string())
         };
+        if encver >= 3 {
+            let n = raw::load_unsigned(rdb).map_err(|e| e.to_string())?;
+            for _ in 0..n {
+                let name = text(rdb)?;
+                let value = text(rdb)?;
+                // Checked again (as set at run time); the warning never quotes the value.
+                if !engine::config::is_secret(&engine::config::normalize(&name)) {
+                    log_warning(&format!("rg: '{name}' in the saved connections is not a connection setting; ignored"));
+                } else if let Err(e) = engine.config.set(&name, &value, false) {
+                    log_warning(&format!("rg: a connection setting could not be restored from RDB: {e}"));
+                }
+            }
+        }
         let packages = raw::load_unsigned(rdb).map_err(|e| e.to_string())?;
         for _ in 0..packages {
             let (language, name, source) = (text(rdb)?, text(rdb)?, text(rdb)?);
@@ -140,6 +164,8 @@ extern "C" fn on_loading(_ctx: *mut raw::RedisModuleCtx, _eid: raw::RedisModuleE
             if let Some(e) = ENGINE.get() {
                 e.sessions.clear();
                 e.packages.clear_loaded();
+                // Connections set at run time come with the state (module arguments stay).
+                e.config.clear_runtime_connections();
                 e.begin_load();
             }
         }

@@ -1,11 +1,17 @@
 //! Settings (`rg.*`), shared by the module config, `RG.CONFIGGET/SET` and `configGet()`,
 //! and the recipes' connections: `connection.<name>` (a URL, secret: only ever shown
-//! masked) and `connection.<name>.users` (who may use it).
+//! masked, or a reference `env:NAME` / `file:/path` to where the URL is) and
+//! `connection.<name>.users` (who may use it).
+//!
+//! Connections come from two places. Module arguments are the defaults, kept as given at
+//! load. Those set at run time (`RG.CONFIGSET`, and what the primary, the AOF or the RDB
+//! sends) win over them, and are the ones saved and replicated, so a restart or a failover
+//! changes nothing.
 
 mod connection;
 
-pub use connection::{redact, secrets, ConnectionUsers};
-use connection::unencoded_char;
+pub use connection::{is_reference, redact, resolve, secrets, ConnectionUsers};
+use connection::{check_reference, unencoded_char};
 use parking_lot::RwLock;
 use std::collections::BTreeMap;
 
@@ -43,13 +49,16 @@ pub enum ConfigError {
     OutOfRange { name: String, value: String, min: i64, max: i64 },
     #[error("'{0}' can only be set at load time (module arguments)")]
     LoadTimeOnly(String),
-    #[error("bad connection setting '{0}': use connection.<name> (its URL) or connection.<name>.users (who may use it), with a <name> of letters, digits, '-' or '_'")]
+    #[error("bad connection setting '{0}': use connection.<name> (its URL, or env:<VARIABLE> or file:<absolute path> holding it) or connection.<name>.users (who may use it), with a <name> of letters, digits, '-' or '_'")]
     BadConnectionName(String),
-    #[error("'{0}' must be a connection URL, got an empty value")]
+    #[error("'{0}' must be a connection URL, got an empty value (an empty value unsets a connection set at run time)")]
     EmptyConnection(String),
     /// Never carries the URL: it holds a password.
     #[error("'{name}': the URL has a raw '{ch}' in its user name or password (before the '@'), which the database drivers do not all read the same way; percent-encode it ('{ch}' as {encoded})")]
     UnencodedUrl { name: String, ch: char, encoded: String },
+    /// Never carries the value.
+    #[error("'{name}': {why}")]
+    BadReference { name: String, why: String },
     #[error("'{name}' must be ACL user names separated by spaces or commas, or '*' for any user (empty: only admins): {why}")]
     BadUsers { name: String, why: String },
     #[error("unknown setting '{0}'; known settings: {known}, connection.<name>, connection.<name>.users", known = known_settings())]
@@ -58,9 +67,33 @@ pub enum ConfigError {
 
 pub struct Config {
     values: RwLock<BTreeMap<String, String>>,
-    /// `connection.<name>` (URLs: secrets, never returned by `get`) and
-    /// `connection.<name>.users`, by normalized setting name.
-    connections: RwLock<BTreeMap<String, String>>,
+    connections: RwLock<Connections>,
+}
+
+/// `connection.<name>` (URLs: secrets, never returned by `get`; or references) and
+/// `connection.<name>.users`, by normalized setting name.
+#[derive(Default)]
+struct Connections {
+    /// From the module arguments: used where `runtime` has no value.
+    args: BTreeMap<String, String>,
+    /// Set at run time, saved (RDB, AOF) and replicated. An empty `.users` here overrides
+    /// the module argument's list (back to admins only).
+    runtime: BTreeMap<String, String>,
+    /// Per connection name (lowercase): how many times its URL was set, even to the same
+    /// value. A recipe connected at an older generation connects again.
+    generations: BTreeMap<String, u64>,
+}
+
+impl Connections {
+    fn effective(&self, n: &str) -> Option<&String> {
+        self.runtime.get(n).or_else(|| self.args.get(n)).filter(|v| !v.is_empty())
+    }
+
+    fn bump(&mut self, n: &str) {
+        if let Some((conn, false)) = connection_setting(n) {
+            *self.generations.entry(conn.to_string()).or_default() += 1;
+        }
+    }
 }
 
 impl Default for Config {
@@ -115,7 +148,13 @@ impl Config {
                 return Ok((n, list.value()));
             }
             if value.trim().is_empty() {
-                return Err(ConfigError::EmptyConnection(n));
+                // At run time, empty unsets the value set at run time (back to the module
+                // argument's, if any).
+                return if at_load { Err(ConfigError::EmptyConnection(n)) } else { Ok((n, String::new())) };
+            }
+            if is_reference(value) {
+                check_reference(value).map_err(|why| ConfigError::BadReference { name: n.clone(), why })?;
+                return Ok((n, value.to_string()));
             }
             if let Some(ch) = unencoded_char(value) {
                 let encoded = format!("%{:02X}", ch as u32);
@@ -135,16 +174,27 @@ impl Config {
         Ok((n, v.to_string()))
     }
 
-    /// Sets a known setting after checking it.
+    /// Sets a known setting after checking it. A connection setting given at load time
+    /// (module arguments) is a default; one set later (`at_load` false) wins over it and is
+    /// saved and replicated (see `runtime_connections`).
     pub fn set(&self, name: &str, value: &str, at_load: bool) -> Result<(), ConfigError> {
         let (n, v) = Self::validate(name, value, at_load)?;
         if is_secret(&n) {
-            let mut connections = self.connections.write();
-            // An empty `.users` is the default (admins only): the setting is unset.
-            if v.is_empty() {
-                connections.remove(&n);
+            let mut c = self.connections.write();
+            c.bump(&n);
+            if at_load {
+                if v.is_empty() {
+                    c.args.remove(&n);
+                } else {
+                    c.args.insert(n, v);
+                }
+            } else if v.is_empty() && (!c.args.contains_key(&n) || !n.ends_with(USERS_SUFFIX)) {
+                // An empty URL unsets the run-time value: the module argument's applies, if
+                // any. An empty `.users` is the default (admins only): the setting is unset,
+                // unless a module argument gave a list, which it then overrides.
+                c.runtime.remove(&n);
             } else {
-                connections.insert(n, v);
+                c.runtime.insert(n, v);
             }
         } else {
             self.values.write().insert(n, v);
@@ -156,26 +206,50 @@ impl Config {
         self.values.read().get(&normalize(name)).cloned()
     }
 
-    /// The URL of connection `name` (as scripts name it, without `connection.`).
+    /// The value of connection `name` (as scripts name it, without `connection.`): a URL,
+    /// or a reference (`env:NAME`, `file:/path`) that `resolve` reads.
     pub fn connection(&self, name: &str) -> Option<String> {
-        self.connections.read().get(&format!("{CONNECTION_PREFIX}{}", name.to_ascii_lowercase())).cloned()
+        self.connections.read().effective(&format!("{CONNECTION_PREFIX}{}", name.to_ascii_lowercase())).cloned()
+    }
+
+    /// Changes each time connection `name`'s value is set (even to the same value, which
+    /// re-reads an `env:` or `file:` reference), is loaded, or is cleared for a load.
+    pub fn connection_generation(&self, name: &str) -> u64 {
+        self.connections.read().generations.get(&name.to_ascii_lowercase()).copied().unwrap_or(0)
     }
 
     /// Who may use connection `name` (besides admins): `connection.<name>.users`.
     pub fn connection_users(&self, name: &str) -> ConnectionUsers {
         let key = format!("{CONNECTION_PREFIX}{}{USERS_SUFFIX}", name.to_ascii_lowercase());
         // Stored values were checked when set.
-        self.connections.read().get(&key).and_then(|v| ConnectionUsers::parse(v).ok()).unwrap_or(ConnectionUsers::AdminsOnly)
+        self.connections.read().effective(&key).and_then(|v| ConnectionUsers::parse(v).ok()).unwrap_or(ConnectionUsers::AdminsOnly)
     }
 
-    /// What RG.CONFIGGET shows for a setting: connection URLs redacted, their user lists
-    /// as set.
+    /// The connection settings set at run time, as (setting, value): what the RDB saves.
+    /// Module arguments are not in it.
+    pub fn runtime_connections(&self) -> Vec<(String, String)> {
+        self.connections.read().runtime.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+
+    /// Forgets the connection settings set at run time (the server starts loading a state
+    /// that brings its own); module arguments stay.
+    pub fn clear_runtime_connections(&self) {
+        let mut c = self.connections.write();
+        let names: Vec<String> = std::mem::take(&mut c.runtime).into_keys().collect();
+        for n in names {
+            c.bump(&n);
+        }
+    }
+
+    /// What RG.CONFIGGET shows for a setting: connection URLs redacted, references
+    /// (`env:NAME`, `file:/path`, which are not secrets) and user lists as set.
     pub fn shown(&self, name: &str) -> Option<String> {
         let n = normalize(name);
         if is_secret(&n) {
-            let value = self.connections.read().get(&n).cloned()?;
+            let value = self.connections.read().effective(&n).cloned()?;
             return Some(match connection_setting(&n) {
                 Some((_, true)) => value,
+                _ if is_reference(&value) => value,
                 _ => redact(&value),
             });
         }

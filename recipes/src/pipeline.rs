@@ -74,6 +74,9 @@ pub struct Pipeline {
     /// Why changes cannot be captured (a stream key of another type): while set, writes to
     /// the recipe's keys are refused rather than acknowledged without capture.
     broken: Mutex<Option<String>>,
+    /// The URL the apply thread last connected (or tried to) with, read from its connection
+    /// setting or the variable or file that setting names: kept only to scrub errors.
+    url: Mutex<Option<String>>,
 }
 
 fn now_ms() -> u64 {
@@ -97,6 +100,7 @@ impl Pipeline {
             status: Default::default(),
             waiters: Default::default(),
             broken: Default::default(),
+            url: Default::default(),
         })
     }
 
@@ -168,11 +172,12 @@ impl Pipeline {
         *w = false;
     }
 
-    /// Interruptible only by stop (a backoff must not be cut short by new captures);
-    /// write-through clients still get their timeout on time.
-    fn back_off(&self, d: Duration, spec: &Spec) {
+    /// Interruptible only by stop and by a new value of the recipe's connection (a backoff
+    /// must not be cut short by new captures); write-through clients still get their
+    /// timeout on time.
+    fn back_off(&self, d: Duration, spec: &Spec, config: &Config, generation: u64) {
         let end = Instant::now() + d;
-        while Instant::now() < end && !self.stop.load(Ordering::SeqCst) {
+        while Instant::now() < end && !self.stop.load(Ordering::SeqCst) && config.connection_generation(&spec.target.connection) == generation {
             std::thread::sleep(Duration::from_millis(20).min(end - Instant::now()));
             self.expire_waiters(spec);
         }
@@ -230,6 +235,8 @@ impl Pipeline {
         let mut rejections: HashMap<(Vec<u8>, StreamId), u32> = HashMap::new();
         let mut was_primary = false;
         let mut connected_for: Option<Arc<Spec>> = None;
+        // The generation of the connection setting last seen (see Config::connection_generation).
+        let mut generation_seen = u64::MAX;
         while !self.stop.load(Ordering::SeqCst) {
             let (spec, reg, db) = self.spec.read().clone();
             // A new version of the recipe (UPGRADE) may name another table, key or
@@ -238,6 +245,18 @@ impl Pipeline {
                 conn = None;
             }
             connected_for = Some(spec.clone());
+            // The connection was set (RG.CONFIGSET, even to the same value, or a load): connect
+            // again with its value now, re-reading an env: or file: reference, and at once
+            // rather than after the backoff of the old value's failures.
+            let generation = config.connection_generation(&spec.target.connection);
+            if generation != generation_seen {
+                if generation_seen != u64::MAX && conn.is_some() {
+                    host.log(LogLevel::Notice, &format!("rg: write-behind '{}': connection '{}' was set; connecting again", self.name, spec.target.connection));
+                }
+                conn = None;
+                backoff = Duration::from_millis(100);
+                generation_seen = generation;
+            }
             let primary = host.lock(db).is_primary();
             self.primary.store(primary, Ordering::Relaxed);
             if !primary {
@@ -279,8 +298,9 @@ impl Pipeline {
                 }
                 let started = Instant::now();
                 let result = self.batch(&*host, &config, &spec, db, stream, entries, &mut conn, &mut rejections);
-                // Errors may quote the connection URL: its secrets never reach a reply or log.
-                let result = result.map_err(|e| scrub(&e, config.connection(&spec.target.connection).as_deref()));
+                // Errors may quote the connection URL: its secrets never reach a reply or log
+                // (the URL connected with, and the setting's value now if it is a URL).
+                let result = result.map_err(|e| scrub(&scrub(&e, self.url.lock().as_deref()), config.connection(&spec.target.connection).filter(|v| !engine::config::is_reference(v)).as_deref()));
                 match result {
                     Ok(n) => {
                         backoff = Duration::from_millis(100);
@@ -305,7 +325,7 @@ impl Pipeline {
             }
             self.expire_waiters(&spec);
             if failed {
-                self.back_off(backoff, &spec);
+                self.back_off(backoff, &spec, &config, generation);
                 backoff = (backoff * 2).min(Duration::from_secs(5));
                 continue;
             }
@@ -347,6 +367,20 @@ impl Pipeline {
         );
     }
 
+    /// Connects to the recipe's target with its connection's value now: an `env:` variable
+    /// or a `file:` is read at each connect, so a new value is picked up whenever the
+    /// recipe connects again (after an error, a new value of the setting, an UPGRADE, a
+    /// restart or a promotion).
+    fn connect(&self, config: &Config, spec: &Spec) -> Result<(Box<dyn Target>, Schema), String> {
+        let name = &spec.target.connection;
+        let value = config.connection(name).ok_or_else(|| format!("no connection '{name}': set it with RG.CONFIGSET connection.{name} <url> or a module argument"))?;
+        let url = engine::config::resolve(&value).map_err(|e| format!("connection '{name}': {e}"))?;
+        *self.url.lock() = Some(url.clone());
+        let mut target = crate::target::connect(spec, &url).map_err(|e| e.to_string())?;
+        let schema = target.schema().map_err(|e| e.to_string())?;
+        Ok((target, schema))
+    }
+
     /// One batch of one stream. Ok(rows applied) once everything read was committed (or
     /// dead-lettered) and trimmed; Err to back off and read the stream again.
     #[allow(clippy::too_many_arguments)]
@@ -378,10 +412,7 @@ impl Pipeline {
             }
         }
         if conn.is_none() {
-            let url = config.connection(&spec.target.connection).ok_or_else(|| format!("no connection '{}': set it with RG.CONFIGSET connection.{} <url> or a module argument", spec.target.connection, spec.target.connection))?;
-            let mut target = crate::target::connect(spec, &url).map_err(|e| e.to_string())?;
-            let schema = target.schema().map_err(|e| e.to_string())?;
-            *conn = Some((target, schema));
+            *conn = Some(self.connect(config, spec)?);
         }
         let (target, schema) = conn.as_mut().expect("connected");
         let mut rows = Vec::new();

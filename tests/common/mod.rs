@@ -49,6 +49,8 @@ pub struct Server {
     pub dir: PathBuf,
     extra: Vec<String>,
     module_args: Vec<String>,
+    /// Variables added to the server's environment (kept across restarts).
+    env: Vec<(String, String)>,
 }
 
 impl Server {
@@ -59,6 +61,11 @@ impl Server {
 
     /// `extra` are redis-server options like `["--appendonly", "yes"]`.
     pub fn start_with(module_args: &[&str], extra: &[&str]) -> Server {
+        Self::start_with_env(module_args, extra, &[])
+    }
+
+    /// `start_with`, with `env` added to the server's environment (also after `restart`).
+    pub fn start_with_env(module_args: &[&str], extra: &[&str], env: &[(&str, &str)]) -> Server {
         let port = free_port();
         let dir = std::env::temp_dir().join(format!("rg-test-{}-{}", std::process::id(), port));
         std::fs::create_dir_all(&dir).expect("temp dir");
@@ -68,6 +75,7 @@ impl Server {
             dir,
             extra: extra.iter().map(|s| s.to_string()).collect(),
             module_args: module_args.iter().map(|s| s.to_string()).collect(),
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         };
         s.spawn();
         s
@@ -84,6 +92,7 @@ impl Server {
             .arg("--loadmodule")
             .args(&load)
             .args(&self.extra)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {}: {e}", server_binary()));

@@ -1,5 +1,90 @@
 //! Connections: what a connection URL may hold so that every driver reads it alike, how it
-//! is shown (masked), and who may use it (`connection.<name>.users`).
+//! is shown (masked), where it may be read from instead of being stored (`env:NAME`,
+//! `file:/path`), and who may use it (`connection.<name>.users`).
+
+use std::io::Read;
+
+const ENV_PREFIX: &str = "env:";
+const FILE_PREFIX: &str = "file:";
+/// A file that holds a connection URL holds nothing else: more than this is a mistake.
+const MAX_FILE_BYTES: u64 = 64 * 1024;
+
+/// Is a connection value a reference to where the URL is (`env:NAME` or `file:/path`)
+/// rather than the URL? A reference is not a secret: it is stored, saved, replicated and
+/// shown as is, and read each time a recipe connects.
+pub fn is_reference(value: &str) -> bool {
+    value.starts_with(ENV_PREFIX) || value.starts_with(FILE_PREFIX)
+}
+
+/// Checks a reference's form (not whether the variable or file exists: that is seen when
+/// a recipe connects, on each server). The error never quotes the value.
+pub(super) fn check_reference(value: &str) -> Result<(), String> {
+    if let Some(name) = value.strip_prefix(ENV_PREFIX) {
+        let valid = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_') && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid {
+            return Err("env: must be followed by the name of an environment variable (letters, digits and '_', not starting with a digit), e.g. env:PG_URL".into());
+        }
+    } else if let Some(path) = value.strip_prefix(FILE_PREFIX) {
+        if !path.starts_with('/') {
+            return Err("file: must be followed by an absolute path (starting with '/'), e.g. file:/run/secrets/pg-url".into());
+        }
+        if path.chars().any(char::is_control) {
+            return Err("the file path holds a control character".into());
+        }
+    }
+    Ok(())
+}
+
+/// The URL a connection value stands for: the value itself, or what its reference holds now
+/// (the environment variable of redis-server, or the file's content), trimmed. The error
+/// says what is missing or wrong without quoting what the variable or file holds.
+pub fn resolve(value: &str) -> Result<String, String> {
+    let (url, from) = if let Some(name) = value.strip_prefix(ENV_PREFIX) {
+        let url = match std::env::var(name) {
+            Ok(v) => v,
+            Err(std::env::VarError::NotPresent) => return Err(format!("{value}: the variable is not set in redis-server's environment")),
+            Err(std::env::VarError::NotUnicode(_)) => return Err(format!("{value}: the variable is not UTF-8 text")),
+        };
+        (url, "the variable")
+    } else if let Some(path) = value.strip_prefix(FILE_PREFIX) {
+        let file = std::fs::File::open(path).map_err(|e| format!("{value}: {}", io_reason(&e)))?;
+        if file.metadata().is_ok_and(|m| m.is_dir()) {
+            return Err(format!("{value}: this is a directory, not a file"));
+        }
+        let mut bytes = Vec::new();
+        file.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes).map_err(|e| format!("{value}: {}", io_reason(&e)))?;
+        if bytes.len() as u64 > MAX_FILE_BYTES {
+            return Err(format!("{value}: the file is larger than {MAX_FILE_BYTES} bytes; it must hold only the connection URL"));
+        }
+        let url = String::from_utf8(bytes).map_err(|_| format!("{value}: the file is not UTF-8 text"))?;
+        (url, "the file")
+    } else {
+        return Ok(value.to_string());
+    };
+    let url = url.trim();
+    if url.is_empty() {
+        return Err(format!("{value}: {from} is empty"));
+    }
+    if is_reference(url) {
+        return Err(format!("{value}: {from} holds another env: or file: reference; it must hold the connection URL"));
+    }
+    if let Some(ch) = unencoded_char(url) {
+        return Err(format!(
+            "{value}: the URL in {from} has a raw '{ch}' in its user name or password (before the '@'), which the database drivers do not all read the same way; percent-encode it ('{ch}' as %{:02X})",
+            ch as u32
+        ));
+    }
+    Ok(url.to_string())
+}
+
+/// Why a file cannot be read, in words (the OS error, which never holds the file's content).
+fn io_reason(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => "no such file (as seen by redis-server)".into(),
+        std::io::ErrorKind::PermissionDenied => "redis-server may not read it (permission denied)".into(),
+        _ => format!("cannot be read: {e}"),
+    }
+}
 
 /// Who may use a connection in a recipe, besides admins (and trusted callers: the primary,
 /// the AOF).
@@ -396,5 +481,95 @@ mod tests {
         // A connection may be named `users`.
         assert!(Config::validate("connection.users", "postgres://h/db", false).is_ok());
         assert!(Config::validate("connection.users.users", "*", false).is_ok());
+    }
+
+    #[test]
+    fn references_are_checked_shown_as_is_and_read_when_resolved() {
+        let c = Config::default();
+        for (value, ok) in [("env:PG_URL", true), ("env:_x1", true), ("env:", false), ("env:1X", false), ("env:PG-URL", false), ("env:postgres://app:hunter2@h/db", false), ("file:/run/secrets/pg", true), ("file:relative", false), ("file:", false), ("file:/a\nb", false)] {
+            match Config::validate("connection.pg", value, false) {
+                Ok((_, v)) => {
+                    assert!(ok, "{value:?} accepted");
+                    assert_eq!(v, value);
+                }
+                Err(e @ ConfigError::BadReference { .. }) => {
+                    assert!(!ok, "{value:?}: {e}");
+                    assert!(!e.to_string().contains("hunter2"), "{e}");
+                }
+                Err(e) => panic!("{value:?}: {e}"),
+            }
+        }
+        c.set("connection.pg", "env:RG_TEST_SURELY_UNSET_VAR", false).unwrap();
+        assert_eq!(c.shown("connection.pg").as_deref(), Some("env:RG_TEST_SURELY_UNSET_VAR"));
+        assert_eq!(resolve("env:RG_TEST_SURELY_UNSET_VAR").unwrap_err(), "env:RG_TEST_SURELY_UNSET_VAR: the variable is not set in redis-server's environment");
+        // A URL is its own value.
+        assert_eq!(resolve("postgres://app:hunter2@h/db").unwrap(), "postgres://app:hunter2@h/db");
+        // A file: read at each resolve, trimmed; its content never in an error.
+        let dir = std::env::temp_dir().join(format!("rg-conn-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("url");
+        let r = format!("file:{}", f.display());
+        assert_eq!(resolve(&r).unwrap_err(), format!("{r}: no such file (as seen by redis-server)"));
+        std::fs::write(&f, "postgres://app:hunter2@h/db\n").unwrap();
+        assert_eq!(resolve(&r).unwrap(), "postgres://app:hunter2@h/db");
+        std::fs::write(&f, "postgres://app:hunter3@h/db").unwrap();
+        assert_eq!(resolve(&r).unwrap(), "postgres://app:hunter3@h/db");
+        std::fs::write(&f, " \n").unwrap();
+        assert_eq!(resolve(&r).unwrap_err(), format!("{r}: the file is empty"));
+        std::fs::write(&f, "postgres://app:hun/ter2@h/db").unwrap();
+        let e = resolve(&r).unwrap_err();
+        assert_eq!(e, format!("{r}: the URL in the file has a raw '/' in its user name or password (before the '@'), which the database drivers do not all read the same way; percent-encode it ('/' as %2F)"));
+        assert!(!e.contains("hun") && !e.contains("ter2"));
+        std::fs::write(&f, "env:OTHER").unwrap();
+        assert!(resolve(&r).unwrap_err().ends_with("the file holds another env: or file: reference; it must hold the connection URL"));
+        std::fs::write(&f, vec![b'x'; 70_000]).unwrap();
+        assert!(resolve(&r).unwrap_err().ends_with("the file is larger than 65536 bytes; it must hold only the connection URL"));
+        let d = format!("file:{}", dir.display());
+        assert_eq!(resolve(&d).unwrap_err(), format!("{d}: this is a directory, not a file"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn runtime_connections_win_over_module_arguments_and_count_generations() {
+        let c = Config::default();
+        c.set("connection.pg", "postgres://arg@h/db", true).unwrap();
+        c.set("connection.pg.users", "app", true).unwrap();
+        assert_eq!(c.connection("pg").as_deref(), Some("postgres://arg@h/db"));
+        assert!(c.runtime_connections().is_empty(), "module arguments are not saved");
+        let g0 = c.connection_generation("PG");
+        c.set("connection.PG", "postgres://rt@h/db", false).unwrap();
+        assert_eq!(c.connection("pg").as_deref(), Some("postgres://rt@h/db"));
+        assert!(c.connection_generation("pg") > g0);
+        // The same value again: a new generation (recipes connect again, re-reading a file).
+        let g1 = c.connection_generation("pg");
+        c.set("connection.pg", "postgres://rt@h/db", false).unwrap();
+        assert!(c.connection_generation("pg") > g1);
+        // The users: unset at run time overrides the module argument's list.
+        let g2 = c.connection_generation("pg");
+        c.set("connection.pg.users", "", false).unwrap();
+        assert_eq!(c.connection_users("pg"), ConnectionUsers::AdminsOnly);
+        assert_eq!(c.connection_generation("pg"), g2, "the users are not the URL");
+        assert_eq!(c.runtime_connections(), vec![("connection.pg".to_string(), "postgres://rt@h/db".to_string()), ("connection.pg.users".to_string(), String::new())]);
+        // Loading another state: back to the module arguments, and recipes connect again.
+        c.clear_runtime_connections();
+        assert_eq!(c.connection("pg").as_deref(), Some("postgres://arg@h/db"));
+        assert_eq!(c.connection_users("pg"), ConnectionUsers::List(vec!["app".into()]));
+        assert!(c.connection_generation("pg") > g2);
+        // With no module argument, an empty `.users` set at run time is simply unset.
+        c.set("connection.x.users", "", false).unwrap();
+        assert!(c.runtime_connections().is_empty());
+        // An empty URL at run time unsets it: the module argument's again, or none.
+        c.set("connection.pg", "postgres://rt@h/db", false).unwrap();
+        c.set("connection.other", "postgres://o@h/db", false).unwrap();
+        let g3 = c.connection_generation("pg");
+        c.set("connection.pg", "", false).unwrap();
+        c.set("connection.other", " ", false).unwrap();
+        assert_eq!(c.connection("pg").as_deref(), Some("postgres://arg@h/db"));
+        assert_eq!(c.connection("other"), None);
+        assert_eq!(c.shown("connection.other"), None);
+        assert!(c.connection_generation("pg") > g3);
+        assert!(c.runtime_connections().is_empty());
+        // Not at load: a module argument must hold a URL.
+        assert_eq!(Config::validate("connection.pg", "", true), Err(ConfigError::EmptyConnection("connection.pg".into())));
     }
 }
