@@ -23,6 +23,7 @@ pub use spec::{Delivery, Kind, OnFlush, Spec, TargetKind};
 pub use target::{connect, Checkpoint, Row, Schema, Target, TargetError};
 pub mod capture;
 pub mod pipeline;
+pub mod preview;
 pub mod registry;
 
 pub use registry::Recipes;

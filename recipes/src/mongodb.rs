@@ -105,7 +105,9 @@ fn run(db: &Database, session: Option<&mut ClientSession>, cmd: Document) -> Res
 }
 
 impl MongoDb {
-    pub fn connect(spec: &Spec, url: &str) -> Result<MongoDb, TargetError> {
+    /// Connects and finds out whether the server runs transactions (a read; nothing is
+    /// written: see `Target::prepare`).
+    pub fn open(spec: &Spec, url: &str) -> Result<MongoDb, TargetError> {
         let mut opts = ClientOptions::parse(url).run().map_err(|e| TargetError::Unavailable(format!("bad MongoDB URL for connection '{}': {e}", spec.target.connection)))?;
         // An outage is an error within seconds, not a wait of the driver's default 30 s.
         opts.server_selection_timeout.get_or_insert(Duration::from_secs(5));
@@ -117,12 +119,34 @@ impl MongoDb {
         let schema = Schema { types: spec.target.types.iter().cloned().collect(), columns: None };
         let mut m = MongoDb { client, db, collection: spec.target.table.clone(), key: spec.key_field.clone(), schema, transactions: true };
         m.transactions = m.probe_transactions()?;
-        if !m.transactions && spec.delivery == Delivery::ExactlyOnce {
-            return Err(TargetError::Unavailable(format!(
-                "MongoDB database '{database}' does not run transactions (a standalone mongod?), which exactly-once delivery needs: run it as a replica set, or use at-least-once"
-            )));
-        }
         Ok(m)
+    }
+
+    /// The command of one row: `(command, list, statement)`, e.g. `("update", "updates",
+    /// { q: { _id: "1" }, u: {...}, upsert: true })`.
+    fn statement(&self, r: &Row) -> (&'static str, &'static str, Document) {
+        let filter = doc! { self.key.as_str(): bson(&r.pk) };
+        match r.op {
+            Op::Delete => ("delete", "deletes", doc! { "q": filter, "limit": 1 }),
+            Op::Upsert => {
+                let mut d = Document::new();
+                d.insert(self.key.as_str(), bson(&r.pk));
+                for (col, cell) in r.cells.iter().filter(|(c, _)| *c != self.key) {
+                    d.insert(col.as_str(), bson(cell));
+                }
+                ("update", "updates", doc! { "q": filter, "u": d, "upsert": true })
+            }
+        }
+    }
+
+    /// The commands of `createTable`: the collection, and a unique index on `keyField`
+    /// unless it is `_id` (which has one).
+    fn create_commands(&self) -> Vec<Document> {
+        let mut out = vec![doc! { "create": self.collection.as_str() }];
+        if self.key != "_id" {
+            out.push(doc! { "createIndexes": self.collection.as_str(), "indexes": [{ "key": { self.key.as_str(): 1 }, "name": format!("{}_1", self.key), "unique": true }] });
+        }
+        out
     }
 
     /// Does the server run transactions? Reads the checkpoint collection in one (which also
@@ -144,17 +168,9 @@ impl MongoDb {
         let mut deletes = Vec::new();
         let mut updates = Vec::new();
         for r in rows {
-            let filter = doc! { self.key.as_str(): bson(&r.pk) };
-            match r.op {
-                Op::Delete => deletes.push(doc! { "q": filter, "limit": 1 }),
-                Op::Upsert => {
-                    let mut d = Document::new();
-                    d.insert(self.key.as_str(), bson(&r.pk));
-                    for (col, cell) in r.cells.iter().filter(|(c, _)| *c != self.key) {
-                        d.insert(col.as_str(), bson(cell));
-                    }
-                    updates.push(doc! { "q": filter, "u": d, "upsert": true });
-                }
+            match self.statement(r) {
+                (_, "deletes", st) => deletes.push(st),
+                (_, _, st) => updates.push(st),
             }
         }
         for (cmd, list, statements) in [("delete", "deletes", deletes), ("update", "updates", updates)] {
@@ -203,6 +219,46 @@ impl Target for MongoDb {
         // Nothing to read (documents have no schema); the ping tells an unreachable server.
         self.db.run_command(doc! { "ping": 1 }).run().map_err(classify)?;
         Ok(self.schema.clone())
+    }
+
+    fn exists(&mut self) -> Result<bool, TargetError> {
+        let names = self.db.list_collection_names().filter(doc! { "name": self.collection.as_str() }).run().map_err(classify)?;
+        Ok(names.contains(&self.collection))
+    }
+
+    fn create_statements(&self, _spec: &Spec) -> Vec<String> {
+        self.create_commands().iter().map(|d| d.to_string()).collect()
+    }
+
+    fn create(&mut self, _spec: &Spec) -> Result<(), TargetError> {
+        for cmd in self.create_commands() {
+            match self.db.run_command(cmd).run() {
+                Ok(_) => {}
+                // NamespaceExists: made meanwhile (another recipe, another node).
+                Err(e) if matches!(&*e.kind, ErrorKind::Command(c) if c.code == 48) => {}
+                Err(e) => return Err(classify(e)),
+            }
+        }
+        Ok(())
+    }
+
+    fn prepare(&mut self, spec: &Spec) -> Result<(), TargetError> {
+        if !self.transactions && spec.delivery == Delivery::ExactlyOnce {
+            return Err(TargetError::Unavailable(format!(
+                "MongoDB database '{}' does not run transactions (a standalone mongod?), which exactly-once delivery needs: run it as a replica set, or use at-least-once",
+                self.db.name()
+            )));
+        }
+        Ok(())
+    }
+
+    fn preview(&self, rows: &[&Row]) -> Vec<(String, Vec<Cell>)> {
+        rows.iter()
+            .map(|r| {
+                let (cmd, list, st) = self.statement(r);
+                (doc! { cmd: self.collection.as_str(), list: [st], "ordered": true }.to_string(), Vec::new())
+            })
+            .collect()
     }
 
     fn apply(&mut self, rows: &[Row], checkpoint: Option<&Checkpoint>) -> Result<usize, TargetError> {

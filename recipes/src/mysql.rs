@@ -6,7 +6,7 @@
 use crate::convert::{format_timestamp, Cell, ColType};
 use crate::spec::Spec;
 use crate::sql::{self, Dialect};
-use crate::target::{after, Checkpoint, Row, Schema, Target, TargetError};
+use crate::target::{after, planned_columns, Checkpoint, Row, Schema, Target, TargetError};
 use engine::streams::parse_id;
 use mysql::prelude::Queryable;
 use mysql::{Conn, Opts, OptsBuilder, TxOpts, Value};
@@ -41,7 +41,8 @@ fn classify(e: mysql::Error) -> TargetError {
 }
 
 impl MySql {
-    pub fn connect(spec: &Spec, url: &str) -> Result<MySql, TargetError> {
+    /// Connects (nothing is written: see `Target::prepare`).
+    pub fn open(spec: &Spec, url: &str) -> Result<MySql, TargetError> {
         let opts = Opts::from_url(url).map_err(|e| TargetError::Unavailable(format!("bad MySQL URL for connection '{}': {e}", spec.target.connection)))?;
         let opts = OptsBuilder::from_opts(opts)
             .tcp_connect_timeout(Some(Duration::from_secs(5)))
@@ -49,18 +50,16 @@ impl MySql {
             // Run on every (re)connection: refuse bad values instead of truncating them, and
             // read and write date-times as UTC.
             .init(vec!["SET SESSION sql_mode = 'STRICT_ALL_TABLES,NO_ZERO_DATE,NO_ZERO_IN_DATE,ERROR_FOR_DIVISION_BY_ZERO,NO_ENGINE_SUBSTITUTION'", "SET time_zone = '+00:00'"]);
-        let mut conn = Conn::new(opts).map_err(classify)?;
-        if spec.delivery == crate::spec::Delivery::ExactlyOnce {
-            // InnoDB keys hold at most 3072 bytes: (190 + 576) characters of 4 bytes. Names are
-            // compared byte for byte, as Redis compares keys.
-            conn.query_drop(format!(
-                "CREATE TABLE IF NOT EXISTS {} (recipe VARCHAR(190) NOT NULL, stream VARCHAR(576) NOT NULL, last_id VARCHAR(64) NOT NULL, PRIMARY KEY (recipe, stream)) \
-                 ENGINE = InnoDB DEFAULT CHARACTER SET utf8mb4 COLLATE utf8mb4_bin",
-                sql::CHECKPOINTS
-            ))
-            .map_err(classify)?;
-        }
+        let conn = Conn::new(opts).map_err(classify)?;
         Ok(MySql { conn, table: spec.target.table.clone(), key: spec.key_field.clone() })
+    }
+
+    /// The table's database (None: the connection's) and name.
+    fn names(&self) -> (Option<String>, String) {
+        match self.table.split_once('.') {
+            Some((d, t)) => (Some(d.to_string()), t.to_string()),
+            None => (None, self.table.clone()),
+        }
     }
 }
 
@@ -113,10 +112,7 @@ fn value(c: &Cell) -> Value {
 impl Target for MySql {
     fn schema(&mut self) -> Result<Schema, TargetError> {
         // `db.table` names its database; a plain name is in the connection's.
-        let (db, table) = match self.table.split_once('.') {
-            Some((d, t)) => (Some(d.to_string()), t.to_string()),
-            None => (None, self.table.clone()),
-        };
+        let (db, table) = self.names();
         let cols: Vec<(String, String, String)> = self
             .conn
             .exec(
@@ -132,6 +128,51 @@ impl Target for MySql {
             return Err(TargetError::Unavailable(format!("table '{}' has no key column '{}' (keyField)", self.table, self.key)));
         }
         Ok(Schema { types: cols.iter().map(|(c, d, t)| (c.clone(), col_type(d, t))).collect(), columns: Some(cols.into_iter().map(|(c, _, _)| c).collect()) })
+    }
+
+    fn exists(&mut self) -> Result<bool, TargetError> {
+        let (db, table) = self.names();
+        let n: Option<u64> = self
+            .conn
+            .exec_first("SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = COALESCE(?, DATABASE()) AND TABLE_NAME = ?", (db, table))
+            .map_err(classify)?;
+        Ok(n.unwrap_or(0) > 0)
+    }
+
+    fn create_statements(&self, spec: &Spec) -> Vec<String> {
+        vec![sql::create_table(Dialect::MySql, &self.table, &planned_columns(spec))]
+    }
+
+    fn create(&mut self, spec: &Spec) -> Result<(), TargetError> {
+        for st in self.create_statements(spec) {
+            self.conn.query_drop(st).map_err(classify)?;
+        }
+        Ok(())
+    }
+
+    fn prepare(&mut self, spec: &Spec) -> Result<(), TargetError> {
+        if spec.delivery == crate::spec::Delivery::ExactlyOnce {
+            // InnoDB keys hold at most 3072 bytes: (190 + 576) characters of 4 bytes. Names are
+            // compared byte for byte, as Redis compares keys.
+            self.conn
+                .query_drop(format!(
+                    "CREATE TABLE IF NOT EXISTS {} (recipe VARCHAR(190) NOT NULL, stream VARCHAR(576) NOT NULL, last_id VARCHAR(64) NOT NULL, PRIMARY KEY (recipe, stream)) \
+                     ENGINE = InnoDB DEFAULT CHARACTER SET utf8mb4 COLLATE utf8mb4_bin",
+                    sql::CHECKPOINTS
+                ))
+                .map_err(classify)?;
+        }
+        Ok(())
+    }
+
+    fn preview(&self, rows: &[&Row]) -> Vec<(String, Vec<Cell>)> {
+        sql::statements(Dialect::MySql, &self.table, &self.key, rows, &|_| None, 30000)
+            .into_iter()
+            .map(|st| {
+                let cells = st.cells(rows).cloned().collect();
+                (st.sql, cells)
+            })
+            .collect()
     }
 
     fn apply(&mut self, rows: &[Row], checkpoint: Option<&Checkpoint>) -> Result<usize, TargetError> {

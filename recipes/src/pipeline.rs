@@ -74,6 +74,9 @@ pub struct Pipeline {
     /// Why changes cannot be captured (a stream key of another type): while set, writes to
     /// the recipe's keys are refused rather than acknowledged without capture.
     broken: Mutex<Option<String>>,
+    /// `streams` holds every stream of the recipe in the keyspace (a first `discover` ran
+    /// on a primary): RG.RECIPE WAIT need not look for them itself.
+    discovered: AtomicBool,
     /// The URL the apply thread last connected (or tried to) with, read from its connection
     /// setting or the variable or file that setting names: kept only to scrub errors.
     url: Mutex<Option<String>>,
@@ -100,6 +103,7 @@ impl Pipeline {
             status: Default::default(),
             waiters: Default::default(),
             broken: Default::default(),
+            discovered: AtomicBool::new(false),
             url: Default::default(),
         })
     }
@@ -194,7 +198,15 @@ impl Pipeline {
             engine::streams::keys_with_prefix(&*locked, prefix.as_bytes()).into_iter().filter(|k| is_stream_of(&self.name, k)).collect()
         };
         self.streams.lock().extend(found);
+        self.discovered.store(true, Ordering::SeqCst);
         self.notify();
+    }
+
+    /// The recipe's streams known so far, and whether they are all of them (a discovery
+    /// ran; else the keyspace may hold more, from before a restart or promotion).
+    pub fn streams(&self) -> (Vec<Vec<u8>>, bool) {
+        let discovered = self.discovered.load(Ordering::SeqCst);
+        (self.streams.lock().iter().cloned().collect(), discovered)
     }
 
     /// Looks at every stream: its length (the backlog) and whether it is still a stream.
@@ -519,14 +531,32 @@ impl Pipeline {
 }
 
 /// A change as a row of the target: primary key and typed cells (a full row image: every
-/// mapped column, NULL where the hash has no such field).
+/// mapped column, NULL where the hash has no such field). The error is the first value that
+/// does not convert.
 pub fn row(spec: &Spec, schema: &Schema, c: &Change) -> Result<Row, String> {
+    let (row, mut errors) = map_row(spec, schema, c);
+    if errors.is_empty() {
+        Ok(row)
+    } else {
+        Err(errors.swap_remove(0))
+    }
+}
+
+/// `row` with every conversion error (a preview shows them all): the row without the cells
+/// that do not convert (a primary key that does not is NULL), and the errors in column order.
+pub fn map_row(spec: &Spec, schema: &Schema, c: &Change) -> (Row, Vec<String>) {
     let key_text = String::from_utf8_lossy(&c.key);
-    let pk_raw = spec.primary_key(&c.key).ok_or_else(|| format!("key '{key_text}' does not match the recipe's prefix or keyPattern"))?;
-    let ty = |col: &str| -> ColType {
-        spec.target.types.iter().find(|(c, _)| c == col).map(|(_, t)| *t).or_else(|| schema.types.get(col).copied()).unwrap_or(ColType::Text)
+    let mut errors = Vec::new();
+    let pk = match spec.primary_key(&c.key) {
+        None => {
+            errors.push(format!("key '{key_text}' does not match the recipe's prefix or keyPattern"));
+            Cell::Null
+        }
+        Some(pk_raw) => convert(pk_raw, column_type(spec, schema, &spec.key_field)).unwrap_or_else(|e| {
+            errors.push(format!("key '{key_text}': the primary key {e} (column {})", spec.key_field));
+            Cell::Null
+        }),
     };
-    let pk = convert(pk_raw, ty(&spec.key_field)).map_err(|e| format!("key '{key_text}': the primary key {e} (column {})", spec.key_field))?;
     let mut cells = Vec::new();
     if c.op == Op::Upsert {
         let field = |name: &str| c.fields.iter().find(|(f, _)| f == name).map(|(_, v)| v);
@@ -544,14 +574,21 @@ pub fn row(spec: &Spec, schema: &Schema, c: &Change) -> Result<Row, String> {
                     }
                 }
             }
-            let cell = match field(&f) {
-                None => Cell::Null,
-                Some(v) => convert(v, ty(&col)).map_err(|e| format!("key '{key_text}': field '{f}' {e} (column {col})"))?,
-            };
-            cells.push((col, cell));
+            match field(&f) {
+                None => cells.push((col, Cell::Null)),
+                Some(v) => match convert(v, column_type(spec, schema, &col)) {
+                    Ok(cell) => cells.push((col, cell)),
+                    Err(e) => errors.push(format!("key '{key_text}': field '{f}' {e} (column {col})")),
+                },
+            }
         }
     }
-    Ok(Row { id: c.id, key: c.key.clone(), op: c.op, pk, cells })
+    (Row { id: c.id, key: c.key.clone(), op: c.op, pk, cells }, errors)
+}
+
+/// The type a column's values are converted to: from `types`, else the table's, else text.
+pub fn column_type(spec: &Spec, schema: &Schema, col: &str) -> ColType {
+    spec.target.types.iter().find(|(c, _)| c == col).map(|(_, t)| *t).or_else(|| schema.types.get(col).copied()).unwrap_or(ColType::Text)
 }
 
 /// `message` without the connection URL or its secrets (password, query), however the

@@ -5,7 +5,7 @@
 use crate::convert::{Cell, ColType};
 use crate::spec::Spec;
 use crate::sql::{self, Dialect};
-use crate::target::{after, Checkpoint, Row, Schema, Target, TargetError};
+use crate::target::{after, planned_columns, planned_schema, Checkpoint, Row, Schema, Target, TargetError};
 use engine::streams::parse_id;
 use postgres::types::ToSql;
 use postgres::{Client, NoTls};
@@ -38,19 +38,25 @@ fn classify(e: postgres::Error) -> TargetError {
 }
 
 impl Postgres {
-    pub fn connect(spec: &Spec, url: &str) -> Result<Postgres, TargetError> {
+    /// Connects (nothing is written: see `Target::prepare`).
+    pub fn open(spec: &Spec, url: &str) -> Result<Postgres, TargetError> {
         let mut config: postgres::Config = url.parse().map_err(|e| TargetError::Unavailable(format!("bad PostgreSQL URL for connection '{}': {e}", spec.target.connection)))?;
         config.connect_timeout(Duration::from_secs(5));
         config.keepalives_idle(Duration::from_secs(10));
         let client = config.connect(NoTls).map_err(classify)?;
-        let mut pg = Postgres { client, table: spec.target.table.clone(), key: spec.key_field.clone(), sql_types: HashMap::new() };
-        if spec.delivery == crate::spec::Delivery::ExactlyOnce {
-            pg.client
-                .batch_execute(&format!("CREATE TABLE IF NOT EXISTS {} (recipe text NOT NULL, stream text NOT NULL, last_id text NOT NULL, PRIMARY KEY (recipe, stream))", sql::CHECKPOINTS))
-                .map_err(classify)?;
-        }
-        Ok(pg)
+        Ok(Postgres { client, table: spec.target.table.clone(), key: spec.key_field.clone(), sql_types: HashMap::new() })
     }
+
+    /// The table's name as `to_regclass` reads it: quoted, as the statements name it (an
+    /// unquoted `Users` would be looked up as `users`).
+    fn regclass(&self) -> String {
+        Dialect::Postgres.table(&self.table)
+    }
+}
+
+/// The type a text parameter for `col` is cast to (none for text and bytea).
+fn cast(types: &HashMap<String, String>, col: &str) -> Option<String> {
+    types.get(col).filter(|t| t.as_str() != "text" && t.as_str() != "bytea").cloned()
 }
 
 impl Target for Postgres {
@@ -61,7 +67,7 @@ impl Target for Postgres {
                 "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), t.typcategory::text, t.typname::text \
                  FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid \
                  WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
-                &[&self.table],
+                &[&self.regclass()],
             )
             .map_err(classify)?;
         if rows.is_empty() {
@@ -90,6 +96,48 @@ impl Target for Postgres {
         Ok(schema)
     }
 
+    fn exists(&mut self) -> Result<bool, TargetError> {
+        let r = self.client.query_one("SELECT to_regclass($1) IS NOT NULL", &[&self.regclass()]).map_err(classify)?;
+        Ok(r.get(0))
+    }
+
+    fn create_statements(&self, spec: &Spec) -> Vec<String> {
+        vec![sql::create_table(Dialect::Postgres, &self.table, &planned_columns(spec))]
+    }
+
+    fn create(&mut self, spec: &Spec) -> Result<(), TargetError> {
+        for st in self.create_statements(spec) {
+            self.client.batch_execute(&st).map_err(classify)?;
+        }
+        Ok(())
+    }
+
+    fn prepare(&mut self, spec: &Spec) -> Result<(), TargetError> {
+        if spec.delivery == crate::spec::Delivery::ExactlyOnce {
+            self.client
+                .batch_execute(&format!("CREATE TABLE IF NOT EXISTS {} (recipe text NOT NULL, stream text NOT NULL, last_id text NOT NULL, PRIMARY KEY (recipe, stream))", sql::CHECKPOINTS))
+                .map_err(classify)?;
+        }
+        Ok(())
+    }
+
+    fn plan(&mut self, spec: &Spec) -> Schema {
+        let cols = planned_columns(spec);
+        self.sql_types = cols.iter().map(|(c, t)| (c.clone(), sql::column_type(Dialect::Postgres, *t, false).to_string())).collect();
+        planned_schema(spec)
+    }
+
+    fn preview(&self, rows: &[&Row]) -> Vec<(String, Vec<Cell>)> {
+        let cast_to = |col: &str| cast(&self.sql_types, col);
+        sql::statements(Dialect::Postgres, &self.table, &self.key, rows, &cast_to, 30000)
+            .into_iter()
+            .map(|st| {
+                let cells = st.cells(rows).cloned().collect();
+                (st.sql, cells)
+            })
+            .collect()
+    }
+
     fn apply(&mut self, rows: &[Row], checkpoint: Option<&Checkpoint>) -> Result<usize, TargetError> {
         let mut tx = self.client.transaction().map_err(classify)?;
         let last = match checkpoint {
@@ -101,8 +149,8 @@ impl Target for Postgres {
         };
         let todo = after(rows, last);
         let types = &self.sql_types;
-        let cast = |col: &str| types.get(col).filter(|t| t.as_str() != "text" && t.as_str() != "bytea").cloned();
-        for st in sql::statements(Dialect::Postgres, &self.table, &self.key, &todo, &cast, 30000) {
+        let cast_to = |col: &str| cast(types, col);
+        for st in sql::statements(Dialect::Postgres, &self.table, &self.key, &todo, &cast_to, 30000) {
             let values: Vec<Box<dyn ToSql + Sync>> = st
                 .cells(&todo)
                 .map(|cell| -> Box<dyn ToSql + Sync> {

@@ -379,7 +379,14 @@ impl Spec {
             for (c, _) in spec.columns.iter().flatten() {
                 check_identifier("column", c)?;
             }
+            if spec.create_table {
+                // The table createTable makes also has the columns `types` names.
+                for (c, _) in &spec.target.types {
+                    check_identifier("column", c)?;
+                }
+            }
         }
+        crate::target::check_create_table(&spec)?;
         Ok(spec)
     }
 

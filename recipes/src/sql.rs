@@ -3,7 +3,7 @@
 //! always quoted; values are always parameters.
 
 use crate::change::Op;
-use crate::convert::Cell;
+use crate::convert::{Cell, ColType};
 use crate::target::Row;
 use engine::streams::{format_id, StreamId};
 
@@ -120,6 +120,52 @@ impl Statement {
     }
 }
 
+/// The SQL type `createTable` gives a column of type `t` (`key`: the primary key, which
+/// MySQL/MariaDB can only index with a bounded length).
+pub fn column_type(d: Dialect, t: ColType, key: bool) -> &'static str {
+    match (d, t) {
+        (Dialect::Postgres, ColType::Int) => "bigint",
+        (Dialect::Postgres, ColType::Float) => "double precision",
+        (Dialect::Postgres, ColType::Bool) => "boolean",
+        (Dialect::Postgres, ColType::Timestamp) => "timestamptz",
+        (Dialect::Postgres, ColType::Text) => "text",
+        (Dialect::Postgres, ColType::Bytes) => "bytea",
+        (Dialect::MySql, ColType::Int) => "BIGINT",
+        (Dialect::MySql, ColType::Float) => "DOUBLE",
+        (Dialect::MySql, ColType::Bool) => "BOOLEAN",
+        (Dialect::MySql, ColType::Timestamp) => "DATETIME(6)",
+        // InnoDB keys hold at most 3072 bytes: 512 characters of 4 bytes.
+        (Dialect::MySql, ColType::Text) if key => "VARCHAR(512)",
+        (Dialect::MySql, ColType::Text) => "LONGTEXT",
+        (Dialect::MySql, ColType::Bytes) if key => "VARBINARY(3072)",
+        (Dialect::MySql, ColType::Bytes) => "LONGBLOB",
+        // SQLite: names its affinity rules read back as the same type.
+        (Dialect::Sqlite, ColType::Int) => "INTEGER",
+        (Dialect::Sqlite, ColType::Float) => "REAL",
+        (Dialect::Sqlite, ColType::Bool) => "BOOLEAN",
+        (Dialect::Sqlite, ColType::Timestamp) => "TIMESTAMP",
+        (Dialect::Sqlite, ColType::Text) => "TEXT",
+        (Dialect::Sqlite, ColType::Bytes) => "BLOB",
+    }
+}
+
+/// `CREATE TABLE IF NOT EXISTS` of `createTable`: `cols` (key first, see
+/// `target::planned_columns`), the first one the primary key. MySQL/MariaDB tables are
+/// InnoDB with `utf8mb4_bin`, so keys compare byte for byte as Redis keys do.
+pub fn create_table(d: Dialect, table: &str, cols: &[(String, ColType)]) -> String {
+    let defs: Vec<String> = cols
+        .iter()
+        .enumerate()
+        .map(|(i, (c, t))| {
+            let not_null = if i == 0 { " NOT NULL" } else { "" };
+            format!("{} {}{not_null}", d.quote(c), column_type(d, *t, i == 0))
+        })
+        .collect();
+    let key = cols.first().map(|(c, _)| d.quote(c)).unwrap_or_default();
+    let tail = if d == Dialect::MySql { " ENGINE = InnoDB DEFAULT CHARACTER SET utf8mb4 COLLATE utf8mb4_bin" } else { "" };
+    format!("CREATE TABLE IF NOT EXISTS {} ({}, PRIMARY KEY ({key})){tail}", d.table(table), defs.join(", "))
+}
+
 /// The checkpoint table of exactly-once delivery.
 pub const CHECKPOINTS: &str = "rg_checkpoints";
 
@@ -152,5 +198,22 @@ mod tests {
         let many: Vec<Row> = (0..10).map(|i| row(i, Op::Upsert, &["a"])).collect();
         let refs: Vec<&Row> = many.iter().collect();
         assert_eq!(statements(Dialect::Sqlite, "t", "id", &refs, &|_| None, 4).len(), 5);
+    }
+
+    #[test]
+    fn create_table_in_each_dialect() {
+        let cols = vec![("id".to_string(), ColType::Int), ("name".to_string(), ColType::Text), ("at".to_string(), ColType::Timestamp), ("raw".to_string(), ColType::Bytes)];
+        assert_eq!(
+            create_table(Dialect::Postgres, "public.users", &cols),
+            "CREATE TABLE IF NOT EXISTS \"public\".\"users\" (\"id\" bigint NOT NULL, \"name\" text, \"at\" timestamptz, \"raw\" bytea, PRIMARY KEY (\"id\"))"
+        );
+        assert_eq!(
+            create_table(Dialect::MySql, "users", &[("k".to_string(), ColType::Text), ("v".to_string(), ColType::Text)]),
+            "CREATE TABLE IF NOT EXISTS `users` (`k` VARCHAR(512) NOT NULL, `v` LONGTEXT, PRIMARY KEY (`k`)) ENGINE = InnoDB DEFAULT CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
+        );
+        assert_eq!(
+            create_table(Dialect::Sqlite, "users", &cols),
+            "CREATE TABLE IF NOT EXISTS \"users\" (\"id\" INTEGER NOT NULL, \"name\" TEXT, \"at\" TIMESTAMP, \"raw\" BLOB, PRIMARY KEY (\"id\"))"
+        );
     }
 }

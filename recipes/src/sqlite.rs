@@ -6,10 +6,10 @@
 use crate::convert::{format_timestamp, Cell, ColType};
 use crate::spec::Spec;
 use crate::sql::{self, Dialect};
-use crate::target::{after, Checkpoint, Row, Schema, Target, TargetError};
+use crate::target::{after, planned_columns, Checkpoint, Row, Schema, Target, TargetError};
 use engine::streams::parse_id;
 use rusqlite::types::Value as SqlValue;
-use rusqlite::{Connection, ErrorCode};
+use rusqlite::{Connection, ErrorCode, OpenFlags};
 use std::time::Duration;
 
 pub struct Sqlite {
@@ -30,13 +30,27 @@ pub fn path_of(url: &str) -> &str {
 }
 
 impl Sqlite {
-    pub fn connect(spec: &Spec, url: &str) -> Result<Sqlite, TargetError> {
-        let conn = Connection::open(path_of(url)).map_err(classify)?;
-        conn.busy_timeout(Duration::from_secs(5)).map_err(classify)?;
-        if spec.delivery == crate::spec::Delivery::ExactlyOnce {
-            conn.execute_batch(&format!("CREATE TABLE IF NOT EXISTS {} (recipe TEXT NOT NULL, stream TEXT NOT NULL, last_id TEXT NOT NULL, PRIMARY KEY (recipe, stream))", sql::CHECKPOINTS)).map_err(classify)?;
+    /// Opens the database file (nothing is written: see `Target::prepare`). `read_only`
+    /// (a preview): the file is not created; a missing one reads as an empty database.
+    pub fn open(spec: &Spec, url: &str, read_only: bool) -> Result<Sqlite, TargetError> {
+        let conn = if read_only && !std::path::Path::new(path_of(url)).exists() {
+            // Connecting would create the file, empty: the same as an empty database.
+            Connection::open_in_memory()
+        } else if read_only {
+            Connection::open_with_flags(path_of(url), OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+        } else {
+            Connection::open(path_of(url))
         }
+        .map_err(classify)?;
+        conn.busy_timeout(Duration::from_secs(5)).map_err(classify)?;
         Ok(Sqlite { conn, table: spec.target.table.clone(), key: spec.key_field.clone() })
+    }
+
+    /// The table's columns and declared types (none: no such table).
+    fn columns(&self) -> Result<Vec<(String, String)>, TargetError> {
+        let mut stmt = self.conn.prepare(&format!("PRAGMA table_info({})", Dialect::Sqlite.table(&self.table))).map_err(classify)?;
+        let cols = stmt.query_map([], |r| Ok((r.get::<_, String>(1)?, r.get::<_, String>(2)?))).map_err(classify)?.collect::<Result<_, _>>().map_err(classify)?;
+        Ok(cols)
     }
 }
 
@@ -73,8 +87,7 @@ fn value(c: &Cell) -> SqlValue {
 
 impl Target for Sqlite {
     fn schema(&mut self) -> Result<Schema, TargetError> {
-        let mut stmt = self.conn.prepare(&format!("PRAGMA table_info({})", Dialect::Sqlite.table(&self.table))).map_err(classify)?;
-        let cols: Vec<(String, String)> = stmt.query_map([], |r| Ok((r.get::<_, String>(1)?, r.get::<_, String>(2)?))).map_err(classify)?.collect::<Result<_, _>>().map_err(classify)?;
+        let cols = self.columns()?;
         if cols.is_empty() {
             return Err(TargetError::Unavailable(format!("SQLite has no table '{}'", self.table)));
         }
@@ -82,6 +95,40 @@ impl Target for Sqlite {
             return Err(TargetError::Unavailable(format!("table '{}' has no key column '{}' (keyField)", self.table, self.key)));
         }
         Ok(Schema { types: cols.iter().map(|(c, t)| (c.clone(), affinity(t))).collect(), columns: Some(cols.into_iter().map(|(c, _)| c).collect()) })
+    }
+
+    fn exists(&mut self) -> Result<bool, TargetError> {
+        Ok(!self.columns()?.is_empty())
+    }
+
+    fn create_statements(&self, spec: &Spec) -> Vec<String> {
+        vec![sql::create_table(Dialect::Sqlite, &self.table, &planned_columns(spec))]
+    }
+
+    fn create(&mut self, spec: &Spec) -> Result<(), TargetError> {
+        for st in self.create_statements(spec) {
+            self.conn.execute_batch(&st).map_err(classify)?;
+        }
+        Ok(())
+    }
+
+    fn prepare(&mut self, spec: &Spec) -> Result<(), TargetError> {
+        if spec.delivery == crate::spec::Delivery::ExactlyOnce {
+            self.conn
+                .execute_batch(&format!("CREATE TABLE IF NOT EXISTS {} (recipe TEXT NOT NULL, stream TEXT NOT NULL, last_id TEXT NOT NULL, PRIMARY KEY (recipe, stream))", sql::CHECKPOINTS))
+                .map_err(classify)?;
+        }
+        Ok(())
+    }
+
+    fn preview(&self, rows: &[&Row]) -> Vec<(String, Vec<Cell>)> {
+        sql::statements(Dialect::Sqlite, &self.table, &self.key, rows, &|_| None, 30000)
+            .into_iter()
+            .map(|st| {
+                let cells = st.cells(rows).cloned().collect();
+                (st.sql, cells)
+            })
+            .collect()
     }
 
     fn apply(&mut self, rows: &[Row], checkpoint: Option<&Checkpoint>) -> Result<usize, TargetError> {

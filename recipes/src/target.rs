@@ -55,16 +55,94 @@ pub trait Target: Send {
     /// stored one are skipped and the id of the last row is stored in the same
     /// transaction. Returns how many rows were applied.
     fn apply(&mut self, rows: &[Row], checkpoint: Option<&Checkpoint>) -> Result<usize, TargetError>;
+    /// Does the table (MongoDB: the collection) exist? Reads only.
+    fn exists(&mut self) -> Result<bool, TargetError>;
+    /// What `createTable` sends when the table does not exist: SQL, or MongoDB commands as
+    /// JSON. Sends nothing.
+    fn create_statements(&self, spec: &Spec) -> Vec<String>;
+    /// Sends `create_statements` (what `createTable` does once the table is found missing).
+    fn create(&mut self, spec: &Spec) -> Result<(), TargetError>;
+    /// What connecting needs besides reading: exactly-once's checkpoint table (or the
+    /// check that MongoDB runs transactions). Called by `connect`, never by a preview.
+    fn prepare(&mut self, spec: &Spec) -> Result<(), TargetError>;
+    /// The schema of the table `createTable` would make, taken as the table's (a preview
+    /// of a table that does not exist yet).
+    fn plan(&mut self, spec: &Spec) -> Schema {
+        planned_schema(spec)
+    }
+    /// The statements `apply` would send for `rows` (without exactly-once's checkpoint),
+    /// each with its parameters (none for MongoDB, whose commands hold their values).
+    /// Sends nothing.
+    fn preview(&self, rows: &[&Row]) -> Vec<(String, Vec<Cell>)>;
 }
 
-/// Connects to the target of `spec` at `url`.
-pub fn connect(spec: &Spec, url: &str) -> Result<Box<dyn Target>, TargetError> {
+/// Opens a connection to the target of `spec` at `url` that only reads (a preview): no
+/// checkpoint table, no `createTable`, and SQLite opens the file read-only (a missing file
+/// is not created: it reads as an empty database).
+pub fn open(spec: &Spec, url: &str) -> Result<Box<dyn Target>, TargetError> {
     match spec.target.kind {
-        TargetKind::Postgres => Ok(Box::new(crate::postgres::Postgres::connect(spec, url)?)),
-        TargetKind::Sqlite => Ok(Box::new(crate::sqlite::Sqlite::connect(spec, url)?)),
-        TargetKind::MySql => Ok(Box::new(crate::mysql::MySql::connect(spec, url)?)),
-        TargetKind::MongoDb => Ok(Box::new(crate::mongodb::MongoDb::connect(spec, url)?)),
+        TargetKind::Postgres => Ok(Box::new(crate::postgres::Postgres::open(spec, url)?)),
+        TargetKind::Sqlite => Ok(Box::new(crate::sqlite::Sqlite::open(spec, url, true)?)),
+        TargetKind::MySql => Ok(Box::new(crate::mysql::MySql::open(spec, url)?)),
+        TargetKind::MongoDb => Ok(Box::new(crate::mongodb::MongoDb::open(spec, url)?)),
     }
+}
+
+/// Connects to the target of `spec` at `url`, ready to apply: the checkpoint table of
+/// exactly-once exists, and with `createTable` so does the table (created if missing,
+/// never altered).
+pub fn connect(spec: &Spec, url: &str) -> Result<Box<dyn Target>, TargetError> {
+    let mut t: Box<dyn Target> = match spec.target.kind {
+        TargetKind::Postgres => Box::new(crate::postgres::Postgres::open(spec, url)?),
+        TargetKind::Sqlite => Box::new(crate::sqlite::Sqlite::open(spec, url, false)?),
+        TargetKind::MySql => Box::new(crate::mysql::MySql::open(spec, url)?),
+        TargetKind::MongoDb => Box::new(crate::mongodb::MongoDb::open(spec, url)?),
+    };
+    t.prepare(spec)?;
+    if spec.create_table && !t.exists()? {
+        t.create(spec)?;
+    }
+    Ok(t)
+}
+
+/// The columns of the table `createTable` makes, key first, each with its type: `keyField`,
+/// then the columns of `columns`, then the other columns `target.types` names. A column's
+/// type is the one `target.types` gives it, else text.
+pub fn planned_columns(spec: &Spec) -> Vec<(String, ColType)> {
+    let ty = |col: &str| spec.target.types.iter().find(|(c, _)| c == col).map(|(_, t)| *t).unwrap_or(ColType::Text);
+    let mut out: Vec<(String, ColType)> = vec![(spec.key_field.clone(), ty(&spec.key_field))];
+    let named = spec.columns.iter().flatten().map(|(c, _)| c).chain(spec.target.types.iter().map(|(c, _)| c));
+    for c in named {
+        if !out.iter().any(|(o, _)| o == c) {
+            out.push((c.clone(), ty(c)));
+        }
+    }
+    out
+}
+
+/// Why `createTable` cannot be used with these options, if it cannot: a SQL table needs
+/// its columns, which come from `columns` or `target.types`.
+pub fn check_create_table(spec: &Spec) -> Result<(), String> {
+    if !spec.create_table || spec.target.kind == TargetKind::MongoDb {
+        return Ok(());
+    }
+    if planned_columns(spec).len() < 2 {
+        return Err(format!(
+            "createTable needs the table's columns besides the key '{}': name them in columns (or give their types in target.types); a {} table cannot be made from hash fields not seen yet",
+            spec.key_field,
+            spec.target.kind.as_str()
+        ));
+    }
+    Ok(())
+}
+
+/// The schema of the table `createTable` makes (MongoDB: the types of `target.types`).
+pub fn planned_schema(spec: &Spec) -> Schema {
+    if spec.target.kind == TargetKind::MongoDb {
+        return Schema { types: spec.target.types.iter().cloned().collect(), columns: None };
+    }
+    let cols = planned_columns(spec);
+    Schema { types: cols.iter().cloned().collect(), columns: Some(cols.into_iter().map(|(c, _)| c).collect()) }
 }
 
 /// The rows of `rows` that a checkpoint at `last` has not applied yet.
