@@ -36,7 +36,7 @@ pub fn send(ctx: &Context, a: &Answer) {
     }
 }
 
-extern "C" fn on_reply(ctx: *mut raw::RedisModuleCtx, _argv: *mut *mut raw::RedisModuleString, _argc: c_int) -> c_int {
+pub(crate) extern "C" fn on_reply(ctx: *mut raw::RedisModuleCtx, _argv: *mut *mut raw::RedisModuleString, _argc: c_int) -> c_int {
     let r = std::panic::catch_unwind(|| {
         let ctx = Context::new(ctx);
         // SAFETY: the private data is the `Answer` boxed in `block_until_done`, alive until
@@ -54,7 +54,7 @@ extern "C" fn on_reply(ctx: *mut raw::RedisModuleCtx, _argv: *mut *mut raw::Redi
     raw::REDISMODULE_OK as c_int
 }
 
-extern "C" fn free_answer(_ctx: *mut raw::RedisModuleCtx, data: *mut std::os::raw::c_void) {
+pub(crate) extern "C" fn free_answer(_ctx: *mut raw::RedisModuleCtx, data: *mut std::os::raw::c_void) {
     if !data.is_null() {
         // SAFETY: `data` came from Box::into_raw in `block_until_done` and is freed once.
         drop(unsafe { Box::from_raw(data as *mut Answer) });

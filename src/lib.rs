@@ -172,6 +172,8 @@ redis_module! {
         ["rg.clearregistrationsstats", commands::registrations::clear_stats, "write deny-script", 0, 0, 0, "", "scripting slow"],
         ["rg.dumpsessions", commands::registrations::dump_sessions, "readonly deny-script", 0, 0, 0, "", "scripting slow"],
         ["rg.dropsession", commands::registrations::drop_session, "write deny-script", 0, 0, 0, "", "scripting slow"],
+        // PREVIEW and WAIT block the client (never the server); WAIT is refused in MULTI.
+        ["rg.recipe", commands::recipe::rg_recipe, "readonly deny-script", 0, 0, 0, "", "scripting slow blocking"],
         ["rg.sessionload", persistence::session_load, "write deny-script", 0, 0, 0, "", "admin dangerous"],
         ["rg.sessiondrop", persistence::session_drop, "write deny-script", 0, 0, 0, "", "admin dangerous"],
         ["rg.streampos", persistence::stream_position, "write deny-script", 0, 0, 0, "", "admin dangerous"],

@@ -4,6 +4,7 @@ pub mod config;
 pub mod exec;
 pub mod executions;
 pub mod packages;
+pub mod recipe;
 pub mod registrations;
 
 use redis_module::{Context, RedisError, RedisResult, RedisString, RedisValue};
