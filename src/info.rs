@@ -60,10 +60,13 @@ fn recipe_fields() -> Vec<(String, String)> {
     let mut out = vec![("recipes".to_string(), all.len().to_string()), ("recipes_backlog".into(), backlog.to_string()), ("recipes_lag_ms".into(), lag.to_string())];
     for p in all {
         let st = p.status();
+        // The backfill: off (no `backfill`), pending, running or done; keys scanned and the
+        // estimate of the keys under the prefix.
+        let bf = r.backfill(&p.name).map(|b| b.progress());
         out.push((
             format!("recipe_{}", p.name),
             format!(
-                "backlog={},lag_ms={},captured={},applied={},retries={},dead_lettered={},capture_errors={},connected={}",
+                "backlog={},lag_ms={},captured={},applied={},retries={},dead_lettered={},capture_errors={},connected={},backfill={},backfill_scanned={},backfill_total={}",
                 p.backlog.load(std::sync::atomic::Ordering::Relaxed),
                 st.lag_ms,
                 p.captured.load(std::sync::atomic::Ordering::Relaxed),
@@ -71,7 +74,10 @@ fn recipe_fields() -> Vec<(String, String)> {
                 st.retries,
                 st.dead_lettered,
                 st.capture_errors,
-                st.connected as u8
+                st.connected as u8,
+                bf.as_ref().map_or("off", |b| b.state.as_str()),
+                bf.as_ref().map_or(0, |b| b.scanned),
+                bf.as_ref().map_or(0, |b| b.total),
             ),
         ));
     }

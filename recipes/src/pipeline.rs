@@ -189,14 +189,23 @@ impl Pipeline {
 
     /// Finds the recipe's streams in the keyspace (after a restart or promotion).
     pub fn discover(&self, host: &dyn Host) {
-        let found: Vec<Vec<u8>> = {
+        // One lock per SCAN step: a large keyspace is walked without stalling Redis (a
+        // stream made meanwhile is added by its capture).
+        let pattern = format!("{STREAM_PREFIX}{}*", self.name);
+        let (mut found, mut cursor) = (Vec::new(), 0u64);
+        loop {
             let locked = host.lock(self.db());
             if !locked.is_primary() {
                 return;
             }
-            let prefix = format!("{STREAM_PREFIX}{}", self.name);
-            engine::streams::keys_with_prefix(&*locked, prefix.as_bytes()).into_iter().filter(|k| is_stream_of(&self.name, k)).collect()
-        };
+            let Ok((next, keys)) = engine::scan(&*locked, None, cursor, pattern.as_bytes(), 250) else { break };
+            drop(locked);
+            found.extend(keys.into_iter().filter(|k| is_stream_of(&self.name, k)));
+            cursor = next;
+            if cursor == 0 {
+                break;
+            }
+        }
         self.streams.lock().extend(found);
         self.discovered.store(true, Ordering::SeqCst);
         self.notify();

@@ -1,8 +1,10 @@
 //! The recipes of this shard: one pipeline (and apply thread) per recipe name, following
 //! the sessions. An upgraded session keeps its recipe's pipeline, streams and backlog (only
 //! the options change); a dropped one stops applying, and its stream stays in the keyspace
-//! until a recipe of that name is registered again.
+//! until a recipe of that name is registered again. A recipe with `backfill` also has a
+//! backfill (see `backfill`), started here and stopped with the recipe.
 
+use crate::backfill::Backfill;
 use crate::capture::{capture, event_op, Captured};
 use crate::change::STREAM_PREFIX;
 use crate::pipeline::Pipeline;
@@ -22,6 +24,11 @@ pub struct Recipes {
     pub cluster: AtomicBool,
     /// The sessions generation the pipelines were last made to match.
     synced: std::sync::atomic::AtomicU64,
+    /// The backfills of the recipes with `backfill` (running or done), by recipe name.
+    backfills: RwLock<HashMap<String, Arc<Backfill>>>,
+    /// Removed backfills whose saved state may not be deleted yet: a new backfill of the
+    /// same name waits for that.
+    retired: parking_lot::Mutex<HashMap<String, Arc<Backfill>>>,
 }
 
 impl Recipes {
@@ -37,6 +44,11 @@ impl Recipes {
 
     pub fn get(&self, name: &str) -> Option<Arc<Pipeline>> {
         self.pipelines.read().get(name).cloned()
+    }
+
+    /// The backfill of recipe `name`, if it has `backfill`.
+    pub fn backfill(&self, name: &str) -> Option<Arc<Backfill>> {
+        self.backfills.read().get(name).cloned()
     }
 
     /// The pipelines whose keys include `key`: in database `db`, or in any database when
@@ -59,6 +71,10 @@ impl Recipes {
             match capture(locked, &spec, op, key, self.cluster.load(Ordering::Relaxed)) {
                 Ok(Some(c)) => {
                     p.captured(&c.stream);
+                    // A key written while its recipe backfills is not queued again by it.
+                    if let Some(b) = self.backfills.read().get(&p.name) {
+                        b.touch(locked, key);
+                    }
                     out.push((p, Ok(c)));
                 }
                 Ok(None) => {}
@@ -106,12 +122,14 @@ impl Recipes {
             }
         }
         let mut started = Vec::new();
+        let mut removed = Vec::new();
         {
             let mut map = self.pipelines.write();
             map.retain(|name, p| {
                 let keep = wanted.contains_key(name);
                 if !keep {
                     p.stop();
+                    removed.push(p.clone());
                 }
                 keep
             });
@@ -126,6 +144,7 @@ impl Recipes {
                 }
             }
             self.count.store(map.len(), Ordering::Relaxed);
+            self.sync_backfills(&map, &removed, &engine.host);
             self.synced.store(generation, Ordering::Release);
         }
         for p in started {
@@ -148,8 +167,44 @@ impl Recipes {
         }
     }
 
+    /// Makes the backfills follow the pipelines (which have their new specs): a recipe with
+    /// `backfill` gets one, started unless it ended for the recipe's current target; a
+    /// recipe removed or without `backfill` any more loses its own, with its saved state.
+    /// Takes no data lock.
+    fn sync_backfills(&self, pipelines: &HashMap<String, Arc<Pipeline>>, removed: &[Arc<Pipeline>], host: &Arc<dyn engine::Host>) {
+        let cluster = self.cluster.load(Ordering::Relaxed);
+        let mut backfills = self.backfills.write();
+        let mut retired = self.retired.lock();
+        retired.retain(|_, b| !b.cleaned());
+        for p in removed {
+            if let Some(b) = backfills.remove(&p.name) {
+                b.remove(host, p.db());
+                retired.insert(b.name.clone(), b);
+            }
+        }
+        for (name, p) in pipelines {
+            if p.spec().backfill {
+                let b = match backfills.get(name) {
+                    Some(b) => b.clone(),
+                    None => {
+                        let b = Backfill::new(name.clone(), cluster, retired.remove(name));
+                        backfills.insert(name.clone(), b.clone());
+                        b
+                    }
+                };
+                b.ensure_running(p, host);
+            } else if let Some(b) = backfills.remove(name) {
+                b.remove(host, p.db());
+                retired.insert(b.name.clone(), b);
+            }
+        }
+    }
+
     /// Stops every pipeline (shutdown).
     pub fn stop_all(&self) {
+        for b in self.backfills.write().drain().map(|(_, b)| b) {
+            b.stop();
+        }
         for p in self.pipelines.write().drain().map(|(_, p)| p) {
             p.stop();
         }

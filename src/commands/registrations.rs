@@ -93,6 +93,23 @@ fn recipe_status(r: &Registration) -> Value {
         kv("captureErrors", Value::Int(st.capture_errors as i64)),
         kv("connected", Value::Bool(st.connected)),
         kv("lastError", opt(&st.last_error)),
+        kv("backfill", backfill_status(name)),
+    ])
+}
+
+/// A recipe's backfill: nil without `backfill`.
+fn backfill_status(name: &str) -> Value {
+    let Some(b) = crate::recipes::recipes().and_then(|x| x.backfill(name)) else { return Value::Nil };
+    let pr = b.progress();
+    Value::Map(vec![
+        kv("state", Value::str(pr.state.as_str())),
+        kv("scanned", Value::Int(pr.scanned as i64)),
+        kv("total", Value::Int(pr.total as i64)),
+        kv("queued", Value::Int(pr.queued as i64)),
+        kv("elapsedMs", Value::Int(pr.elapsed_ms() as i64)),
+        kv("keysPerSec", Value::Int(pr.keys_per_sec() as i64)),
+        kv("restarts", Value::Int(pr.restarts as i64)),
+        kv("lastError", opt(&pr.last_error)),
     ])
 }
 
