@@ -8,3 +8,6 @@ cargo build --release
 cargo bench --bench countby
 # The seed's write-behind comparison: 48 clients upserting into PostgreSQL vs HSET + write-behind.
 cargo bench --bench write_behind
+# Backfill of a million existing hashes: keys/s to PostgreSQL, and another client's PING
+# meanwhile (BENCH_KEYS, BENCH_BATCH).
+cargo bench --bench backfill

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Builds the module, starts redis-server with it on a free port, loads sample data and
 # runs the same map-reduce in Lua and in JavaScript, a trigger and a stream consumer, then
-# write-behind to a private PostgreSQL: a burst of HSETs, rows arriving, the backlog
-# draining. KEEP=1 leaves the servers running.
+# write-behind to a private PostgreSQL: the users already there backfilled, a burst of HSETs,
+# rows arriving, the backlog draining. KEEP=1 leaves the servers running.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/deps.sh
@@ -71,10 +71,17 @@ psql "CREATE TABLE users (id integer PRIMARY KEY, name text, age integer, city t
 cli RG.CONFIGSET connection.pg "postgresql://postgres@127.0.0.1:$pgport/postgres" >/dev/null
 code="import { writeBehind, postgres } from 'gears/recipes';
 writeBehind({ name: 'users', prefix: 'user:', target: postgres({ connection: 'pg', table: 'users' }),
-              batch: 500, flushMs: 100, delivery: 'exactly-once' });"
+              batch: 500, flushMs: 100, delivery: 'exactly-once', backfill: true });"
 echo "$code"
 cli RG.EXEC js "$code" ID users-to-pg
-echo "(the 1002 users already in Redis are written again below; new ones are captured as they change)"
+echo "(backfill: true: the 1002 users already in Redis are mirrored at once by a background scan; changes are captured as they happen)"
+for _ in $(seq 100); do
+  backfill=$(cli INFO rg | tr -d '\r' | grep '^rg_recipe_users:' | grep -o 'backfill=[a-z]*,backfill_scanned=[0-9]*' || true)
+  rows=$(psql "SELECT count(*) FROM users")
+  [ "$rows" = 1002 ] && [ "${backfill%%,*}" = backfill=done ] && break
+  sleep 0.1
+done
+echo "  $backfill -> PostgreSQL rows: $rows"
 awk 'BEGIN { split("paris rome berlin lisbon", c, " "); for (i = 1; i <= 20000; i++) printf "HSET user:%d name user%d age %d city %s\n", i, i, 18 + i % 50, c[1 + i % 4] }' > "$dir/burst.txt"
 sample() {
   rows=$(psql "SELECT count(*) FROM users")

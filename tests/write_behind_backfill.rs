@@ -62,9 +62,7 @@ fn progress(c: &mut redis::Connection) -> Result<Progress, String> {
 
 /// Waits until the backfill says `state` (and returns its progress).
 fn wait_state(c: &mut redis::Connection, state: &str, secs: u64) -> Progress {
-    let mut last = Instant::now();
     common::wait_until(secs, &format!("the backfill to be {state}"), || match progress(c) {
-        Ok(p) if std::env::var("BF_DEBUG").is_ok() && last.elapsed() > Duration::from_secs(2) => { last = Instant::now(); let i: String = redis::cmd("INFO").arg("rg").query(c).unwrap(); eprintln!("{}", i.lines().find(|l| l.starts_with("rg_recipe_users")).unwrap()); Err(format!("{p:?}")) }
         Ok(p) if p.state == state => Ok(p),
         Ok(p) => Err(format!("{p:?}")),
         Err(e) => Err(e),

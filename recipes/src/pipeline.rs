@@ -200,6 +200,8 @@ impl Pipeline {
             }
             let Ok((next, keys)) = engine::scan(&*locked, None, cursor, pattern.as_bytes(), 250) else { break };
             drop(locked);
+            // The lock is not fair: a pause lets the main thread take it between two steps.
+            std::thread::sleep(Duration::from_micros(100));
             found.extend(keys.into_iter().filter(|k| is_stream_of(&self.name, k)));
             cursor = next;
             if cursor == 0 {
