@@ -183,6 +183,12 @@ fn own_call<R>(f: impl FnOnce() -> R) -> R {
 impl LockedHost for Locked<'_> {
     /// Runs a command; the sync triggers its events fire run once it returns (see `defer`).
     fn call(&self, user: Option<&str>, args: &[&[u8]]) -> Result<Value, HostError> {
+        // A script's write (made for a user) to a recipe's keys is refused like a client's
+        // beyond maxBacklog or when its changes cannot be captured; the command filter does
+        // not see the module's own calls.
+        if user.is_some() {
+            refused_by_recipes(args)?;
+        }
         // Redis 7.0: a recipe hash this call may replace with another type (see recipes.rs).
         crate::recipes::note_hashes_in_call(self.ctx.ctx, args);
         crate::defer::around(self.ctx.ctx, || own_call(|| self.call_now(user, args)))
@@ -285,6 +291,16 @@ impl Drop for Locked<'_> {
             // The guard field releases the lock right after this.
             *self.host.fairness.lock() = (Some(std::time::Instant::now()), self.since.elapsed());
         }
+    }
+}
+
+/// The refusal the recipes give a write (maxBacklog, changes that cannot be captured).
+fn refused_by_recipes(args: &[&[u8]]) -> Result<(), HostError> {
+    let Some(cmd) = args.first() else { return Ok(()) };
+    let name = String::from_utf8_lossy(cmd).to_ascii_lowercase();
+    match crate::recipes::filter(&name, &|i| args.get(i).map(|a| a.to_vec()), args.len()) {
+        crate::recipes::Filtered::Refuse(msg) => Err(HostError::Command(msg)),
+        _ => Ok(()),
     }
 }
 

@@ -329,6 +329,12 @@ fn a_database_outage_loses_nothing_and_max_backlog_refuses_writes_clearly() {
     assert!(err.contains("write-behind 'users' has 500 changes not yet applied to its target (maxBacklog 500): writes to keys under 'user:' are refused until it drains"), "{err}");
     assert_eq!(fmt(&cmd(&mut c, &["EXISTS", &format!("user:{first_refused}")])), "0", "a refused write is not applied");
     assert_eq!(fmt(&cmd(&mut c, &["SET", "other:1", "x"])), "OK", "other keys are not affected");
+    // A script's write is refused the same way (the command filter does not see it).
+    for (lang, code) in [("lua", "return execute('HSET', 'user:9001', 'name', 'script')"), ("js", "execute('HSET', 'user:9002', 'name', 'script')")] {
+        let r = exec(&mut c, lang, code, &[]);
+        assert!(r.contains("write-behind 'users' has 500 changes not yet applied to its target (maxBacklog 500)"), "{lang}: {r}");
+    }
+    assert_eq!(fmt(&cmd(&mut c, &["EXISTS", "user:9001", "user:9002"])), "0", "a refused script write is not applied");
     let info = fmt(&cmd(&mut c, &["INFO", "rg"]));
     assert!(info.contains("rg_recipes_backlog:500") && info.contains("connected=0"), "{info}");
     // The database comes back: everything acknowledged arrives, the backlog drains, writes
