@@ -6,7 +6,7 @@
 mod common;
 
 use common::{canon::fmt, cmd, exec, Server};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use testdb::Postgres;
 
 /// The password of PostgreSQL's role `app`: every character a URL gives a meaning to.
@@ -23,18 +23,6 @@ fn pieces(password: &str) -> Vec<&str> {
 fn assert_hidden(text: &str, password: &str, encoded: &str) {
     for p in pieces(password).into_iter().chain([encoded]) {
         assert!(!text.contains(p), "{p:?} of the password shows in {text}");
-    }
-}
-
-fn pg_eventually(pg: &Postgres, sql: &str, expected: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let got = pg.sql(sql);
-        if got == expected {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{sql}: expected {expected:?}, still {got:?}");
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -107,10 +95,10 @@ fn only_admins_and_the_listed_users_may_use_a_connection() {
     // Listed: app registers (Lua, then JS as an upgrade), and its writes arrive.
     assert_eq!(exec(&mut app, "lua", &recipe("lua", "writeBehind", "app_items", "app:"), &["ID", "app"]), "OK");
     assert_eq!(fmt(&cmd(&mut app, &["HSET", "app:a1", "v", "from lua"])), "1");
-    pg_eventually(&pg, "SELECT id, v FROM items ORDER BY id", "a1|from lua");
+    common::pg_eventually(&pg, "SELECT id, v FROM items ORDER BY id", "a1|from lua", 20);
     assert_eq!(exec(&mut app, "js", &recipe("js", "writeBehind", "app_items", "app:"), &["ID", "app", "UPGRADE"]), "OK");
     assert_eq!(fmt(&cmd(&mut app, &["HSET", "app:a2", "v", "from js"])), "1");
-    pg_eventually(&pg, "SELECT id, v FROM items ORDER BY id", "a1|from lua\na2|from js");
+    common::pg_eventually(&pg, "SELECT id, v FROM items ORDER BY id", "a1|from lua\na2|from js", 20);
     for lang in ["lua", "js"] {
         assert_eq!(exec(&mut lim, lang, &recipe(lang, "writeBehind", "lim_items", "lim:"), &["ID", "lim"]), refused("writeBehind", "lim"), "{lang}");
     }
@@ -120,7 +108,7 @@ fn only_admins_and_the_listed_users_may_use_a_connection() {
     assert_eq!(exec(&mut lim, "js", &recipe("js", "writeBehind", "lim_other", "app:"), &["ID", "lim2"]), "(error) ERR register: user 'lim' may not read keys starting with 'app:'");
     assert_eq!(exec(&mut lim, "lua", &recipe("lua", "writeBehind", "lim_items", "lim:"), &["ID", "lim"]), "OK");
     assert_eq!(fmt(&cmd(&mut lim, &["HSET", "lim:l1", "v", "from lim"])), "1");
-    pg_eventually(&pg, "SELECT id, v FROM items ORDER BY id", "a1|from lua\na2|from js\nl1|from lim");
+    common::pg_eventually(&pg, "SELECT id, v FROM items ORDER BY id", "a1|from lua\na2|from js\nl1|from lim", 20);
     // Empty: admins only again, for new registrations.
     assert_eq!(fmt(&cmd(&mut admin, &["RG.CONFIGSET", "connection.pg.users", ""])), "OK");
     assert_eq!(fmt(&cmd(&mut admin, &["RG.CONFIGGET", "connection.pg.users"])), "[nil]");
@@ -167,7 +155,7 @@ fn passwords_never_show() {
     assert_eq!(fmt(&cmd(&mut c, &["RG.CONFIGSET", "connection.pg", &url(&pg, ENCODED)])), "OK");
     assert_eq!(exec(&mut c, "lua", &recipe("lua", "writeBehind", "items", "item:"), &["ID", "items"]), "OK");
     assert_eq!(fmt(&cmd(&mut c, &["HSET", "item:1", "v", "arrived"])), "1");
-    pg_eventually(&pg, "SELECT id, v FROM items", "1|arrived");
+    common::pg_eventually(&pg, "SELECT id, v FROM items", "1|arrived", 20);
     // A wrong one: PostgreSQL's refusal is in lastError and the log, the password nowhere.
     let wrong = "Zq7/Xy9@Kp3";
     assert_eq!(fmt(&cmd(&mut c, &["RG.CONFIGSET", "connection.pg", &url(&pg, "Zq7%2FXy9%40Kp3")])), "OK");

@@ -7,19 +7,6 @@ use common::{canon::fmt, cmd, exec, Server};
 use std::time::{Duration, Instant};
 use testdb::Postgres;
 
-/// Waits (up to `secs`) until `sql` answers `expected` in PostgreSQL.
-fn pg_eventually(pg: &Postgres, sql: &str, expected: &str, secs: u64) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        let got = pg.sql(sql);
-        if got == expected {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{sql}: expected {expected:?}, still {got:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 fn server_with(pg: &Postgres, extra: &[&str]) -> Server {
     let url = pg.url();
     Server::start_with(&["connection.pg", &url], extra)
@@ -47,25 +34,25 @@ fn inserts_updates_deletes_expiry_rename_and_types_in_both_languages() {
         // Insert, with every type.
         cmd(&mut c, &["HSET", "user:1", "name", "Ann", "age", "31", "score", "9.5", "active", "true", "joined", "2024-05-01T12:30:00Z", "ignored", "x"]);
         cmd(&mut c, &["HSET", "user:2", "name", "Bob", "age", "40"]);
-        pg_eventually(&pg, "SELECT id, name, age, score, active, joined AT TIME ZONE 'UTC' FROM users ORDER BY id", "1|Ann|31|9.5|t|2024-05-01 12:30:00\n2|Bob|40|||", 20);
+        common::pg_eventually(&pg, "SELECT id, name, age, score, active, joined AT TIME ZONE 'UTC' FROM users ORDER BY id", "1|Ann|31|9.5|t|2024-05-01 12:30:00\n2|Bob|40|||", 20);
         // Partial update: the row is the whole hash after the change.
         cmd(&mut c, &["HSET", "user:2", "age", "41"]);
         cmd(&mut c, &["HINCRBY", "user:2", "age", "1"]);
         cmd(&mut c, &["HDEL", "user:1", "score"]);
-        pg_eventually(&pg, "SELECT id, name, age, score FROM users ORDER BY id", "1|Ann|31|\n2|Bob|42|", 20);
+        common::pg_eventually(&pg, "SELECT id, name, age, score FROM users ORDER BY id", "1|Ann|31|\n2|Bob|42|", 20);
         // Delete, expiry, and rename (into and out of the prefix).
         cmd(&mut c, &["HSET", "user:3", "name", "Cy"]);
         cmd(&mut c, &["HSET", "tmp:4", "name", "Dee"]);
         cmd(&mut c, &["RENAME", "tmp:4", "user:4"]);
-        pg_eventually(&pg, "SELECT string_agg(id::text, ',' ORDER BY id) FROM users", "1,2,3,4", 20);
+        common::pg_eventually(&pg, "SELECT string_agg(id::text, ',' ORDER BY id) FROM users", "1,2,3,4", 20);
         cmd(&mut c, &["DEL", "user:1"]);
         cmd(&mut c, &["PEXPIRE", "user:2", "50"]);
         cmd(&mut c, &["RENAME", "user:3", "old:3"]);
-        pg_eventually(&pg, "SELECT string_agg(id::text, ',' ORDER BY id) FROM users", "4", 20);
+        common::pg_eventually(&pg, "SELECT string_agg(id::text, ',' ORDER BY id) FROM users", "4", 20);
         // Bad values go to the dead-letter stream; the rest still arrives.
         cmd(&mut c, &["HSET", "user:5", "name", "Eve", "age", "old"]);
         cmd(&mut c, &["HSET", "user:6", "name", "Fay", "age", "6"]);
-        pg_eventually(&pg, "SELECT string_agg(id::text, ',' ORDER BY id) FROM users", "4,6", 20);
+        common::pg_eventually(&pg, "SELECT string_agg(id::text, ',' ORDER BY id) FROM users", "4,6", 20);
         let dead = fmt(&cmd(&mut c, &["XRANGE", "rg:dead:users", "-", "+"]));
         assert!(dead.contains("key 'user:5': field 'age' 'old' is not an integer (column age)"), "{dead}");
         common::eventually(&mut c, &["XLEN", "rg:wb:users"], "0");
@@ -135,7 +122,7 @@ fn assert_all_arrived(pg: &Postgres, acked: &[(usize, String)], secs: u64) {
         last.insert(*i, v.clone());
     }
     let expected: String = last.iter().map(|(i, v)| format!("{i}|{v}")).collect::<Vec<_>>().join("\n");
-    pg_eventually(pg, "SELECT id, name FROM users ORDER BY id", &expected, secs);
+    common::pg_eventually(pg, "SELECT id, name FROM users ORDER BY id", &expected, secs);
 }
 
 /// The recipe's backlog, from `INFO rg`.
@@ -345,7 +332,7 @@ fn a_database_outage_loses_nothing_and_max_backlog_refuses_writes_clearly() {
     assert_all_arrived(&pg, &all, 60);
     common::eventually(&mut c, &["XLEN", "rg:wb:users"], "0");
     assert_eq!(fmt(&cmd(&mut c, &["HSET", "user:5000", "name", "again", "age", "1"])), "2");
-    pg_eventually(&pg, "SELECT name FROM users WHERE id = 5000", "again", 20);
+    common::pg_eventually(&pg, "SELECT name FROM users WHERE id = 5000", "again", 20);
 }
 
 #[test]
@@ -359,7 +346,7 @@ fn a_row_the_database_rejects_goes_to_the_dead_letter_stream_after_retries() {
         let age = if i == 7 { "3" } else { "30" };
         cmd(&mut c, &["HSET", &format!("user:{i}"), "name", &format!("n{i}"), "age", age]);
     }
-    pg_eventually(&pg, "SELECT count(*) FROM users", "19", 30);
+    common::pg_eventually(&pg, "SELECT count(*) FROM users", "19", 30);
     assert_eq!(pg.sql("SELECT count(*) FROM users WHERE id = 7"), "0");
     common::eventually(&mut c, &["XLEN", "rg:dead:users"], "1");
     let dead = fmt(&cmd(&mut c, &["XRANGE", "rg:dead:users", "-", "+"]));
@@ -430,10 +417,10 @@ fn write_through_replies_once_the_row_is_committed_or_times_out() {
     cmd(&mut c, &["MULTI"]);
     cmd(&mut c, &["HSET", "user:30", "name", "Multi", "age", "30"]);
     assert_eq!(fmt(&cmd(&mut c, &["EXEC"])), "[2]");
-    pg_eventually(&pg, "SELECT name FROM users WHERE id = 30", "Multi", 20);
+    common::pg_eventually(&pg, "SELECT name FROM users WHERE id = 30", "Multi", 20);
     // Nor inside a script.
     assert_eq!(fmt(&cmd(&mut c, &["EVAL", "return redis.call('HSET', KEYS[1], 'name', 'Lua', 'age', '31')", "1", "user:31"])), "2");
-    pg_eventually(&pg, "SELECT name FROM users WHERE id = 31", "Lua", 20);
+    common::pg_eventually(&pg, "SELECT name FROM users WHERE id = 31", "Lua", 20);
     // The database is down: an error after timeoutMs, and the change still arrives later.
     pg.stop();
     let started = Instant::now();
@@ -443,7 +430,7 @@ fn write_through_replies_once_the_row_is_committed_or_times_out() {
     assert!(waited >= Duration::from_millis(1400), "{waited:?}");
     assert_eq!(fmt(&cmd(&mut c, &["HGET", "user:2", "name"])), r#""Late""#);
     pg.start_again();
-    pg_eventually(&pg, "SELECT name FROM users WHERE id = 2", "Late", 30);
+    common::pg_eventually(&pg, "SELECT name FROM users WHERE id = 2", "Late", 30);
 }
 
 #[test]
@@ -492,7 +479,7 @@ fn writes_are_refused_while_changes_cannot_be_captured() {
     let mut c = s.conn();
     assert_eq!(exec(&mut c, "lua", &lua_recipe(""), &["ID", "wb"]), "OK");
     cmd(&mut c, &["HSET", "user:1", "name", "Ann"]);
-    pg_eventually(&pg, "SELECT name FROM users", "Ann", 20);
+    common::pg_eventually(&pg, "SELECT name FROM users", "Ann", 20);
     // Someone replaces the recipe's stream with a string: the very next write is refused
     // before it is applied.
     cmd(&mut c, &["DEL", "rg:wb:users"]);
@@ -513,7 +500,7 @@ fn writes_are_refused_while_changes_cannot_be_captured() {
         assert!(Instant::now() < deadline, "writes stayed refused");
         std::thread::sleep(Duration::from_millis(100));
     }
-    pg_eventually(&pg, "SELECT name FROM users WHERE id = 3", "Cy", 20);
+    common::pg_eventually(&pg, "SELECT name FROM users WHERE id = 3", "Cy", 20);
 }
 
 #[test]
@@ -530,7 +517,7 @@ fn a_replica_applies_nothing_until_promoted_then_drains_what_the_primary_left() 
     for i in 1..=50 {
         cmd(&mut p, &["HSET", &format!("user:{i}"), "name", "p", "age", &i.to_string()]);
     }
-    pg_eventually(&pg, "SELECT count(*) FROM users", "50", 20);
+    common::pg_eventually(&pg, "SELECT count(*) FROM users", "50", 20);
     // The database goes away; the primary keeps capturing, and its backlog reaches the
     // replica with the data.
     pg.stop();
@@ -548,7 +535,7 @@ fn a_replica_applies_nothing_until_promoted_then_drains_what_the_primary_left() 
     // Promoted, it applies the backlog the primary left, and captures its own writes.
     assert_eq!(fmt(&cmd(&mut r, &["REPLICAOF", "NO", "ONE"])), "OK");
     cmd(&mut r, &["HSET", "user:81", "name", "r", "age", "81"]);
-    pg_eventually(&pg, "SELECT count(*), sum(age) FROM users", &format!("81|{}", (1..=81).sum::<i32>()), 30);
+    common::pg_eventually(&pg, "SELECT count(*), sum(age) FROM users", &format!("81|{}", (1..=81).sum::<i32>()), 30);
     common::eventually(&mut r, &["XLEN", "rg:wb:users"], "0");
 }
 
@@ -569,13 +556,13 @@ fn stream_consumers_leave_recipe_streams_alone_and_upgrades_reconnect() {
     common::eventually(&mut c, &["GET", "seen"], r#""1""#);
     assert_eq!(fmt(&cmd(&mut c, &["XLEN", "rg:wb:users"])), "5");
     pg.start_again();
-    pg_eventually(&pg, "SELECT count(*) FROM users", "5", 30);
+    common::pg_eventually(&pg, "SELECT count(*) FROM users", "5", 30);
     assert_eq!(fmt(&cmd(&mut c, &["GET", "seen"])), r#""1""#);
     // An upgrade to another table (and mapping) writes there from the next batch.
     let v2 = "local r = require('gears.recipes')\nr.writeBehind({ name = 'users', prefix = 'user:', target = r.postgres({ connection = 'pg', table = 'users2', columns = { name = 'name' } }), flushMs = 10 })";
     assert_eq!(exec(&mut c, "lua", v2, &["ID", "wb", "UPGRADE"]), "OK");
     cmd(&mut c, &["HSET", "user:6", "name", "b", "age", "3"]);
-    pg_eventually(&pg, "SELECT id, name FROM users2", "6|b", 20);
+    common::pg_eventually(&pg, "SELECT id, name FROM users2", "6|b", 20);
     assert_eq!(pg.sql("SELECT count(*) FROM users"), "5");
 }
 

@@ -401,42 +401,6 @@ fn write_through_backfills_too_and_skips_what_it_cannot_write() {
     assert_eq!(pg.sql("SELECT name FROM users WHERE id = 7"), "x");
 }
 
-/// The node port that serves each slot range, from CLUSTER SLOTS.
-fn slot_owners(c: &mut redis::Connection) -> Vec<(u16, u16, u16)> {
-    let v: Vec<redis::Value> = redis::cmd("CLUSTER").arg("SLOTS").query(c).expect("CLUSTER SLOTS");
-    v.into_iter()
-        .filter_map(|r| {
-            let redis::Value::Array(parts) = r else { return None };
-            let int = |v: &redis::Value| match v {
-                redis::Value::Int(i) => Some(*i as u16),
-                _ => None,
-            };
-            let redis::Value::Array(node) = &parts[2] else { return None };
-            Some((int(&parts[0])?, int(&parts[1])?, int(&node[1])?))
-        })
-        .collect()
-}
-
-/// A key's cluster slot (CRC16 of its hashtag or of the key).
-fn slot(key: &str) -> u16 {
-    let k = key.as_bytes();
-    let k = match k.iter().position(|&b| b == b'{') {
-        Some(o) => match k[o + 1..].iter().position(|&b| b == b'}') {
-            Some(c) if c > 0 => &k[o + 1..o + 1 + c],
-            _ => k,
-        },
-        None => k,
-    };
-    let mut crc: u16 = 0;
-    for &b in k {
-        crc ^= (b as u16) << 8;
-        for _ in 0..8 {
-            crc = if crc & 0x8000 != 0 { (crc << 1) ^ 0x1021 } else { crc << 1 };
-        }
-    }
-    crc % 16384
-}
-
 #[test]
 fn each_cluster_shard_backfills_its_own_keys_and_keeps_its_state_in_its_own_slots() {
     const N: u64 = 6000;
@@ -451,9 +415,9 @@ fn each_cluster_shard_backfills_its_own_keys_and_keeps_its_state_in_its_own_slot
     for c in conns.iter_mut() {
         common::wait_until(30, "the cluster to be ok", || if fmt(&cmd(c, &["CLUSTER", "INFO"])).contains("cluster_state:ok") { Ok(()) } else { Err("not ok".into()) });
     }
-    let owners = slot_owners(&mut conns[0]);
+    let owners = common::slot_owners(&mut conns[0]);
     let node_of = |key: &str| {
-        let s = slot(key);
+        let s = common::slot(key);
         let port = owners.iter().find(|(a, b, _)| *a <= s && s <= *b).map(|(_, _, p)| *p).expect("slot owner");
         nodes.iter().position(|n| n.port == port).expect("node")
     };

@@ -6,21 +6,8 @@
 mod common;
 
 use common::{canon::fmt, cmd, exec, Server};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use testdb::Postgres;
-
-/// Waits (up to `secs`) until `sql` answers `expected` in PostgreSQL.
-fn pg_eventually(pg: &Postgres, sql: &str, expected: &str, secs: u64) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        let got = pg.sql(sql);
-        if got == expected {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{sql}: expected {expected:?}, still {got:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 const USERS: &str = "CREATE TABLE users (id integer PRIMARY KEY, name text, age integer)";
 const IDS: &str = "SELECT coalesce(string_agg(id::text, ',' ORDER BY id), '') FROM users";
@@ -150,7 +137,7 @@ fn writes_made_by_scripts_are_captured_in_both_languages() {
     assert_eq!(keys(&mut r), want, "the replica has each capture");
     assert_eq!(pg.sql("SELECT count(*) FROM cust"), "0");
     unpause(&mut c);
-    pg_eventually(&pg, "SELECT id, name, via FROM cust ORDER BY id", &expected.join("\n"), 20);
+    common::pg_eventually(&pg, "SELECT id, name, via FROM cust ORDER BY id", &expected.join("\n"), 20);
     common::eventually(&mut c, &["XLEN", "rg:wb:cust"], "0");
 }
 
@@ -175,7 +162,7 @@ fn hash_field_expiry_on_redis_7_4() {
         for (i, name, age) in [(1, "Ann", 31), (2, "Bob", 40), (3, "Cy", 5), (4, "Dee", 6)] {
             cmd(&mut c, &["HSET", &format!("user:{i}"), "name", name, "age", &age.to_string()]);
         }
-        pg_eventually(&pg, "SELECT id, name, age FROM users ORDER BY id", "1|Ann|31\n2|Bob|40\n3|Cy|5\n4|Dee|6", 20);
+        common::pg_eventually(&pg, "SELECT id, name, age FROM users ORDER BY id", "1|Ann|31\n2|Bob|40\n3|Cy|5\n4|Dee|6", 20);
         // One field expires (active expiry): its column becomes NULL.
         assert_eq!(fmt(&cmd(&mut c, &["HPEXPIRE", "user:1", "100", "FIELDS", "1", "age"])), "[1]");
         // Every field expires: the hash is gone, and so is the row.
@@ -183,7 +170,7 @@ fn hash_field_expiry_on_redis_7_4() {
         // A TTL taken away again leaves the value.
         assert_eq!(fmt(&cmd(&mut c, &["HPEXPIRE", "user:4", "100", "FIELDS", "1", "age"])), "[1]");
         assert_eq!(fmt(&cmd(&mut c, &["HPERSIST", "user:4", "FIELDS", "1", "age"])), "[1]");
-        pg_eventually(&pg, "SELECT id, name, age FROM users ORDER BY id", "1|Ann|\n3|Cy|5\n4|Dee|6", 20);
+        common::pg_eventually(&pg, "SELECT id, name, age FROM users ORDER BY id", "1|Ann|\n3|Cy|5\n4|Dee|6", 20);
         assert_eq!(fmt(&cmd(&mut c, &["EXISTS", "user:2"])), "0");
         // (A fixed wait: user:4's TTL would have passed; its value must still be there.)
         std::thread::sleep(Duration::from_millis(300));
@@ -199,7 +186,7 @@ fn hash_field_expiry_on_redis_7_4() {
         });
         assert_eq!(pg.sql("SELECT age FROM users WHERE id = 3"), "5", "nothing removed the field yet");
         assert_eq!(fmt(&cmd(&mut c, &["HGET", "user:3", "age"])), "nil");
-        pg_eventually(&pg, "SELECT id, name, age FROM users ORDER BY id", "1|Ann|\n3|Cy|\n4|Dee|6", 20);
+        common::pg_eventually(&pg, "SELECT id, name, age FROM users ORDER BY id", "1|Ann|\n3|Cy|\n4|Dee|6", 20);
         // The last field of a hash read after its time: the row is deleted.
         assert_eq!(fmt(&cmd(&mut c, &["HPEXPIRE", "user:4", "50", "FIELDS", "2", "name", "age"])), "[1, 1]");
         common::wait_until(5, "the fields' time to pass", || {
@@ -208,7 +195,7 @@ fn hash_field_expiry_on_redis_7_4() {
             if t == "[-2]" { Ok(()) } else { Err(t) }
         });
         assert_eq!(fmt(&cmd(&mut c, &["HMGET", "user:4", "name", "age"])), "[nil, nil]");
-        pg_eventually(&pg, IDS, "1,3", 20);
+        common::pg_eventually(&pg, IDS, "1,3", 20);
         cmd(&mut c, &["DEBUG", "SET-ACTIVE-EXPIRE", "1"]);
         assert_eq!(fmt(&cmd(&mut c, &["RG.DROPSESSION", "wb"])), "OK");
     }
@@ -227,7 +214,7 @@ fn a_hash_replaced_by_another_type_deletes_its_row() {
     for i in 1..=12 {
         cmd(&mut c, &["HSET", &format!("user:{i}"), "name", &format!("n{i}"), "age", &i.to_string()]);
     }
-    pg_eventually(&pg, "SELECT count(*) FROM users", "12", 20);
+    common::pg_eventually(&pg, "SELECT count(*) FROM users", "12", 20);
     cmd(&mut c, &["SET", "str", "x"]);
     cmd(&mut c, &["SADD", "set", "a"]);
     cmd(&mut c, &["HSET", "other", "name", "copied", "age", "99"]);
@@ -253,7 +240,7 @@ fn a_hash_replaced_by_another_type_deletes_its_row() {
     assert_eq!(fmt(&multi), "[OK, 0]");
     // A hash replaced by a hash: the new row.
     assert_eq!(fmt(&cmd(&mut c, &["COPY", "other", "user:12", "REPLACE"])), "1");
-    pg_eventually(&pg, "SELECT id, name, age FROM users ORDER BY id", "11|n11|110\n12|copied|99", 20);
+    common::pg_eventually(&pg, "SELECT id, name, age FROM users ORDER BY id", "11|n11|110\n12|copied|99", 20);
     // Strings under the prefix, written again and again, record nothing.
     common::eventually(&mut c, &["XLEN", "rg:wb:users"], "0");
     pause(&mut c);
@@ -280,13 +267,13 @@ fn copy_and_move() {
         cmd(&mut c, &["HSET", "user:2", "name", "Bob", "age", "2"]);
         assert_eq!(fmt(&cmd(&mut c, &["COPY", "user:1", "user:3"])), "1");
         assert_eq!(fmt(&cmd(&mut c, &["COPY", "user:1", "user:4", "DB", "1"])), "1");
-        pg_eventually(&pg, "SELECT id, name FROM users ORDER BY id", "1|Ann\n2|Bob\n3|Ann", 20);
+        common::pg_eventually(&pg, "SELECT id, name FROM users ORDER BY id", "1|Ann\n2|Bob\n3|Ann", 20);
         assert_eq!(fmt(&cmd(&mut c, &["MOVE", "user:2", "1"])), "1");
         let mut d1 = s.conn();
         cmd(&mut d1, &["SELECT", "1"]);
         cmd(&mut d1, &["HSET", "user:5", "name", "Eve", "age", "5"]);
         assert_eq!(fmt(&cmd(&mut d1, &["MOVE", "user:5", "0"])), "1");
-        pg_eventually(&pg, "SELECT id, name FROM users ORDER BY id", "1|Ann\n3|Ann\n5|Eve", 20);
+        common::pg_eventually(&pg, "SELECT id, name FROM users ORDER BY id", "1|Ann\n3|Ann\n5|Eve", 20);
         assert_eq!(fmt(&cmd(&mut c, &["RG.DROPSESSION", "wb"])), "OK");
     }
 }
@@ -307,7 +294,7 @@ fn a_flush_keeps_rows_by_default_and_delivers_what_was_pending() {
         register(&mut c, lang, "");
         cmd(&mut c, &["HSET", "user:1", "name", "Ann"]);
         cmd(&mut c, &["HSET", "user:2", "name", "Bob"]);
-        pg_eventually(&pg, IDS, "1,2", 20);
+        common::pg_eventually(&pg, IDS, "1,2", 20);
         common::eventually(&mut c, &["XLEN", "rg:wb:users"], "0");
         // The target is away: the changes wait in the stream when the flush comes.
         pg.stop();
@@ -317,7 +304,7 @@ fn a_flush_keeps_rows_by_default_and_delivers_what_was_pending() {
         assert_eq!(fmt(&cmd(&mut c, &["FLUSHALL"])), "OK");
         assert_eq!(stream(&mut c), ["u user:3", "d user:1"]);
         pg.start_again();
-        pg_eventually(&pg, IDS, "2,3", 30);
+        common::pg_eventually(&pg, IDS, "2,3", 30);
         common::eventually(&mut c, &["XLEN", "rg:wb:users"], "0");
         // FLUSHDB of the recipe's database, inside MULTI with a write after it.
         pg.stop();
@@ -326,7 +313,7 @@ fn a_flush_keeps_rows_by_default_and_delivers_what_was_pending() {
         assert_eq!(fmt(&multi), "[OK, 1]");
         assert_eq!(stream(&mut c), ["u user:4", "u user:5"]);
         pg.start_again();
-        pg_eventually(&pg, IDS, "2,3,4,5", 30);
+        common::pg_eventually(&pg, IDS, "2,3,4,5", 30);
         common::eventually(&mut c, &["XLEN", "rg:wb:users"], "0");
         // SWAPDB: the pending change moved with its stream, and is brought back.
         pg.stop();
@@ -337,7 +324,7 @@ fn a_flush_keeps_rows_by_default_and_delivers_what_was_pending() {
         cmd(&mut d1, &["SELECT", "1"]);
         assert_eq!(fmt(&cmd(&mut d1, &["EXISTS", "rg:wb:users", "user:6"])), "1");
         pg.start_again();
-        pg_eventually(&pg, IDS, "2,3,4,5,6", 30);
+        common::pg_eventually(&pg, IDS, "2,3,4,5,6", 30);
         assert_eq!(fmt(&cmd(&mut c, &["RG.DROPSESSION", "wb"])), "OK");
     }
 }
@@ -360,7 +347,7 @@ fn delete_all_deletes_the_recipes_rows_on_flush_and_follows_swapdb() {
         for i in 1..=5 {
             cmd(&mut c, &["HSET", &format!("user:{i}"), "name", "x"]);
         }
-        pg_eventually(&pg, IDS, "1,2,3,4,5,999", 20);
+        common::pg_eventually(&pg, IDS, "1,2,3,4,5,999", 20);
         // FLUSHDB of another database changes nothing.
         let mut d1 = s.conn();
         cmd(&mut d1, &["SELECT", "1"]);
@@ -383,20 +370,20 @@ fn delete_all_deletes_the_recipes_rows_on_flush_and_follows_swapdb() {
         assert_eq!(recorded, ["d user:1", "d user:3", "d user:4", "d user:5", "d user:6"]);
         assert_eq!(last.as_deref(), Some("u user:2"));
         pg.start_again();
-        pg_eventually(&pg, "SELECT id, name FROM users ORDER BY id", "2|after\n999|not written by the recipe", 30);
+        common::pg_eventually(&pg, "SELECT id, name FROM users ORDER BY id", "2|after\n999|not written by the recipe", 30);
         // A flush from a script, with a write after it.
         cmd(&mut c, &["HSET", "user:7", "name", "x"]);
-        pg_eventually(&pg, IDS, "2,7,999", 20);
+        common::pg_eventually(&pg, IDS, "2,7,999", 20);
         let code = if lang == "lua" { "execute('FLUSHALL'); execute('HSET', 'user:8', 'name', 'x')" } else { "execute('FLUSHALL'); execute('HSET', 'user:8', 'name', 'x');" };
         exec(&mut c, lang, code, &[]);
-        pg_eventually(&pg, IDS, "8,999", 20);
+        common::pg_eventually(&pg, IDS, "8,999", 20);
         // SWAPDB: the target mirrors database 0 after the swap.
         cmd(&mut d1, &["HSET", "user:9", "name", "from db 1"]);
         assert_eq!(fmt(&cmd(&mut c, &["SWAPDB", "0", "1"])), "OK");
-        pg_eventually(&pg, "SELECT id, name FROM users ORDER BY id", "9|from db 1\n999|not written by the recipe", 20);
+        common::pg_eventually(&pg, "SELECT id, name FROM users ORDER BY id", "9|from db 1\n999|not written by the recipe", 20);
         assert_eq!(fmt(&cmd(&mut d1, &["EXISTS", "rg:wb:users"])), "0");
         assert_eq!(fmt(&cmd(&mut c, &["SWAPDB", "0", "1"])), "OK");
-        pg_eventually(&pg, IDS, "8,999", 20);
+        common::pg_eventually(&pg, IDS, "8,999", 20);
         assert_eq!(fmt(&cmd(&mut c, &["RG.DROPSESSION", "wb"])), "OK");
     }
 }
@@ -418,7 +405,7 @@ fn what_a_flush_records_survives_kill_9_and_reaches_the_replica() {
         register(&mut c, "lua", &format!(", onFlush = '{on_flush}'"));
         cmd(&mut c, &["HSET", "user:1", "name", "a"]);
         cmd(&mut c, &["HSET", "user:2", "name", "b"]);
-        pg_eventually(&pg, IDS, "1,2", 20);
+        common::pg_eventually(&pg, IDS, "1,2", 20);
         common::eventually(&mut c, &["XLEN", "rg:wb:users"], "0");
         pg.stop();
         cmd(&mut c, &["HSET", "user:3", "name", "c"]);
@@ -432,6 +419,6 @@ fn what_a_flush_records_survives_kill_9_and_reaches_the_replica() {
         common::wait_until(20, "the AOF to load", || if fmt(&cmd(&mut c, &["PING"])) == "PONG" { Ok(()) } else { Err("loading".into()) });
         assert_eq!(stream(&mut c), recorded, "{on_flush}: after kill -9");
         pg.start_again();
-        pg_eventually(&pg, IDS, expected, 30);
+        common::pg_eventually(&pg, IDS, expected, 30);
     }
 }

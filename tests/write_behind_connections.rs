@@ -57,13 +57,6 @@ fn recipe(lang: &str) -> &'static str {
     }
 }
 
-fn pg_eventually(pg: &Postgres, sql: &str, expected: &str, secs: u64) {
-    common::wait_until(secs, sql, || {
-        let got = pg.sql(sql);
-        if got == expected { Ok(()) } else { Err(format!("{got:?}, expected {expected:?}")) }
-    });
-}
-
 /// `id|name` lines as pairs.
 fn pairs(rows: &str) -> BTreeSet<(usize, String)> {
     rows.lines().filter(|l| !l.is_empty()).map(|l| l.split_once('|').map(|(i, n)| (i.parse().expect("id"), n.to_string())).expect("id|name")).collect()
@@ -228,7 +221,7 @@ fn all_arrived(pg: &Postgres, c: &mut redis::Connection, acked: &[(usize, String
         last.insert(*i, v.clone());
     }
     let expected: String = last.iter().map(|(i, v)| format!("{i}|{v}")).collect::<Vec<_>>().join("\n");
-    pg_eventually(pg, "SELECT id, name FROM users ORDER BY id", &expected, 60);
+    common::pg_eventually(pg, "SELECT id, name FROM users ORDER BY id", &expected, 60);
     common::eventually(c, &["XLEN", "rg:wb:users"], "0");
     let applied = audited(pg);
     let missing: Vec<_> = acked.iter().filter(|p| !applied.contains(p)).collect();
@@ -364,7 +357,7 @@ fn file_connections_survive_kill_9_and_pick_up_a_new_password_when_they_connect_
     let mut write_and_see = |c: &mut redis::Connection, pg: &Postgres| {
         n += 1;
         assert_eq!(fmt(&cmd(c, &["HSET", &format!("user:{n}"), "name", "x", "age", "1"])), "2");
-        pg_eventually(pg, &format!("SELECT count(*) FROM users WHERE id = {n}"), "1", 30);
+        common::pg_eventually(pg, &format!("SELECT count(*) FROM users WHERE id = {n}"), "1", 30);
     };
     write_and_see(&mut c, &pg);
     // 1. A new password in the file and in PostgreSQL. The connection made with the old one
@@ -403,7 +396,7 @@ fn file_connections_survive_kill_9_and_pick_up_a_new_password_when_they_connect_
     assert!(!dump.contains("Pw2-second-secret") && !s.log().contains("Pw2-second-secret") && !s.log().contains("Pw3-third-secret"), "{dump}");
     assert_eq!(pg.sql("SELECT count(*) FROM users WHERE id = 20000"), "0");
     std::fs::rename(&moved, &file).unwrap();
-    pg_eventually(&pg, "SELECT name FROM users WHERE id = 20000", "late", 30);
+    common::pg_eventually(&pg, "SELECT name FROM users WHERE id = 20000", "late", 30);
     common::eventually(&mut c, &["XLEN", "rg:wb:users"], "0");
     let _ = std::fs::remove_dir_all(&secrets);
 }
@@ -470,11 +463,11 @@ fn setting_a_connection_again_moves_its_recipes_to_the_new_value_and_wins_over_t
     let mut c = s.conn();
     assert_eq!(exec(&mut c, "js", recipe("js"), &["ID", "wb"]), "OK");
     cmd(&mut c, &["HSET", "user:1", "name", "one", "age", "1"]);
-    pg_eventually(&pg1, "SELECT name FROM users", "one", 20);
+    common::pg_eventually(&pg1, "SELECT name FROM users", "one", 20);
     assert_eq!(fmt(&cmd(&mut c, &["RG.CONFIGSET", "connection.pg", &url(&pg2, PASSWORD)])), "OK");
     assert_eq!(fmt(&cmd(&mut c, &["RG.CONFIGGET", "connection.pg"])), masked(&pg2));
     cmd(&mut c, &["HSET", "user:2", "name", "two", "age", "2"]);
-    pg_eventually(&pg2, "SELECT name FROM users", "two", 20);
+    common::pg_eventually(&pg2, "SELECT name FROM users", "two", 20);
     assert_eq!(pg1.sql("SELECT count(*) FROM users"), "1");
     // A URL that does not work: the error, then the right one again, at once (not after the
     // backoff of the failures).
@@ -492,7 +485,7 @@ fn setting_a_connection_again_moves_its_recipes_to_the_new_value_and_wins_over_t
     });
     let set = Instant::now();
     assert_eq!(fmt(&cmd(&mut c, &["RG.CONFIGSET", "connection.pg", &url(&pg2, PASSWORD)])), "OK");
-    pg_eventually(&pg2, "SELECT name FROM users WHERE id = 3", "three", 20);
+    common::pg_eventually(&pg2, "SELECT name FROM users WHERE id = 3", "three", 20);
     eprintln!("applied {} ms after the connection was set right", set.elapsed().as_millis());
     assert!(set.elapsed() < Duration::from_secs(3), "the new value waited for the backoff: {:?}", set.elapsed());
     // After kill -9, the value set at run time (pg2) wins over the module argument (pg1).
@@ -500,17 +493,17 @@ fn setting_a_connection_again_moves_its_recipes_to_the_new_value_and_wins_over_t
     let mut c = s.conn();
     assert_eq!(fmt(&cmd(&mut c, &["RG.CONFIGGET", "connection.pg"])), masked(&pg2));
     cmd(&mut c, &["HSET", "user:4", "name", "four", "age", "4"]);
-    pg_eventually(&pg2, "SELECT name FROM users WHERE id = 4", "four", 30);
+    common::pg_eventually(&pg2, "SELECT name FROM users WHERE id = 4", "four", 30);
     assert_eq!(pg1.sql("SELECT count(*) FROM users"), "1");
     // Unset at run time: back to the module argument, after a restart too.
     assert_eq!(fmt(&cmd(&mut c, &["RG.CONFIGSET", "connection.pg", ""])), "OK");
     assert_eq!(fmt(&cmd(&mut c, &["RG.CONFIGGET", "connection.pg"])), masked(&pg1));
     cmd(&mut c, &["HSET", "user:5", "name", "five", "age", "5"]);
-    pg_eventually(&pg1, "SELECT name FROM users WHERE id = 5", "five", 30);
+    common::pg_eventually(&pg1, "SELECT name FROM users WHERE id = 5", "five", 30);
     s.restart();
     let mut c = s.conn();
     assert_eq!(fmt(&cmd(&mut c, &["RG.CONFIGGET", "connection.pg"])), masked(&pg1));
     cmd(&mut c, &["HSET", "user:6", "name", "six", "age", "6"]);
-    pg_eventually(&pg1, "SELECT name FROM users WHERE id = 6", "six", 30);
+    common::pg_eventually(&pg1, "SELECT name FROM users WHERE id = 6", "six", 30);
     assert_eq!(pg2.sql("SELECT count(*) FROM users WHERE id >= 5"), "0");
 }

@@ -207,6 +207,20 @@ fn normalize_score(mut pair: Vec<Value>) -> Vec<Value> {
     pair
 }
 
+/// The SCAN MATCH pattern of every key that starts with `prefix`: its glob characters
+/// escaped so it matches literally, then `*`.
+pub fn prefix_pattern(prefix: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(prefix.len() + 1);
+    for &b in prefix {
+        if matches!(b, b'*' | b'?' | b'[' | b']' | b'\\') {
+            out.push(b'\\');
+        }
+        out.push(b);
+    }
+    out.push(b'*');
+    out
+}
+
 /// One SCAN step: returns the next cursor and the keys of this step.
 pub fn scan(h: &dyn LockedHost, user: Option<&str>, cursor: u64, pattern: &[u8], count: usize) -> Result<(u64, Vec<Vec<u8>>), HostError> {
     let c = cursor.to_string();

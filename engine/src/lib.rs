@@ -28,7 +28,7 @@ pub use exec_args::{parse_exec, ExecArgs, EXEC_USAGE};
 pub use error::{HostError, ScriptError, ScriptErrorKind};
 pub use execution::{Execution, Outcome, Registry, Status};
 pub use executor::{run_plan, run_steps, RunContext, RunOutput, StepStat};
-pub use host::{read_key, scan, Host, KeyRecord, LockedHost, LogLevel, NoDataHost};
+pub use host::{prefix_pattern, read_key, scan, Host, KeyRecord, LockedHost, LogLevel, NoDataHost};
 pub use language::{CallClock, ClockGuard, Instance, Language, Limits, Natives, ScriptCalls};
 pub use memory_host::{glob_match, MemoryHost};
 pub use plan::{Func, GroupMode, NativeOp, Plan, Reader, Step};

@@ -305,8 +305,7 @@ pub fn consumes(prefix: &[u8], stream: &[u8]) -> bool {
 
 /// Every key that starts with `prefix` (a whole SCAN, under the caller's lock).
 pub fn keys_with_prefix(locked: &dyn crate::LockedHost, prefix: &[u8]) -> Vec<Vec<u8>> {
-    let mut pattern = glob_escape(prefix);
-    pattern.push(b'*');
+    let pattern = crate::prefix_pattern(prefix);
     let mut found = Vec::new();
     let mut cursor = 0;
     while let Ok((next, keys)) = crate::scan(locked, None, cursor, &pattern, 1000) {
@@ -317,18 +316,6 @@ pub fn keys_with_prefix(locked: &dyn crate::LockedHost, prefix: &[u8]) -> Vec<Ve
         }
     }
     found
-}
-
-/// Escapes glob characters so a prefix matches literally in SCAN MATCH.
-fn glob_escape(s: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(s.len());
-    for &b in s {
-        if matches!(b, b'*' | b'?' | b'[' | b']' | b'\\') {
-            out.push(b'\\');
-        }
-        out.push(b);
-    }
-    out
 }
 
 /// The internal command that carries a consumer's position to replicas and the AOF.

@@ -243,19 +243,6 @@ fn cluster_state_key(name: &str, slot: u16) -> Vec<u8> {
     format!("{STREAM_PREFIX}{name}:backfill:{{{}}}", slot_tag(slot)).into_bytes()
 }
 
-/// Escapes glob characters so that a prefix matches literally in SCAN MATCH.
-fn glob_prefix(prefix: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(prefix.len() + 1);
-    for &b in prefix {
-        if matches!(b, b'*' | b'?' | b'[' | b']' | b'\\') {
-            out.push(b'\\');
-        }
-        out.push(b);
-    }
-    out.push(b'*');
-    out
-}
-
 /// Whether the thread runs, and the target it last finished for.
 #[derive(Default)]
 struct Control {
@@ -528,7 +515,7 @@ impl Backfill {
     /// began, and the keys it had queued are then remembered in `seen`.
     #[allow(clippy::too_many_arguments)]
     fn slice(&self, locked: &dyn LockedHost, p: &Pipeline, spec: &Spec, saved: &mut Saved, seen: &mut HashSet<u128>, budget: usize, held: Instant) -> Option<String> {
-        let pattern = glob_prefix(&spec.prefix);
+        let pattern = engine::prefix_pattern(&spec.prefix);
         // Exactly-once: the keys queued are remembered as touched too, so that a scan started
         // over after a restart or failover does not queue them again (no row image is applied
         // twice); at-least-once writes them again instead of keeping that set.
@@ -769,7 +756,7 @@ mod tests {
 
     #[test]
     fn prefixes_match_literally_and_the_backlog_stays_bounded() {
-        assert_eq!(glob_prefix(b"a*b?[c]\\:"), b"a\\*b\\?\\[c\\]\\\\:*".to_vec());
+        assert_eq!(engine::prefix_pattern(b"a*b?[c]\\:"), b"a\\*b\\?\\[c\\]\\\\:*".to_vec());
         let mut s = spec();
         assert_eq!(high_water(&s), 5000);
         s.batch = 2000;

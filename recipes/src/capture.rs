@@ -148,22 +148,9 @@ fn type_of(locked: &dyn LockedHost, key: &[u8]) -> Vec<u8> {
     locked.call(None, &[b"TYPE", key]).ok().and_then(|v| v.as_bytes().map(|b| b.into_owned())).unwrap_or_default()
 }
 
-/// Escapes glob characters so that a prefix matches literally in SCAN MATCH.
-fn glob_escape(s: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(s.len() + 1);
-    for &b in s {
-        if matches!(b, b'*' | b'?' | b'[' | b']' | b'\\') {
-            out.push(b'\\');
-        }
-        out.push(b);
-    }
-    out
-}
-
 /// The hashes of the recipe (under its prefix, with a primary key) in the locked database.
 pub fn hash_keys(locked: &dyn LockedHost, spec: &Spec) -> Result<Vec<Vec<u8>>, String> {
-    let mut pattern = glob_escape(&spec.prefix);
-    pattern.push(b'*');
+    let pattern = engine::prefix_pattern(&spec.prefix);
     let mut out = Vec::new();
     let mut cursor = b"0".to_vec();
     loop {

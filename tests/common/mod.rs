@@ -268,3 +268,52 @@ pub fn assert_abort_stops(c: &mut redis::Connection, lang: &str, code: &str) {
     let results = canon::fmt(&cmd(c, &["RG.GETRESULTS", &id]));
     assert!(results.contains("execution aborted"), "`{code}`: {results}");
 }
+
+/// Waits (up to `secs`) until `sql` answers `expected` in PostgreSQL.
+pub fn pg_eventually(pg: &testdb::Postgres, sql: &str, expected: &str, secs: u64) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let got = pg.sql(sql);
+        if got == expected {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{sql}: expected {expected:?}, still {got:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The node port that serves each slot range (first, last, port), from CLUSTER SLOTS.
+pub fn slot_owners(c: &mut redis::Connection) -> Vec<(u16, u16, u16)> {
+    let v: Vec<redis::Value> = redis::cmd("CLUSTER").arg("SLOTS").query(c).expect("CLUSTER SLOTS");
+    v.into_iter()
+        .filter_map(|r| {
+            let redis::Value::Array(parts) = r else { return None };
+            let int = |v: &redis::Value| match v {
+                redis::Value::Int(i) => Some(*i as u16),
+                _ => None,
+            };
+            let redis::Value::Array(node) = &parts[2] else { return None };
+            Some((int(&parts[0])?, int(&parts[1])?, int(&node[1])?))
+        })
+        .collect()
+}
+
+/// A key's cluster slot (CRC16 of its hashtag or of the key).
+pub fn slot(key: &str) -> u16 {
+    let k = key.as_bytes();
+    let k = match k.iter().position(|&b| b == b'{') {
+        Some(o) => match k[o + 1..].iter().position(|&b| b == b'}') {
+            Some(c) if c > 0 => &k[o + 1..o + 1 + c],
+            _ => k,
+        },
+        None => k,
+    };
+    let mut crc: u16 = 0;
+    for &b in k {
+        crc ^= (b as u16) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 { (crc << 1) ^ 0x1021 } else { crc << 1 };
+        }
+    }
+    crc % 16384
+}
