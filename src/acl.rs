@@ -65,13 +65,13 @@ pub fn is_admin(ctx: &Context, user: &str) -> bool {
 
 /// The caller, with its admin status.
 pub fn caller(ctx: &Context) -> Caller {
-    match client_user(ctx) {
-        None => Caller { user: None, admin: true },
-        Some(u) => {
-            let admin = is_admin(ctx, &u);
-            Caller { user: Some(u), admin }
-        }
-    }
+    with_admin(ctx, client_user(ctx))
+}
+
+/// `user` as a caller: an admin if allowed `CONFIG SET` (or if no ACL applies).
+fn with_admin(ctx: &Context, user: Option<String>) -> Caller {
+    let admin = user.as_deref().is_none_or(|u| is_admin(ctx, u));
+    Caller { user, admin }
 }
 
 /// The core command a check stands for, as users read it (`CONFIG SET`).
@@ -81,15 +81,21 @@ fn shown(core: &[&[u8]], words: usize) -> String {
 
 /// Refuses the command unless the caller may run the core command it is equivalent to
 /// (`words`: how many of `core`'s words name it: 1 for `EVAL`, 2 for `CONFIG SET`).
-/// Returns the caller.
-pub fn require(ctx: &Context, command: &str, core: &[&[u8]], words: usize) -> Result<Caller, RedisError> {
-    let c = caller(ctx);
-    if let Some(u) = c.user.as_deref() {
+/// Returns the caller's user (None: no ACL applies).
+pub fn require_user(ctx: &Context, command: &str, core: &[&[u8]], words: usize) -> Result<Option<String>, RedisError> {
+    let user = client_user(ctx);
+    if let Some(u) = user.as_deref() {
         if !allowed(ctx, u, core) {
             return Err(RedisError::String(format!("NOPERM user '{u}' may not run {command}: it needs the permission to run {}", shown(core, words))));
         }
     }
-    Ok(c)
+    Ok(user)
+}
+
+/// `require_user`, for a command that also needs to know whether the caller is an admin
+/// (to act on what other users own).
+pub fn require(ctx: &Context, command: &str, core: &[&[u8]], words: usize) -> Result<Caller, RedisError> {
+    Ok(with_admin(ctx, require_user(ctx, command, core, words)?))
 }
 
 /// Refuses unless the caller is an admin: `what` is what it tried ("load or delete

@@ -368,7 +368,7 @@ pub fn rg_trigger(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         // Like FCALL; the steps then run with the owner's rights intersected with the
         // caller's.
         let command = args[0].to_string_lossy().to_ascii_uppercase();
-        let caller = crate::acl::require(ctx, &command, crate::acl::FCALL, 1)?.user;
+        let caller = crate::acl::require_user(ctx, &command, crate::acl::FCALL, 1)?;
         let engine = engine();
         let (session, reg) = engine.sessions.command_trigger(&name).ok_or_else(|| RedisError::String(format!("ERR no registration for trigger '{name}'")))?;
         if reg.paused.load(std::sync::atomic::Ordering::Relaxed) {

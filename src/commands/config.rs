@@ -11,7 +11,7 @@ pub fn config_get(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         if args.len() < 2 {
             return Err(RedisError::Str("ERR wrong number of arguments; usage: RG.CONFIGGET <name> [<name> ...]"));
         }
-        crate::acl::require(ctx, "RG.CONFIGGET", crate::acl::CONFIG_GET, 2)?;
+        crate::acl::require_user(ctx, "RG.CONFIGGET", crate::acl::CONFIG_GET, 2)?;
         let cfg = &engine().config;
         let mut out = Vec::new();
         for a in &args[1..] {
@@ -43,7 +43,7 @@ pub fn config_set(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         if args.len() < 3 || args.len() % 2 == 0 {
             return Err(RedisError::Str("ERR wrong number of arguments; usage: RG.CONFIGSET <name> <value> [<name> <value> ...]"));
         }
-        crate::acl::require(ctx, "RG.CONFIGSET", crate::acl::CONFIG_SET, 2)?;
+        crate::acl::require_user(ctx, "RG.CONFIGSET", crate::acl::CONFIG_SET, 2)?;
         let engine = engine();
         let mut checked = Vec::new();
         for pair in args[1..].chunks(2) {

@@ -67,7 +67,7 @@ pub fn rg_package(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
                 if args.len() != 2 {
                     return Err(usage());
                 }
-                acl::require(ctx, "RG.PACKAGE LIST", acl::FUNCTION_LIST, 2)?;
+                acl::require_user(ctx, "RG.PACKAGE LIST", acl::FUNCTION_LIST, 2)?;
                 let opt = |v: Option<String>| v.map(Value::String).unwrap_or(Value::Nil);
                 let list: Vec<Value> = engine
                     .packages
