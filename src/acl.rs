@@ -34,8 +34,14 @@ pub fn client_user(ctx: &Context) -> Option<String> {
     if flags.contains(ContextFlags::REPLICATED) || flags.contains(ContextFlags::LOADING) {
         return None;
     }
+    connection_user(ctx)
+}
+
+/// The user name of the command's client connection, read by client id: None for a call
+/// made by a module, which has no client (RM_GetCurrentUserName would dereference its
+/// missing user).
+pub fn connection_user(ctx: &Context) -> Option<String> {
     // SAFETY: main thread inside a command; the returned string is freed right after use.
-    // RM_GetCurrentUserName would dereference a module call's missing user.
     unsafe {
         let id = raw::RedisModule_GetClientId.unwrap()(ctx.ctx);
         if id == 0 {

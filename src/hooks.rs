@@ -113,20 +113,9 @@ pub(crate) fn caller(ctx: &Context, command: &str) -> Result<Option<String>, Str
         // EVAL's commands run with the script caller's user on the script's client.
         return Ok(Some(ctx.get_current_user().to_string_lossy()));
     }
-    // SAFETY: main thread inside a command; the returned string is freed right after use.
-    // RM_GetCurrentUserName would dereference a module call's missing user.
-    unsafe {
-        let id = raw::RedisModule_GetClientId.unwrap()(ctx.ctx);
-        let name = if id == 0 { std::ptr::null_mut() } else { raw::RedisModule_GetClientUserNameById.unwrap()(ctx.ctx, id) };
-        if name.is_null() {
-            return Err(format!("ERR {command} is what Gears turns hooked commands and recipe writes into; it cannot be called from scripts or modules"));
-        }
-        let mut len = 0usize;
-        let p = raw::RedisModule_StringPtrLen.unwrap()(name, &mut len);
-        let user = String::from_utf8_lossy(std::slice::from_raw_parts(p as *const u8, len)).into_owned();
-        raw::RedisModule_FreeString.unwrap()(ctx.ctx, name);
-        Ok(Some(user))
-    }
+    crate::acl::connection_user(ctx)
+        .map(Some)
+        .ok_or_else(|| format!("ERR {command} is what Gears turns hooked commands and recipe writes into; it cannot be called from scripts or modules"))
 }
 
 /// Checks the command an internal wrapper (RG.HOOKRUN, RG.WTRUN) is asked to run: it must
