@@ -36,6 +36,8 @@ pub const SETTINGS: &[Setting] = &[
     Setting { name: "interpreters-memory-limit", default: "1073741824", min: 0, max: i64::MAX, load_time_only: false, help: "bytes all interpreter instances together may hold; idle ones are dropped beyond it, new ones refused (0 = no limit)" },
     Setting { name: "max-executions-memory", default: "268435456", min: 0, max: i64::MAX, load_time_only: false, help: "bytes the results of kept executions may take; the oldest finished ones are evicted beyond it (0 = no limit)" },
     Setting { name: "max-script-size", default: "1048576", min: 0, max: 536_870_912, load_time_only: false, help: "bytes a script or package source may have (0 = no limit)" },
+    Setting { name: "execution-max-idle-time", default: "5000", min: 100, max: 3_600_000, load_time_only: false, help: "ms a cluster execution waits for a silent shard before it fails" },
+    Setting { name: "cluster-batch-size", default: "1000", min: 1, max: 1_000_000, load_time_only: false, help: "records per message sent to another shard" },
 ];
 
 /// The names of the known settings, for error messages.

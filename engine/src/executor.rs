@@ -205,7 +205,7 @@ fn is_streaming(s: &Step) -> bool {
     !matches!(s, Step::Accumulate { .. } | Step::LocalGroupBy { .. } | Step::Limit { .. })
 }
 
-fn check_abort(cx: &RunContext) -> Result<(), ScriptError> {
+pub(crate) fn check_abort(cx: &RunContext) -> Result<(), ScriptError> {
     if cx.abort.load(Ordering::Relaxed) {
         Err(ScriptError::aborted())
     } else {
@@ -242,8 +242,58 @@ pub fn run_steps(steps: &[Step], records: Vec<Value>, cx: &RunContext) -> Result
 /// Runs `plan` to the end and returns its records and per-record errors.
 pub fn run_plan(plan: &Plan, cx: &RunContext) -> Result<RunOutput, ScriptError> {
     let mut p = pipeline(&plan.steps, cx);
+    read_into(&plan.reader, cx, &mut |r| {
+        match r {
+            Ok(r) => p.push(0, r)?,
+            Err(e) => p.out.errors.push(e),
+        }
+        Ok(p.done)
+    })?;
+    check_abort(cx)?;
+    p.finish(0)?;
+    p.out.step_stats = p.stats;
+    Ok(p.out)
+}
+
+/// A plan's steps fed record by record: the part of a cluster run between two
+/// boundaries (`repartition`, `collect`) is one of these.
+pub(crate) struct StageRun<'p, 'c> {
+    p: Pipeline<'p, 'c>,
+}
+
+impl<'p, 'c> StageRun<'p, 'c> {
+    pub(crate) fn new(steps: &'p [Step], cx: &'p RunContext<'c>) -> Self {
+        StageRun { p: pipeline(steps, cx) }
+    }
+    /// Pushes one record (or one record's read error); true when no more input is needed.
+    pub(crate) fn push(&mut self, r: Result<Value, String>) -> Result<bool, ScriptError> {
+        match r {
+            Ok(r) => self.p.push(0, r)?,
+            Err(e) => self.p.out.errors.push(e),
+        }
+        Ok(self.p.done)
+    }
+    /// Flushes the stateful steps: no more input.
+    pub(crate) fn finish(&mut self) -> Result<(), ScriptError> {
+        self.p.finish(0)
+    }
+    /// The records that came out of the last step so far.
+    pub(crate) fn take_results(&mut self) -> Vec<Value> {
+        std::mem::take(&mut self.p.out.results)
+    }
+    pub(crate) fn take_errors(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.p.out.errors)
+    }
+    pub(crate) fn stats(&self) -> &[StepStat] {
+        &self.p.stats
+    }
+}
+
+/// Reads `reader`'s records and hands each (or its read error) to `sink`, until the data
+/// is done or `sink` answers true (no more needed).
+pub(crate) fn read_into(reader: &Reader, cx: &RunContext, sink: &mut dyn FnMut(Result<Value, String>) -> Result<bool, ScriptError>) -> Result<(), ScriptError> {
     let batch = cx.batch_size.max(1);
-    match &plan.reader {
+    match reader {
         Reader::Keys { pattern, read_value } => {
             // Reading (under the lock) and the steps (outside it) overlap: a reader thread
             // fetches the next batch while this one runs the script on the current one.
@@ -254,11 +304,7 @@ pub fn run_plan(plan: &Plan, cx: &RunContext) -> Result<RunOutput, ScriptError> 
                 scope.spawn(move || read_keys(host, abort, db, user, pattern, read_value, batch, tx));
                 for records in rx.iter() {
                     for r in records? {
-                        match r {
-                            Ok(r) => p.push(0, r)?,
-                            Err(e) => p.out.errors.push(e),
-                        }
-                        if p.done {
+                        if sink(r)? {
                             // Dropping the receiver stops the reader.
                             return Ok(());
                         }
@@ -279,27 +325,21 @@ pub fn run_plan(plan: &Plan, cx: &RunContext) -> Result<RunOutput, ScriptError> 
                 let n = entries.len();
                 for (id, fields) in entries {
                     start = id.clone();
-                    let r = stream_record(stream, id, fields);
-                    p.push(0, r)?;
-                    if p.done {
-                        break;
+                    if sink(Ok(stream_record(stream, id, fields)))? {
+                        return Ok(());
                     }
                 }
                 exclusive = true;
-                if n < batch || p.done {
+                if n < batch {
                     break;
                 }
             }
         }
         Reader::ShardsId => {
-            let id = cx.host.shard_id();
-            p.push(0, Value::String(id))?;
+            sink(Ok(Value::String(cx.host.shard_id())))?;
         }
     }
-    check_abort(cx)?;
-    p.finish(0)?;
-    p.out.step_stats = p.stats;
-    Ok(p.out)
+    Ok(())
 }
 
 /// The KeysReader's reading side: SCANs `pattern` in batches of `batch` keys, each batch

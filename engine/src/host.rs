@@ -38,6 +38,11 @@ pub trait Host: Send + Sync {
     fn in_place(&self) -> bool {
         false
     }
+    /// The cluster this shard is part of, as last refreshed; None when it is not a cluster
+    /// node (a single Redis, or an embedding program).
+    fn topology(&self) -> Option<std::sync::Arc<crate::cluster::Topology>> {
+        None
+    }
 }
 
 /// What can be done while holding the data lock.
@@ -59,6 +64,11 @@ pub trait LockedHost {
     /// False on a replica: triggers and stream consumers act only on a primary.
     fn is_primary(&self) -> bool {
         true
+    }
+
+    /// Sends a coordinator message to the shard (node id) `to`. Only cluster hosts can.
+    fn send(&self, to: &str, _payload: &[u8]) -> Result<(), HostError> {
+        Err(HostError::Other(format!("cannot send to shard '{to}': this is not a cluster node")))
     }
 }
 

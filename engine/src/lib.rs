@@ -2,6 +2,7 @@
 //! (a reader and its steps) and their executor, executions and their registry, settings,
 //! and the worker pool. No Redis FFI here: `MemoryHost` lets everything run without Redis.
 
+pub mod cluster;
 pub mod codec;
 pub mod config;
 mod error;

@@ -30,6 +30,9 @@ pub struct RunEnv {
     /// command the run sends must be allowed to it as well as to `user`, so a run can never
     /// do more than the client could (None: no client, e.g. keyspace triggers).
     pub caller: Option<String>,
+    /// Set for a script sent with RG.EXEC: what its `run()` needs to run on every shard
+    /// of a cluster.
+    pub cluster: Option<crate::cluster::ClusterRun>,
 }
 
 /// The command call a hook intercepted.
@@ -139,8 +142,10 @@ pub struct Engine {
     pub registry: Registry,
     pub sessions: crate::Sessions,
     pub packages: Arc<crate::Packages>,
-    languages: Arc<Vec<Arc<dyn Language>>>,
-    api: Arc<dyn Api>,
+    pub(crate) languages: Arc<Vec<Arc<dyn Language>>>,
+    pub(crate) api: Arc<dyn Api>,
+    /// Runs `run()` on every shard of a cluster.
+    pub cluster: Arc<crate::cluster::Coordinator>,
     pool: WorkerPool,
     /// One thread that compiles scripts for RG.EXEC, off the Redis main thread.
     checker: WorkerPool,
@@ -178,9 +183,9 @@ pub fn session_busy(session: &str) -> bool {
 }
 
 /// Lets steps call the functions of a session instance.
-struct InstanceCalls<'a> {
-    inst: std::cell::RefCell<&'a mut Box<dyn Instance>>,
-    natives: &'a dyn Natives,
+pub(crate) struct InstanceCalls<'a> {
+    pub(crate) inst: std::cell::RefCell<&'a mut Box<dyn Instance>>,
+    pub(crate) natives: &'a dyn Natives,
 }
 
 impl crate::ScriptCalls for InstanceCalls<'_> {
@@ -211,7 +216,9 @@ impl Engine {
             let _ = packages.load(p, true);
         }
         let ledger: Arc<Ledger> = Default::default();
+        let cluster = crate::cluster::Coordinator::new(host.clone(), config.clone());
         let engine = Arc::new(Engine {
+            cluster,
             pool: WorkerPool::new(threads, languages.clone(), ledger.clone()),
             checker: WorkerPool::named("rg-check", 1, languages.clone(), ledger.clone()),
             ledger,
@@ -442,6 +449,13 @@ impl Engine {
             db: req.db,
             hook: None,
             caller: None,
+            cluster: Some(crate::cluster::ClusterRun {
+                coordinator: self.cluster.clone(),
+                language: language.to_string(),
+                source: req.source.clone(),
+                args: req.args.clone(),
+                description: req.description.clone(),
+            }),
         });
         let result = inst.run(&req.source, &req.args, &*api as &dyn Natives);
         inst.end_run();
@@ -576,7 +590,7 @@ impl Engine {
             // Saved before sessions pinned their packages: those loaded now, pinned from here on.
             None => crate::packages::PackageSource::Current(self.packages.clone()),
         };
-        let natives = self.api.begin_rebuild(RunEnv { host, packages, config: self.config.clone(), execution, user: def.user.clone(), db: def.db, hook: None, caller: None });
+        let natives = self.api.begin_rebuild(RunEnv { host, packages, config: self.config.clone(), execution, user: def.user.clone(), db: def.db, hook: None, caller: None, cluster: None });
         let r = instance.run(&def.source, &def.args, &*natives as &dyn Natives);
         instance.end_run();
         ticket.end_use(instance.memory_used());
@@ -611,7 +625,7 @@ impl Engine {
         }
         let started = std::time::Instant::now();
         let execution = Arc::new(Execution::new(reg.id.clone(), session.language, None));
-        let env = RunEnv { host: host.clone(), packages: self.pinned(&session.id, session.imports.clone()), config: self.config.clone(), execution: execution.clone(), user: session.user.clone(), db: session.db, hook, caller };
+        let env = RunEnv { host: host.clone(), packages: self.pinned(&session.id, session.imports.clone()), config: self.config.clone(), execution: execution.clone(), user: session.user.clone(), db: session.db, hook, caller, cluster: None };
         let result = self.with_session_instance(session, env.clone(), |inst| {
             let natives = self.api.begin_run(env);
             let calls = InstanceCalls { inst: std::cell::RefCell::new(inst), natives: &*natives as &dyn Natives };
@@ -718,6 +732,7 @@ impl Engine {
     }
 
     pub fn shutdown(&self) {
+        self.cluster.shutdown();
         for e in self.registry.all() {
             e.request_abort();
         }

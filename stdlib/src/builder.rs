@@ -179,13 +179,15 @@ impl Builder {
         Ok(())
     }
 
-    /// Builds the plan for `run(arg, options)`.
-    pub fn plan(&self, a: &[Value]) -> Result<Plan, ScriptError> {
+    /// Builds the plan for `run(arg, options)`, and whether it runs on this shard only
+    /// (`mode = 'async_local'`).
+    pub fn plan(&self, a: &[Value]) -> Result<(Plan, bool), ScriptError> {
+        let local;
         let reader = match self.reader {
             ReaderKind::Keys | ReaderKind::KeysOnly => {
                 args::at_most(a, 2, "run", "run([pattern], [options])")?;
                 let pattern = args::opt_bytes(a, 0, "run")?.unwrap_or_else(|| b"*".to_vec());
-                run_options(a, 1)?;
+                local = run_options(a, 1)?;
                 Reader::Keys { pattern, read_value: self.reader == ReaderKind::Keys }
             }
             ReaderKind::Stream => {
@@ -196,7 +198,7 @@ impl Builder {
                     Some(Value::Map(_)) => (None, 1),
                     _ => (args::opt_string(a, 1, "run")?, 2),
                 };
-                run_options(a, opts_at)?;
+                local = run_options(a, opts_at)?;
                 let from_id = from_id.unwrap_or_else(|| "-".into());
                 if from_id != "-" && !valid_stream_id(&from_id) {
                     return Err(ScriptError::usage(format!("run: '{from_id}' is not a stream id; expected '<ms>-<seq>', '<ms>' or '-'")));
@@ -208,11 +210,11 @@ impl Builder {
             }
             ReaderKind::ShardsId => {
                 args::at_most(a, 1, "run", "run([options])")?;
-                run_options(a, 0)?;
+                local = run_options(a, 0)?;
                 Reader::ShardsId
             }
         };
-        Ok(Plan { reader, steps: self.steps.clone() })
+        Ok((Plan { reader, steps: self.steps.clone() }, local))
     }
 }
 
@@ -358,17 +360,20 @@ fn valid_stream_id(s: &str) -> bool {
     ms.parse::<u64>().is_ok() && seq.parse::<u64>().is_ok()
 }
 
-/// `{mode = 'async' | 'async_local'}`. On a single shard both run the same way.
-fn run_options(a: &[Value], i: usize) -> Result<(), ScriptError> {
+/// `{mode = 'async' | 'async_local'}`: true for `async_local` (this shard only). On a
+/// single Redis both run the same way.
+fn run_options(a: &[Value], i: usize) -> Result<bool, ScriptError> {
+    let mut local = false;
     for (name, v) in args::options(a, i, "run", &["mode"])? {
         if name == "mode" {
             let m = v.as_str_lossy().unwrap_or_default();
             if !matches!(m.as_str(), "async" | "async_local") {
                 return Err(ScriptError::usage(format!("run: mode must be 'async' or 'async_local', got '{m}'")));
             }
+            local = m == "async_local";
         }
     }
-    Ok(())
+    Ok(local)
 }
 
 /// Commands no hook may intercept: they authenticate, hold the connection's state (its

@@ -128,7 +128,7 @@ impl Natives for ScriptRun {
             "atomic" => globals::atomic(self, &args, script),
             "log" => globals::log(&self.env, &args),
             "configGet" => globals::config_get(&self.env, &args),
-            "hashtag" => Ok(Value::str(globals::hashtag())),
+            "hashtag" => globals::hashtag(&self.env),
             "shardId" => Ok(Value::String(self.env.host.shard_id())),
             other => Err(ScriptError::usage(format!("unknown function '{other}'"))),
         }
@@ -151,7 +151,7 @@ impl Natives for ScriptRun {
             return Err(ScriptError::usage(format!("unknown object kind '{}'", obj.kind)));
         }
         if name == "run" {
-            let plan = {
+            let (plan, local) = {
                 let builders = self.builders.borrow();
                 let b = builders.get(obj.id as usize).ok_or_else(|| ScriptError::usage("run: unknown builder"))?;
                 b.plan(&args)?
@@ -181,7 +181,8 @@ impl Natives for ScriptRun {
             };
             self.env.execution.set_plan_info(plan.reader.name(), Vec::new());
             self.running.set(true);
-            let out = engine::run_plan(&plan, &cx);
+            // On a cluster the plan runs on every primary (unless async_local).
+            let out = engine::cluster::run_everywhere(&plan, &cx, &self.env, local).unwrap_or_else(|| engine::run_plan(&plan, &cx));
             self.running.set(false);
             let out = out?;
             self.env.execution.set_plan_info(plan.reader.name(), out.step_stats.clone());

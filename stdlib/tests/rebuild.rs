@@ -27,7 +27,7 @@ fn language(name: &str) -> Box<dyn Language> {
 }
 
 fn env(host: &Arc<MemoryHost>) -> RunEnv {
-    RunEnv { host: host.clone(), packages: Default::default(), config: Arc::new(Config::default()), execution: Arc::new(Execution::new("t".into(), "test", None)), user: None, db: 0, hook: None, caller: None }
+    RunEnv { host: host.clone(), packages: Default::default(), config: Arc::new(Config::default()), execution: Arc::new(Execution::new("t".into(), "test", None)), user: None, db: 0, hook: None, caller: None, cluster: None }
 }
 
 /// Runs `source` in a fresh instance in plan-building mode and returns the instance

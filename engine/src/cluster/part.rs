@@ -1,0 +1,195 @@
+//! One shard's part in a cluster execution: what it received at each boundary, what it
+//! sent and not yet had confirmed, whom it heard from and when, and why it failed.
+//! The coordinator (main thread) fills it from messages; the part's runner (a worker)
+//! drains it.
+
+use super::message::Message;
+use parking_lot::{Condvar, Mutex};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::{Duration, Instant};
+
+pub struct Part {
+    pub exec: String,
+    pub initiator: String,
+    /// The primaries taking part, sorted.
+    pub participants: Vec<String>,
+    pub me: String,
+    /// `Topology::fingerprint` when the execution started.
+    pub topology: u64,
+    pub(crate) state: Mutex<PartState>,
+    pub(crate) wake: Condvar,
+    /// Per boundary, the shards that send into it (set once the runner has the plan).
+    pub(crate) senders: std::sync::OnceLock<Vec<Vec<String>>>,
+}
+
+#[derive(Default)]
+pub(crate) struct Inbound {
+    /// Encoded record batches not yet taken by the runner.
+    pub queue: VecDeque<Vec<u8>>,
+    /// Batch numbers received, per sender (a batch sent twice is taken once).
+    pub seen: HashMap<String, HashSet<u32>>,
+    /// Senders done with this boundary, and how many batches each sent.
+    pub ends: HashMap<String, u32>,
+    pub errors: Vec<String>,
+}
+
+pub(crate) struct Outbound {
+    /// Every batch sent, kept until the receiver confirms it has them all.
+    pub batches: Vec<Vec<u8>>,
+    /// The `End` message, once the boundary is done.
+    pub end: Option<Vec<u8>>,
+    pub last_sent: Instant,
+}
+
+pub(crate) struct PartState {
+    pub inbound: HashMap<u32, Inbound>,
+    pub outbound: HashMap<(String, u32), Outbound>,
+    pub heard: HashMap<String, Instant>,
+    /// The boundary the runner waits on, and since when.
+    pub waiting: Option<u32>,
+    /// Participants that have not confirmed `Start` (initiator only), with the message.
+    pub unstarted: HashSet<String>,
+    pub start_message: Option<Vec<u8>>,
+    pub failure: Option<String>,
+    /// The runner is done (or never came: a part made by early messages).
+    pub running: bool,
+    pub finished_at: Option<Instant>,
+    /// When this part last told the others it is alive.
+    pub last_alive: Option<Instant>,
+}
+
+impl Part {
+    pub fn new(exec: String, initiator: String, participants: Vec<String>, me: String, topology: u64) -> Part {
+        let now = Instant::now();
+        let heard = participants.iter().map(|p| (p.clone(), now)).collect();
+        Part {
+            exec,
+            initiator,
+            participants,
+            me,
+            topology,
+            state: Mutex::new(PartState {
+                inbound: HashMap::new(),
+                outbound: HashMap::new(),
+                heard,
+                waiting: None,
+                unstarted: HashSet::new(),
+                start_message: None,
+                failure: None,
+                running: false,
+                finished_at: None,
+                last_alive: None,
+            }),
+            wake: Condvar::new(),
+            senders: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Records that the part failed (the first reason wins) and wakes its runner.
+    pub fn fail(&self, why: String) {
+        let mut st = self.state.lock();
+        if st.failure.is_none() {
+            st.failure = Some(why);
+        }
+        drop(st);
+        self.wake.notify_all();
+    }
+
+    pub fn failure(&self) -> Option<String> {
+        self.state.lock().failure.clone()
+    }
+
+    /// Applies a message from `from` about this part; returns the messages to send back
+    /// (to `from`).
+    pub(crate) fn receive(&self, from: &str, m: Message) -> Vec<Message> {
+        let mut st = self.state.lock();
+        st.heard.insert(from.to_string(), Instant::now());
+        let mut reply = Vec::new();
+        match m {
+            Message::Records { boundary, seq, records, .. } => {
+                let inb = st.inbound.entry(boundary).or_default();
+                if inb.seen.entry(from.to_string()).or_default().insert(seq) {
+                    inb.queue.push_back(records);
+                }
+            }
+            Message::End { boundary, batches, errors, .. } => {
+                let inb = st.inbound.entry(boundary).or_default();
+                if inb.ends.insert(from.to_string(), batches).is_none() {
+                    inb.errors.extend(errors);
+                }
+                let seen = inb.seen.get(from);
+                let missing: Vec<u32> = (0..batches).filter(|q| !seen.is_some_and(|s| s.contains(q))).collect();
+                // Messages on one link arrive in order: batches missing when their End
+                // arrives were lost with a broken link.
+                if missing.is_empty() {
+                    reply.push(Message::Got { exec: self.exec.clone(), boundary });
+                } else {
+                    reply.push(Message::Missing { exec: self.exec.clone(), boundary, seqs: missing });
+                }
+            }
+            Message::Got { boundary, .. } => {
+                st.outbound.remove(&(from.to_string(), boundary));
+            }
+            Message::Missing { boundary, seqs, .. } => {
+                if let Some(out) = st.outbound.get_mut(&(from.to_string(), boundary)) {
+                    out.last_sent = Instant::now();
+                    for q in seqs {
+                        if let Some(b) = out.batches.get(q as usize) {
+                            reply.push(Message::Records { exec: self.exec.clone(), boundary, seq: q, records: b.clone() });
+                        }
+                    }
+                    if let Some(end) = &out.end {
+                        if let Ok(m) = super::message::decode(end) {
+                            reply.push(m);
+                        }
+                    }
+                }
+            }
+            Message::Started { .. } => {
+                st.unstarted.remove(from);
+            }
+            Message::Failed { error, .. } => {
+                if st.failure.is_none() {
+                    st.failure = Some(error);
+                }
+            }
+            Message::Abort { .. } => {
+                if st.failure.is_none() {
+                    st.failure = Some("execution aborted".into());
+                }
+            }
+            _ => {}
+        }
+        drop(st);
+        self.wake.notify_all();
+        reply
+    }
+
+    /// Is boundary `b` complete: every one of `senders` ended it and every batch is here?
+    pub(crate) fn complete(inb: &Inbound, senders: &[String]) -> bool {
+        senders.iter().all(|s| inb.ends.get(s).is_some_and(|&n| inb.seen.get(s).map_or(0, |x| x.len() as u32) >= n))
+    }
+
+    /// The senders of `b` this part still waits for.
+    pub(crate) fn pending_senders(&self, st: &PartState, b: u32, senders: &[String]) -> Vec<String> {
+        let inb = st.inbound.get(&b);
+        senders
+            .iter()
+            .filter(|s| !inb.is_some_and(|i| i.ends.get(*s).is_some_and(|&n| i.seen.get(*s).map_or(0, |x| x.len() as u32) >= n)))
+            .cloned()
+            .collect()
+    }
+
+    /// Was this part idle past `idle` on a shard it waits for? Returns that shard.
+    pub(crate) fn silent_shard(&self, idle: Duration) -> Option<String> {
+        let st = self.state.lock();
+        let now = Instant::now();
+        let mut waited: Vec<String> = st.unstarted.iter().cloned().collect();
+        if let (Some(b), Some(all)) = (st.waiting, self.senders.get()) {
+            if let Some(senders) = all.get(b as usize) {
+                waited.extend(self.pending_senders(&st, b, senders));
+            }
+        }
+        waited.into_iter().filter(|s| *s != self.me).find(|s| st.heard.get(s).is_none_or(|t| now.duration_since(*t) > idle))
+    }
+}

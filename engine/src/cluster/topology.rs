@@ -1,0 +1,203 @@
+//! The cluster as the coordinator sees it: its primaries, their addresses and slots, and
+//! which one this node is. Built by the host (on Redis from `CLUSTER SLOTS` and the module
+//! API's node list); the engine only reads it.
+
+use std::sync::OnceLock;
+
+/// Hash slots of a Redis Cluster.
+pub const SLOTS: u16 = 16384;
+
+/// One primary and the slot ranges it serves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Shard {
+    /// The node id (40 hex characters on Redis).
+    pub id: String,
+    /// `ip:port` clients use.
+    pub addr: String,
+    /// Inclusive slot ranges, sorted.
+    pub slots: Vec<(u16, u16)>,
+}
+
+/// The primaries of the cluster and this node's id. On a replica `me` is not among the
+/// shards' ids.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Topology {
+    pub me: String,
+    /// Sorted by id.
+    pub shards: Vec<Shard>,
+}
+
+impl Topology {
+    pub fn new(me: String, mut shards: Vec<Shard>) -> Topology {
+        shards.sort_by(|a, b| a.id.cmp(&b.id));
+        for s in shards.iter_mut() {
+            s.slots.sort();
+        }
+        Topology { me, shards }
+    }
+
+    pub fn shard(&self, id: &str) -> Option<&Shard> {
+        self.shards.iter().find(|s| s.id == id)
+    }
+
+    /// The primary that serves `slot`.
+    pub fn owner_of_slot(&self, slot: u16) -> Option<&Shard> {
+        self.shards.iter().find(|s| s.slots.iter().any(|&(a, b)| a <= slot && slot <= b))
+    }
+
+    /// The primary that serves `key`.
+    pub fn owner_of_key(&self, key: &[u8]) -> Option<&Shard> {
+        self.owner_of_slot(key_slot(key))
+    }
+
+    /// Does this node serve `slot`?
+    pub fn owns_slot(&self, slot: u16) -> bool {
+        self.owner_of_slot(slot).is_some_and(|s| s.id == self.me)
+    }
+
+    /// Is this node one of the primaries?
+    pub fn is_primary(&self) -> bool {
+        self.shard(&self.me).is_some()
+    }
+
+    /// A short description of a shard for error messages: `<id> (<addr>)`.
+    pub fn describe(&self, id: &str) -> String {
+        match self.shard(id) {
+            Some(s) => format!("{} ({})", s.id, s.addr),
+            None => id.to_string(),
+        }
+    }
+
+    /// Changes when a primary joins, leaves or fails over, or slots move: an execution that
+    /// sees it change under it ends rather than give an answer built on two layouts.
+    pub fn fingerprint(&self) -> u64 {
+        let mut h: u64 = 0xcbf29ce484222325;
+        let mut eat = |bytes: &[u8]| {
+            for b in bytes {
+                h ^= *b as u64;
+                h = h.wrapping_mul(0x100000001b3);
+            }
+        };
+        for s in &self.shards {
+            eat(s.id.as_bytes());
+            eat(b"|");
+            for (a, b) in &s.slots {
+                eat(&a.to_le_bytes());
+                eat(&b.to_le_bytes());
+            }
+            eat(b";");
+        }
+        h
+    }
+
+    /// A hashtag (without braces) whose keys land on a slot this node serves; None when it
+    /// serves none.
+    pub fn local_hashtag(&self) -> Option<&'static str> {
+        let me = self.shard(&self.me)?;
+        let &(first, _) = me.slots.first()?;
+        Some(hashtag_of_slot(first))
+    }
+}
+
+/// The slot of a key: CRC16 (XMODEM) of the key, or of the part between the first `{` and
+/// the next `}` when that part is not empty, modulo 16384 (Redis Cluster's rule).
+pub fn key_slot(key: &[u8]) -> u16 {
+    let hashed = match key.iter().position(|&c| c == b'{') {
+        Some(open) => match key[open + 1..].iter().position(|&c| c == b'}') {
+            Some(len) if len > 0 => &key[open + 1..open + 1 + len],
+            _ => key,
+        },
+        None => key,
+    };
+    crc16(hashed) % SLOTS
+}
+
+fn crc16(data: &[u8]) -> u16 {
+    let mut crc: u16 = 0;
+    for &b in data {
+        crc ^= (b as u16) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 { (crc << 1) ^ 0x1021 } else { crc << 1 };
+        }
+    }
+    crc
+}
+
+/// A short tag that hashes to `slot`: the first of `0`..`9`, `a`..`z`, `A`..`Z` strings
+/// (by length, then order) that does; every slot has one of at most 3 characters.
+pub fn hashtag_of_slot(slot: u16) -> &'static str {
+    static TABLE: OnceLock<Vec<String>> = OnceLock::new();
+    let table = TABLE.get_or_init(|| {
+        const CHARS: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
+        let mut t: Vec<Option<String>> = vec![None; SLOTS as usize];
+        let put = |s: &[u8], t: &mut Vec<Option<String>>| {
+            let slot = (crc16(s) % SLOTS) as usize;
+            if t[slot].is_none() {
+                t[slot] = Some(String::from_utf8_lossy(s).into_owned());
+            }
+        };
+        for &a in CHARS {
+            put(&[a], &mut t);
+        }
+        for &a in CHARS {
+            for &b in CHARS {
+                put(&[a, b], &mut t);
+            }
+        }
+        'outer: for &a in CHARS {
+            for &b in CHARS {
+                for &c in CHARS {
+                    put(&[a, b, c], &mut t);
+                }
+                if t.iter().all(Option::is_some) {
+                    break 'outer;
+                }
+            }
+        }
+        t.into_iter().enumerate().map(|(i, s)| s.unwrap_or_else(|| panic!("no tag of 3 characters for slot {i}"))).collect()
+    });
+    &table[(slot % SLOTS) as usize]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_match_redis() {
+        // Values from CLUSTER KEYSLOT.
+        assert_eq!(key_slot(b"foo"), 12182);
+        assert_eq!(key_slot(b"{user1000}.following"), key_slot(b"user1000"));
+        assert_eq!(key_slot(b"foo{}{bar}"), key_slot(b"foo{}{bar}"));
+        assert_eq!(key_slot(b"123456789"), 0x31c3 % SLOTS);
+        assert_eq!(key_slot(b"{06S}"), 0);
+    }
+
+    #[test]
+    fn every_slot_has_a_tag() {
+        for slot in 0..SLOTS {
+            let tag = hashtag_of_slot(slot);
+            assert!(tag.len() <= 3);
+            assert_eq!(key_slot(format!("x{{{tag}}}y").as_bytes()), slot);
+        }
+    }
+
+    #[test]
+    fn owners_and_fingerprint() {
+        let t = Topology::new(
+            "b".into(),
+            vec![
+                Shard { id: "b".into(), addr: "127.0.0.1:2".into(), slots: vec![(5461, 10922)] },
+                Shard { id: "a".into(), addr: "127.0.0.1:1".into(), slots: vec![(0, 5460)] },
+            ],
+        );
+        assert_eq!(t.shards[0].id, "a");
+        assert_eq!(t.owner_of_slot(6000).map(|s| s.id.as_str()), Some("b"));
+        assert!(t.owner_of_slot(16000).is_none());
+        assert!(t.owns_slot(5461) && !t.owns_slot(0));
+        let mut moved = t.clone();
+        moved.shards[1].slots = vec![(5461, 10921)];
+        assert_ne!(t.fingerprint(), moved.fingerprint());
+        assert_eq!(key_slot(format!("{{{}}}", t.local_hashtag().unwrap()).as_bytes()), 5461);
+    }
+}
