@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod canon;
+pub mod cluster;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
