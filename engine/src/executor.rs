@@ -297,12 +297,14 @@ pub(crate) fn read_into(reader: &Reader, cx: &RunContext, sink: &mut dyn FnMut(R
         Reader::Keys { pattern, read_value } => {
             // Reading (under the lock) and the steps (outside it) overlap: a reader thread
             // fetches the next batch while this one runs the script on the current one.
-            let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<Result<Value, String>>, ScriptError>>(2);
             let read_value = *read_value;
             std::thread::scope(|scope| -> Result<(), ScriptError> {
+                // The receiver lives in this closure: returning early drops it, which makes
+                // the reader's next send fail and the reader stop (the scope then joins it).
+                let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<Result<Value, String>>, ScriptError>>(2);
                 let (host, abort, db, user) = (cx.host, cx.abort, cx.db, cx.user);
                 scope.spawn(move || read_keys(host, abort, db, user, pattern, read_value, batch, tx));
-                for records in rx.iter() {
+                for records in rx.into_iter() {
                     for r in records? {
                         if sink(r)? {
                             // Dropping the receiver stops the reader.

@@ -36,7 +36,7 @@ fn summary(e: &Execution) -> Value {
     ])
 }
 
-fn details(e: &Execution) -> Value {
+pub(crate) fn details(e: &Execution) -> Value {
     let (mut m, outcome) = match summary(e) {
         Value::Map(m) => (m, e.outcome()),
         _ => unreachable!("summary is a map"),
@@ -79,13 +79,22 @@ pub fn get_execution(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         if args.len() != 2 && args.len() != 3 {
             return Err(RedisError::String(format!("ERR wrong number of arguments; usage: {USAGE}")));
         }
+        let mut cluster = false;
         if let Some(scope) = args.get(2) {
             let s = text(scope, "the scope")?.to_ascii_uppercase();
             if s != "SHARD" && s != "CLUSTER" {
                 return Err(RedisError::String(format!("ERR unknown scope '{s}': expected SHARD or CLUSTER")));
             }
+            cluster = s == "CLUSTER";
         }
         let e = find(ctx, "RG.GETEXECUTION", &text(&args[1], "the execution id")?)?;
+        if cluster && crate::cluster::topology().is_some() {
+            // Every primary's part of it (status, records, per-step time), this one's first.
+            let caller = acl::caller(ctx);
+            let q = engine::cluster::Query::Execution { exec: e.id.clone(), user: caller.user.clone(), admin: caller.admin };
+            super::cluster_views::gather(ctx, q, super::cluster_views::execution_parts);
+            return replied();
+        }
         reply::reply(ctx, &details(&e));
         replied()
     })
@@ -138,6 +147,8 @@ pub fn drop_execution(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         let id = one_id(&args, "RG.DROPEXECUTION <id>")?;
         find(ctx, "RG.DROPEXECUTION", &id)?;
         engine().registry.drop_execution(&id).map_err(|e| RedisError::String(format!("ERR {e}")))?;
+        // Its parts on the other shards go too.
+        engine().cluster.broadcast_drop(&id);
         Ok(RedisValue::SimpleStringStatic("OK"))
     })
 }
@@ -150,6 +161,8 @@ pub fn abort_execution(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
             return Err(RedisError::String(format!("ERR execution '{}' has already finished ({})", e.id, e.status().as_str())));
         }
         e.request_abort();
+        // Every shard's part stops.
+        engine().cluster.broadcast_abort(&e.id);
         Ok(RedisValue::SimpleStringStatic("OK"))
     })
 }

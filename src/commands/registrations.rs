@@ -116,21 +116,36 @@ fn backfill_status(name: &str) -> Value {
 /// RG.DUMPREGISTRATIONS
 pub fn dump_registrations(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     guarded(ctx, || {
-        if args.len() != 1 {
-            return Err(RedisError::Str("ERR wrong number of arguments; usage: RG.DUMPREGISTRATIONS"));
-        }
+        const USAGE: &str = "ERR wrong number of arguments; usage: RG.DUMPREGISTRATIONS [CLUSTER]";
+        let cluster = match args.len() {
+            1 => false,
+            2 if text(&args[1], "the scope")?.eq_ignore_ascii_case("CLUSTER") => true,
+            2 => return Err(RedisError::String(format!("ERR unknown scope '{}': expected CLUSTER", text(&args[1], "the scope")?))),
+            _ => return Err(RedisError::Str(USAGE)),
+        };
         let caller = acl::require(ctx, "RG.DUMPREGISTRATIONS", acl::FUNCTION_LIST, 2)?;
-        // Each user sees the registrations of its own sessions; an admin sees all.
-        let all: Vec<Value> = engine()
+        if cluster {
+            // Every primary's registrations, with their counters summed (backlog, lag...).
+            let q = engine::cluster::Query::Registrations { user: caller.user.clone(), admin: caller.admin };
+            super::cluster_views::gather(ctx, q, super::cluster_views::registrations);
+            return replied();
+        }
+        reply::reply(ctx, &dump(ctx, &caller.registrant()));
+        replied()
+    })
+}
+
+/// The registrations `who` may see: the registrations of its own sessions (an admin: all).
+pub(crate) fn dump(ctx: &Context, who: &engine::Registrant) -> Value {
+    Value::Array(
+        engine()
             .sessions
             .all()
             .iter()
-            .filter(|s| caller.owns(s.user.as_deref()))
+            .filter(|s| who.owns(s.user.as_deref()))
             .flat_map(|s| s.registrations.iter().map(|r| registration(ctx, r)).collect::<Vec<_>>())
-            .collect();
-        reply::reply(ctx, &Value::Array(all));
-        replied()
-    })
+            .collect(),
+    )
 }
 
 fn ids(args: &[RedisString], usage: &str) -> Result<Vec<String>, RedisError> {

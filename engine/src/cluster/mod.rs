@@ -79,6 +79,8 @@ pub struct Coordinator {
     mail_room: Condvar,
     threads: std::sync::Once,
     me: Weak<Coordinator>,
+    /// The address of every primary seen, so that errors can name one that is gone.
+    addresses: Mutex<HashMap<String, String>>,
 }
 
 impl Coordinator {
@@ -97,6 +99,7 @@ impl Coordinator {
             mail_room: Condvar::new(),
             threads: std::sync::Once::new(),
             me: me.clone(),
+            addresses: Default::default(),
         })
     }
 
@@ -118,10 +121,35 @@ impl Coordinator {
         *self.handler.write() = Some(h);
     }
 
+    /// `<id> (<ip:port>)`, also for a primary that has left the cluster since.
+    pub fn describe(&self, shard: &str) -> String {
+        if let Some(t) = self.topology() {
+            let mut known = self.addresses.lock();
+            for s in &t.shards {
+                known.insert(s.id.clone(), s.addr.clone());
+            }
+            if let Some(addr) = known.get(shard) {
+                return format!("{shard} ({addr})");
+            }
+        }
+        shard.to_string()
+    }
+
     /// The error of a shard that stayed silent.
     pub fn silent_error(&self, shard: &str, exec: &str) -> String {
-        let who = self.topology().map(|t| t.describe(shard)).unwrap_or_else(|| shard.to_string());
-        format!("shard {who} did not answer for {} ms (rg.execution-max-idle-time): execution {exec} failed", self.idle_limit().as_millis())
+        format!("shard {} did not answer for {} ms (rg.execution-max-idle-time): execution {exec} failed", self.describe(shard), self.idle_limit().as_millis())
+    }
+
+    /// The error of an execution whose cluster changed under it: names the primaries that
+    /// left (failed over, removed) when some did.
+    pub fn topology_error(&self, part: &Part) -> String {
+        let now: HashSet<String> = self.topology().map(|t| t.shards.iter().map(|s| s.id.clone()).collect()).unwrap_or_default();
+        let gone: Vec<String> = part.participants.iter().filter(|p| !now.contains(*p)).map(|p| self.describe(p)).collect();
+        if gone.is_empty() {
+            format!("the cluster topology changed while execution {} ran (a shard joined, or slots moved): run it again", part.exec)
+        } else {
+            format!("shard {} left the cluster or failed over while execution {} ran: run it again", gone.join(", "), part.exec)
+        }
     }
 
     fn start_threads(&self) {
@@ -319,6 +347,8 @@ impl Coordinator {
     /// peers went silent or whose cluster changed, forget what is over.
     fn tick(&self) {
         let now = Instant::now();
+        // Remember the addresses of the primaries seen now.
+        let _ = self.describe("");
         let idle = self.idle_limit();
         let fingerprint = self.topology().map(|t| t.fingerprint());
         let parts: Vec<Arc<Part>> = self.parts.lock().values().cloned().collect();
@@ -335,10 +365,7 @@ impl Coordinator {
                         part.fail(e.clone());
                         self.broadcast_failure(&part, &e);
                     } else if fingerprint.is_some_and(|f| f != part.topology) {
-                        let e = format!(
-                            "the cluster topology changed while execution {} ran (a shard failed over, joined or left, or slots moved): run it again",
-                            part.exec
-                        );
+                        let e = self.topology_error(&part);
                         part.fail(e.clone());
                         self.broadcast_failure(&part, &e);
                     }
@@ -373,7 +400,7 @@ impl Coordinator {
         };
         for mut p in expired {
             for s in std::mem::take(&mut p.waiting) {
-                let who = self.topology().map(|t| t.describe(&s)).unwrap_or(s.clone());
+                let who = self.describe(&s);
                 p.answers.push((s, Err(format!("shard {who} did not answer within {} ms", idle.as_millis()))));
             }
             if let Some(done) = p.done.take() {

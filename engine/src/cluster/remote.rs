@@ -95,7 +95,7 @@ impl Engine {
             let (outcome, aborted) = match r {
                 Ok(out) => (Outcome::Records { results: out.results, errors: out.errors }, false),
                 Err(e) => {
-                    let msg = if e.message.starts_with("shard ") || e.message.starts_with("the cluster topology") { e.message.clone() } else { format!("shard {me}: {}", e.message) };
+                    let msg = if e.message.starts_with("shard ") || e.message.starts_with("the cluster topology") || e.message == "execution aborted" { e.message.clone() } else { format!("shard {me}: {}", e.message) };
                     if part.failure().is_none() {
                         part.fail(msg.clone());
                         engine.cluster.broadcast_failure(&part, &msg);
@@ -146,10 +146,7 @@ impl Engine {
                 return Err(ScriptError::usage("the script built another plan here than on the initiator: a script must run the same way on every shard"));
             }
             if self.host.topology().map(|t| t.fingerprint()) != Some(start.topology) {
-                return Err(ScriptError::runtime(format!(
-                    "the cluster topology changed while execution {} ran (a shard failed over, joined or left, or slots moved): run it again",
-                    start.exec
-                )));
+                return Err(ScriptError::runtime(self.cluster.topology_error(part)));
             }
             exec.set_plan_info(plan.reader.name(), Vec::new());
             let calls = InstanceCalls { inst: std::cell::RefCell::new(&mut instance), natives: &*natives as &dyn Natives };
