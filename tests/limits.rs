@@ -157,3 +157,23 @@ fn a_long_run_does_not_stall_other_clients() {
         assert_eq!(got, "[[7], []]", "{lang}");
     }
 }
+
+/// A run whose reader must stop early (limit) ends: the reader thread used to block for
+/// ever on a full channel nobody read any more, and RG.EXEC never answered.
+#[test]
+fn a_limit_over_many_keys_ends_the_run() {
+    let s = Server::start(&["keys-batch-size", "100"]);
+    let mut c = s.conn();
+    let mut p = redis::pipe();
+    for i in 0..20_000 {
+        p.cmd("SET").arg(format!("k{i}")).arg(i).ignore();
+    }
+    p.query::<()>(&mut c).unwrap();
+    for (lang, code) in [("lua", "return GB():limit(1):run()"), ("js", "GB().limit(3).run()")] {
+        let id = exec(&mut c, lang, code, &["UNBLOCKING"]).trim_matches('"').to_string();
+        common::wait_status(&mut c, &id, "done", Duration::from_secs(20));
+        let got = fmt(&cmd(&mut c, &["RG.GETRESULTS", &id]));
+        let n = if lang == "lua" { 1 } else { 3 };
+        assert_eq!(got.matches(r#""key""#).count(), n, "{lang}: {got}");
+    }
+}
