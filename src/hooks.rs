@@ -7,7 +7,7 @@ use crate::host::InPlaceHost;
 use crate::{engine, redis_host, reply, ENGINE};
 use engine::{HookCall, Value};
 use redis_module::{raw, Context, ContextFlags, RedisResult, RedisString, RedisValue};
-use std::os::raw::{c_char, c_int};
+use std::os::raw::{c_void, c_char, c_int};
 use std::sync::Arc;
 
 /// What a hooked command becomes: the wrapper whose flags match the original's.
@@ -59,6 +59,12 @@ extern "C" fn on_command(fctx: *mut raw::RedisModuleCommandFilterCtx) {
         if name.starts_with("rg.") {
             return;
         }
+        // On a cluster, a command on another shard's keys is left alone: Redis redirects
+        // it (MOVED, CROSSSLOT) before anything runs; a wrapper has no keys of its own and
+        // would run it here, where the key is not.
+        if keys_elsewhere(fctx, n) {
+            return;
+        }
         if recipes {
             let args = |i: usize| filter_arg(fctx, i as c_int);
             match crate::recipes::filter(&name, &args, n.max(0) as usize) {
@@ -82,6 +88,35 @@ extern "C" fn on_command(fctx: *mut raw::RedisModuleCommandFilterCtx) {
         }
         insert_arg(fctx, 0, hook_run_for(&name).as_bytes());
     });
+}
+
+/// On a cluster node: does the filtered command name a key of a slot this node does not
+/// serve?
+fn keys_elsewhere(fctx: *mut raw::RedisModuleCommandFilterCtx, argc: c_int) -> bool {
+    let Some(topology) = crate::cluster::topology() else { return false };
+    // SAFETY: reading a function pointer the server filled in at module load.
+    let Some(get_keys) = (unsafe { raw::RedisModule_GetCommandKeys }) else { return false };
+    // SAFETY: inside the filter callback: the argument strings belong to the command and
+    // stay valid for this call; the key positions array is freed with RM_Free.
+    unsafe {
+        let mut argv: Vec<*mut raw::RedisModuleString> = (0..argc).map(|i| raw::RedisModule_CommandFilterArgGet.unwrap()(fctx, i)).collect();
+        if argv.is_empty() || argv.iter().any(|a| a.is_null()) {
+            return false;
+        }
+        let mut n: c_int = 0;
+        let positions = get_keys(std::ptr::null_mut(), argv.as_mut_ptr(), argc, &mut n);
+        if positions.is_null() {
+            return false;
+        }
+        let elsewhere = std::slice::from_raw_parts(positions, n.max(0) as usize).iter().any(|&i| {
+            let Some(&arg) = argv.get(i as usize) else { return false };
+            let mut len = 0usize;
+            let p = raw::RedisModule_StringPtrLen.unwrap()(arg, &mut len);
+            !topology.owns_slot(engine::cluster::key_slot(std::slice::from_raw_parts(p as *const u8, len)))
+        });
+        raw::RedisModule_Free.unwrap()(positions as *mut c_void);
+        elsewhere
+    }
 }
 
 /// Inserts an argument into the filtered command.

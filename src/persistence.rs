@@ -14,8 +14,9 @@ use std::os::raw::{c_int, c_void};
 
 /// The format of the aux data: 1 saved packages as (language, name, code), then sessions;
 /// 2 adds each package's owner; 3 starts with the connection settings set at run time
-/// (count, then setting and value). All are read.
-const AUX_FORMAT: i32 = 3;
+/// (count, then setting and value); 4 ends with the cluster registrations stamp (epoch and
+/// origin, see engine::cluster::Stamp). All are read.
+const AUX_FORMAT: i32 = 4;
 
 /// The module type that carries sessions as aux data (it holds no keys).
 pub static SESSIONS_TYPE: RedisType = RedisType::new(
@@ -78,6 +79,10 @@ extern "C" fn aux_save(rdb: *mut raw::RedisModuleIO, _when: c_int) {
         for s in sessions {
             raw::save_slice(rdb, &SessionDef::of(&s).encode());
         }
+        // Format 4: where these registrations stand among the cluster's primaries.
+        let stamp = engine.cluster.stamp.lock().clone();
+        raw::save_unsigned(rdb, stamp.epoch);
+        raw::save_slice(rdb, stamp.origin.as_bytes());
     });
 }
 
@@ -130,6 +135,11 @@ extern "C" fn aux_load(rdb: *mut raw::RedisModuleIO, encver: c_int, _when: c_int
                 Err(e) => log_warning(&format!("rg: a saved session could not be read from RDB: {e}")),
             }
         }
+        if encver >= 4 {
+            let epoch = raw::load_unsigned(rdb).map_err(|e| e.to_string())?;
+            let origin = text(rdb)?;
+            *engine.cluster.stamp.lock() = engine::cluster::Stamp { epoch, origin };
+        }
         Ok(())
     });
     match r {
@@ -164,6 +174,7 @@ extern "C" fn on_loading(_ctx: *mut raw::RedisModuleCtx, _eid: raw::RedisModuleE
             if let Some(e) = ENGINE.get() {
                 e.sessions.clear();
                 e.packages.clear_loaded();
+                *e.cluster.stamp.lock() = Default::default();
                 // Connections set at run time come with the state (module arguments stay).
                 e.config.clear_runtime_connections();
                 e.begin_load();

@@ -243,6 +243,12 @@ impl Engine {
             }));
         }
         let weak = Arc::downgrade(&engine);
+        let _ = engine.cluster.digest.set(Box::new(move || {
+            if let Some(e) = weak.upgrade() {
+                e.send_digest();
+            }
+        }));
+        let weak = Arc::downgrade(&engine);
         engine.sessions.on_change(Box::new(move || {
             if let Some(e) = weak.upgrade() {
                 e.request_purge();
@@ -467,37 +473,9 @@ impl Engine {
             // give way to the new ones.
             let locked = self.host.lock(req.db);
             let who = req.registrant();
-            if let Err(e) = self.may_register(&*locked, &who, &specs, req) {
+            let upgrading = req.id.as_deref().filter(|_| req.upgrade);
+            if let Err(e) = self.check_registrations(&*locked, &who, &specs, req.user.as_deref(), upgrading) {
                 return (Outcome::Failed(e), false);
-            }
-            // A user may only register on keys it may read (checked on the prefix itself).
-            if let Some(user) = req.user.as_deref() {
-                for spec in &specs {
-                    let prefix = match &spec.trigger {
-                        crate::Trigger::Keys { prefix, .. } | crate::Trigger::Stream { prefix, .. } | crate::Trigger::Recipe { prefix, .. } => prefix,
-                        crate::Trigger::Command { .. } | crate::Trigger::Hook { .. } => continue,
-                    };
-                    if let Err(crate::HostError::NoPermission(_)) = locked.call(Some(user), &[b"EXISTS", prefix]) {
-                        return (
-                            Outcome::Failed(format!(
-                                "register: user '{user}' may not read keys starting with '{}'",
-                                String::from_utf8_lossy(prefix)
-                            )),
-                            false,
-                        );
-                    }
-                }
-            }
-            for spec in &specs {
-                if let crate::Trigger::Recipe { kind, options, .. } = &spec.trigger {
-                    let checked = match self.recipes.get() {
-                        Some(r) => r.check(kind, options, &self.config, &who),
-                        None => Err("recipes are not available in this host".to_string()),
-                    };
-                    if let Err(e) = checked {
-                        return (Outcome::Failed(format!("{kind}: {e}")), false);
-                    }
-                }
             }
             let def = crate::SessionDef {
                 id: exec.id.clone(),
@@ -522,6 +500,10 @@ impl Engine {
                 Ok(_) => return (Outcome::Failed("register: running the script again registered something else; a script must register the same way every time it runs".into()), false),
                 Err(e) => return (Outcome::Failed(format!("register: the session could not be restored after a restart or on a replica: {e}")), false),
             }
+            // On a cluster every other primary checks it first: all or none install it.
+            if let Err(e) = self.cluster_prepare(&def, &req.registrant(), req.upgrade) {
+                return (Outcome::Failed(e), false);
+            }
             let locked = self.host.lock(req.db);
             let replace = if req.upgrade { crate::Replace::Must } else { crate::Replace::No };
             match self.sessions.install(&def, language, specs, api.imports(), replace) {
@@ -530,6 +512,8 @@ impl Engine {
                 Err(e) => return (Outcome::Failed(e.to_string()), false),
             }
             drop(locked);
+            // Then every other primary installs it too (before RG.EXEC answers).
+            self.cluster_publish(true);
             // StreamReader registrations start on the entries already in their streams.
             self.kick_streams();
         }
@@ -545,22 +529,44 @@ impl Engine {
         }
     }
 
-    /// May `who` register these (or, with UPGRADE, replace the session)? Registering is
-    /// loading code that runs later, like `FUNCTION LOAD`; hooks intercept every user's
-    /// commands, so they need an admin; a session is upgraded by its owner or an admin.
-    fn may_register(&self, locked: &dyn crate::LockedHost, who: &Registrant, specs: &[crate::RegistrationSpec], req: &ExecRequest) -> Result<(), String> {
-        let Some(user) = who.user else { return Ok(()) };
-        if let Err(crate::HostError::NoPermission(_)) = locked.permitted(user, &[b"FUNCTION", b"LOAD", b"x"]) {
-            return Err(format!("NOPERM user '{user}' may not register triggers: it needs the permission to run FUNCTION LOAD"));
-        }
-        if specs.iter().any(|s| matches!(&s.trigger, crate::Trigger::Hook { .. })) && !who.admin {
-            return Err(format!("NOPERM user '{user}' may not register a hook: hooks need admin rights (the permission to run CONFIG SET)"));
-        }
-        if req.upgrade {
-            if let Some(old) = req.id.as_deref().and_then(|id| self.sessions.get(id)) {
+    /// May `who` register these (or, with UPGRADE, replace session `upgrading`)?
+    /// Registering is loading code that runs later, like `FUNCTION LOAD`; hooks intercept
+    /// every user's commands, so they need an admin; a session is upgraded by its owner or
+    /// an admin; `user` (the session's) must be able to read the keys it registers on; a
+    /// recipe's connection must allow it. Every primary of a cluster checks the same.
+    pub(crate) fn check_registrations(&self, locked: &dyn crate::LockedHost, who: &Registrant, specs: &[crate::RegistrationSpec], user: Option<&str>, upgrading: Option<&str>) -> Result<(), String> {
+        if let Some(u) = who.user {
+            if let Err(crate::HostError::NoPermission(_)) = locked.permitted(u, &[b"FUNCTION", b"LOAD", b"x"]) {
+                return Err(format!("NOPERM user '{u}' may not register triggers: it needs the permission to run FUNCTION LOAD"));
+            }
+            if specs.iter().any(|s| matches!(&s.trigger, crate::Trigger::Hook { .. })) && !who.admin {
+                return Err(format!("NOPERM user '{u}' may not register a hook: hooks need admin rights (the permission to run CONFIG SET)"));
+            }
+            if let Some(old) = upgrading.and_then(|id| self.sessions.get(id)) {
                 if !who.owns(old.user.as_deref()) {
                     return Err(not_owner("session", &old.id, old.user.as_deref()));
                 }
+            }
+        }
+        // A user may only register on keys it may read (checked on the prefix itself).
+        if let Some(user) = user {
+            for spec in specs {
+                let prefix = match &spec.trigger {
+                    crate::Trigger::Keys { prefix, .. } | crate::Trigger::Stream { prefix, .. } | crate::Trigger::Recipe { prefix, .. } => prefix,
+                    crate::Trigger::Command { .. } | crate::Trigger::Hook { .. } => continue,
+                };
+                if let Err(crate::HostError::NoPermission(_)) = locked.call(Some(user), &[b"EXISTS", prefix]) {
+                    return Err(format!("register: user '{user}' may not read keys starting with '{}'", String::from_utf8_lossy(prefix)));
+                }
+            }
+        }
+        for spec in specs {
+            if let crate::Trigger::Recipe { kind, options, .. } = &spec.trigger {
+                let checked = match self.recipes.get() {
+                    Some(r) => r.check(kind, options, &self.config, who),
+                    None => Err("recipes are not available in this host".to_string()),
+                };
+                checked.map_err(|e| format!("{kind}: {e}"))?;
             }
         }
         Ok(())

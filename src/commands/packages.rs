@@ -61,6 +61,10 @@ pub fn rg_package(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
                 let package = Package::new(lang.name(), &name, source, owner);
                 engine.packages.load(package.clone(), replace).map_err(err)?;
                 replicate_load(ctx, &package);
+                if !from_primary_or_aof(ctx) {
+                    // Every primary of a cluster follows.
+                    engine.cluster_publish(false);
+                }
                 Ok(RedisValue::SimpleStringStatic("OK"))
             }
             "LIST" => {
@@ -97,6 +101,9 @@ pub fn rg_package(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
                 let importers = engine.sessions.importers(None, &name);
                 engine.packages.delete(None, &name, &importers).map_err(err)?;
                 ctx.replicate_verbatim();
+                if !from_primary_or_aof(ctx) {
+                    engine.cluster_publish(false);
+                }
                 Ok(RedisValue::SimpleStringStatic("OK"))
             }
             "" => Err(usage()),

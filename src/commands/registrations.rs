@@ -169,6 +169,8 @@ pub fn unregister(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         let session = engine().sessions.unregister(&id).map_err(|e| RedisError::String(format!("ERR {e}")))?;
         crate::persistence::replicate_session(ctx, &session);
         crate::recipes::sessions_changed();
+        // Every primary of a cluster follows.
+        engine().cluster_publish(false);
         Ok(RedisValue::SimpleStringStatic("OK"))
     })
 }
@@ -199,6 +201,8 @@ fn set_paused(ctx: &Context, args: &[RedisString], paused: bool, usage: &str) ->
             }
         }
     }
+    // Every primary of a cluster follows.
+    engine().cluster_publish(false);
     Ok(RedisValue::SimpleStringStatic("OK"))
 }
 
@@ -292,6 +296,8 @@ pub fn drop_session(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         engine().sessions.drop_session(&id).map_err(|e| RedisError::String(format!("ERR {e}")))?;
         ctx.replicate("RG.SESSIONDROP", &[id.as_bytes()][..]);
         crate::recipes::sessions_changed();
+        // Every primary of a cluster follows.
+        engine().cluster_publish(false);
         Ok(RedisValue::SimpleStringStatic("OK"))
     })
 }

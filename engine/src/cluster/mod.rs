@@ -9,12 +9,14 @@ pub mod message;
 pub mod part;
 mod remote;
 mod run;
+mod sync;
 pub mod stages;
 pub mod topology;
 
 pub use message::{Message, Query, Start};
 pub use part::Part;
 pub use remote::run_everywhere;
+pub use sync::Stamp;
 pub use run::{plan_fingerprint, run_part};
 pub use topology::{hashtag_of_slot, key_slot, Shard, Topology};
 
@@ -61,6 +63,8 @@ const MAILBAG_BYTES: usize = 16 << 20;
 /// its parts are alive.
 const TICK: Duration = Duration::from_millis(100);
 const RESEND: Duration = Duration::from_millis(1000);
+/// Ticks between two registrations digests sent to the other primaries (one second).
+const DIGEST_EVERY: u64 = 10;
 
 pub struct Coordinator {
     host: Arc<dyn Host>,
@@ -81,6 +85,13 @@ pub struct Coordinator {
     me: Weak<Coordinator>,
     /// The address of every primary seen, so that errors can name one that is gone.
     addresses: Mutex<HashMap<String, String>>,
+    /// Where this primary's registrations stand (see `sync`); saved with them.
+    pub stamp: Mutex<Stamp>,
+    ticks: AtomicU64,
+    /// Peers whose state is being fetched (one fetch at a time per peer).
+    fetching: Mutex<HashSet<String>>,
+    /// Sends this primary's registrations digest to the others (set by the engine).
+    pub(crate) digest: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
 }
 
 impl Coordinator {
@@ -100,6 +111,10 @@ impl Coordinator {
             threads: std::sync::Once::new(),
             me: me.clone(),
             addresses: Default::default(),
+            stamp: Default::default(),
+            ticks: AtomicU64::new(0),
+            fetching: Default::default(),
+            digest: std::sync::OnceLock::new(),
         })
     }
 
@@ -208,6 +223,12 @@ impl Coordinator {
 
     /// Registers a part this shard takes in an execution and applies the messages that
     /// came before it.
+    /// Starts the coordinator's threads (the module calls it at load on a cluster node, so
+    /// that digests flow before any execution).
+    pub fn start(&self) {
+        self.start_threads();
+    }
+
     pub fn add_part(&self, part: Arc<Part>) {
         part.state.lock().running = true;
         self.parts.lock().insert(part.exec.clone(), part.clone());
@@ -294,18 +315,34 @@ impl Coordinator {
         let Some(t) = self.topology() else {
             return done(vec![(self.host.shard_id(), local)]);
         };
-        let others: HashSet<String> = t.shards.iter().filter(|s| s.id != t.me).map(|s| s.id.clone()).collect();
-        if others.is_empty() {
-            return done(vec![(t.me.clone(), local)]);
+        let others: Vec<String> = t.shards.iter().filter(|s| s.id != t.me).map(|s| s.id.clone()).collect();
+        self.query_with(&others, vec![(t.me.clone(), local)], query, done);
+    }
+
+    /// Asks the shards `to` (not this one); `done` gets their answers (a shard silent for
+    /// the idle limit answers with an error).
+    pub fn query(&self, to: &[String], query: Query, done: QueryDone) {
+        self.query_with(to, Vec::new(), query, done);
+    }
+
+    fn query_with(&self, to: &[String], answers: Vec<(String, Result<Value, String>)>, query: Query, done: QueryDone) {
+        if to.is_empty() {
+            return done(answers);
         }
         let id = self.next_query.fetch_add(1, Ordering::Relaxed);
-        self.queries.lock().insert(
-            id,
-            PendingQuery { waiting: others.clone(), answers: vec![(t.me.clone(), local)], deadline: Instant::now() + self.idle_limit(), done: Some(done) },
-        );
-        for o in others {
-            self.send(&o, &Message::Query { id, query: query.clone() }, false);
+        let waiting: HashSet<String> = to.iter().cloned().collect();
+        self.queries.lock().insert(id, PendingQuery { waiting, answers, deadline: Instant::now() + self.idle_limit(), done: Some(done) });
+        for o in to {
+            self.send(o, &Message::Query { id, query: query.clone() }, false);
         }
+    }
+
+    pub(crate) fn begin_fetch(&self, from: &str) -> bool {
+        self.fetching.lock().insert(from.to_string())
+    }
+
+    pub(crate) fn end_fetch(&self, from: &str) {
+        self.fetching.lock().remove(from);
     }
 
     /// This shard's answer to `query`.
@@ -349,6 +386,12 @@ impl Coordinator {
         let now = Instant::now();
         // Remember the addresses of the primaries seen now.
         let _ = self.describe("");
+        let n = self.ticks.fetch_add(1, Ordering::Relaxed);
+        if n % DIGEST_EVERY == 0 {
+            if let Some(d) = self.digest.get() {
+                d();
+            }
+        }
         let idle = self.idle_limit();
         let fingerprint = self.topology().map(|t| t.fingerprint());
         let parts: Vec<Arc<Part>> = self.parts.lock().values().cloned().collect();

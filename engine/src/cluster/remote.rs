@@ -25,7 +25,14 @@ impl Engine {
         };
         match m {
             Message::Start(start) => self.start_part(from, start),
-            Message::Query { id, query } => self.cluster.reply(from, id, &query),
+            Message::Query { id, query } => {
+                if let super::Query::Custom { name, args } = &query {
+                    if self.answer_own_query(from, id, name, args.clone()) {
+                        return;
+                    }
+                }
+                self.cluster.reply(from, id, &query)
+            }
             Message::Reply { id, answer } => self.cluster.answer(from, id, answer),
             Message::Drop { exec } => {
                 let _ = self.registry.drop_execution(&exec);
