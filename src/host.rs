@@ -127,6 +127,9 @@ impl Host for InPlaceHost {
     fn log(&self, level: LogLevel, message: &str) {
         self.host.log(level, message)
     }
+    fn topology(&self) -> Option<std::sync::Arc<engine::cluster::Topology>> {
+        crate::cluster::topology()
+    }
 }
 
 impl Host for RedisHost {
@@ -142,6 +145,10 @@ impl Host for RedisHost {
 
     fn shard_id(&self) -> String {
         self.shard_id.clone()
+    }
+
+    fn topology(&self) -> Option<std::sync::Arc<engine::cluster::Topology>> {
+        crate::cluster::topology()
     }
 
     fn log(&self, level: LogLevel, message: &str) {
@@ -191,7 +198,7 @@ impl LockedHost for Locked<'_> {
         }
         // Redis 7.0: a recipe hash this call may replace with another type (see recipes.rs).
         crate::recipes::note_hashes_in_call(self.ctx.ctx, args);
-        crate::defer::around(self.ctx.ctx, || own_call(|| self.call_now(user, args)))
+        crate::defer::around(self.ctx.ctx, || own_call(|| self.call_now(user, args))).map_err(|e| crate::cluster::explain_refusal(&self.ctx, args, e))
     }
 
     fn permitted(&self, user: &str, args: &[&[u8]]) -> Result<(), HostError> {
@@ -205,6 +212,12 @@ impl LockedHost for Locked<'_> {
     fn is_primary(&self) -> bool {
         let flags = self.ctx.get_flags();
         flags.contains(redis_module::ContextFlags::MASTER) && !flags.contains(redis_module::ContextFlags::LOADING)
+    }
+
+    /// Over the cluster bus; the lock this guard holds is what makes it safe off the main
+    /// thread.
+    fn send(&self, to: &str, payload: &[u8]) -> Result<(), HostError> {
+        crate::cluster::send(to, payload)
     }
 }
 

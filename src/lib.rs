@@ -3,6 +3,7 @@
 
 mod acl;
 mod blocking;
+mod cluster;
 mod commands;
 mod commands_info;
 mod defer;
@@ -32,7 +33,7 @@ pub(crate) fn engine() -> &'static Arc<Engine> {
     ENGINE.get().expect("rg module initialised")
 }
 
-/// A 40-hex-character id for this shard (a standalone server has no cluster node id).
+/// A 40-hex-character id for a standalone server (a cluster node uses its node id).
 fn new_shard_id() -> String {
     use std::hash::{BuildHasher, Hasher};
     let mut out = String::new();
@@ -99,10 +100,13 @@ fn init_module(ctx: &Context, args: &[RedisString]) -> Status {
             return Status::Err;
         }
     }
-    let host = Arc::new(host::RedisHost::new(new_shard_id()));
+    // clusterInit runs before modules load: the node id is known here.
+    let host = Arc::new(host::RedisHost::new(cluster::my_id().unwrap_or_else(new_shard_id)));
     let _ = REDIS_HOST.set(host.clone());
     let languages: Vec<Arc<dyn engine::Language>> = vec![Arc::new(lang_lua::LuaLanguage), Arc::new(lang_js::Js)];
     let engine = Engine::new(host, config, languages, Arc::new(stdlib::Stdlib::default()));
+    // Other shards ask for this one's executions and registrations (cluster-wide views).
+    engine.cluster.set_query_handler(Box::new(commands::cluster_views::answer));
     recipes::init(ctx, &engine);
     if ENGINE.set(engine).is_err() {
         ctx.log_warning("rg: the module is already loaded");
@@ -121,6 +125,14 @@ fn init_module(ctx: &Context, args: &[RedisString]) -> Status {
         return Status::Err;
     }
     commands_info::load(ctx);
+    if cluster::enabled(ctx) {
+        // Registrations digests flow between primaries from now on.
+        crate::engine().cluster.start();
+    }
+    if !cluster::init(ctx) {
+        ctx.log_warning("rg: could not listen on the cluster bus");
+        return Status::Err;
+    }
     if !recipes::watch_eviction_policy(ctx) {
         ctx.log_warning("rg: could not subscribe to configuration changes");
         return Status::Err;
@@ -172,6 +184,8 @@ redis_module! {
         ["rg.clearregistrationsstats", commands::registrations::clear_stats, "write deny-script", 0, 0, 0, "", "scripting slow"],
         ["rg.dumpsessions", commands::registrations::dump_sessions, "readonly deny-script", 0, 0, 0, "", "scripting slow"],
         ["rg.dropsession", commands::registrations::drop_session, "write deny-script", 0, 0, 0, "", "scripting slow"],
+        ["rg.infocluster", commands::cluster::info_cluster, "readonly deny-script", 0, 0, 0, "", "scripting slow"],
+        ["rg.refreshcluster", commands::cluster::refresh_cluster, "readonly deny-script", 0, 0, 0, "", "scripting slow"],
         // PREVIEW and WAIT block the client (never the server); WAIT is refused in MULTI.
         ["rg.recipe", commands::recipe::rg_recipe, "readonly deny-script", 0, 0, 0, "", "scripting slow blocking"],
         ["rg.sessionload", persistence::session_load, "write deny-script", 0, 0, 0, "", "admin dangerous"],

@@ -1,5 +1,7 @@
 //! One file per command family.
 
+pub mod cluster;
+pub mod cluster_views;
 pub mod config;
 pub mod exec;
 pub mod executions;

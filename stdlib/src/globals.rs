@@ -111,8 +111,12 @@ pub fn config_get(env: &RunEnv, a: &[Value]) -> Result<Value, ScriptError> {
     Ok(env.config.get(&name).map(Value::String).unwrap_or(Value::Nil))
 }
 
-/// A hashtag that maps to a slot of this shard. On a single Redis every slot is local;
-/// `{06S}` is the tag of slot 0.
-pub fn hashtag() -> &'static str {
-    "06S"
+/// `hashtag()`: a hashtag that maps to a slot this shard serves. On a single Redis every
+/// slot is local and `{06S}` is the tag of slot 0; on a cluster it is the tag of the
+/// shard's first slot, and a replica or a primary without slots has none.
+pub fn hashtag(env: &RunEnv) -> Result<Value, ScriptError> {
+    match env.host.topology() {
+        None => Ok(Value::str("06S")),
+        Some(t) => t.local_hashtag().map(Value::str).ok_or_else(|| ScriptError::usage("hashtag: this shard serves no slots")),
+    }
 }
