@@ -37,6 +37,7 @@ pub fn rg_info(ctx: &InfoContext, _for_crash_report: bool) {
         ("interpreters_memory_limit".into(), engine.config.get_i64(engine::instances::CAP_SETTING).to_string()),
     ]
     .into_iter()
+    .chain(cluster_fields(engine))
     .chain(recipe_fields())
     .chain(engine.language_names().into_iter().map(|l| (format!("{l}_memory_bytes"), engine.memory_used(l).to_string())))
     .collect();
@@ -82,4 +83,18 @@ fn recipe_fields() -> Vec<(String, String)> {
         ));
     }
     out
+}
+
+/// On a cluster node: the cluster executions with a part here, the messages held for parts
+/// not started yet, and where this primary's registrations stand.
+fn cluster_fields(engine: &engine::Engine) -> Vec<(String, String)> {
+    let Some(t) = crate::cluster::topology() else { return Vec::new() };
+    let (parts, held) = engine.cluster.counts();
+    let stamp = engine.cluster.stamp.lock().clone();
+    vec![
+        ("cluster_shards".into(), t.shards.len().to_string()),
+        ("cluster_parts".into(), parts.to_string()),
+        ("cluster_parts_waiting_start".into(), held.to_string()),
+        ("cluster_registrations_epoch".into(), stamp.epoch.to_string()),
+    ]
 }

@@ -63,6 +63,8 @@ const MAILBAG_BYTES: usize = 16 << 20;
 /// its parts are alive.
 const TICK: Duration = Duration::from_millis(100);
 const RESEND: Duration = Duration::from_millis(1000);
+/// Messages held per execution not started here yet (a part that misses some asks again).
+const MAX_EARLY: usize = 100_000;
 /// Ticks between two registrations digests sent to the other primaries (one second).
 const DIGEST_EVERY: u64 = 10;
 
@@ -306,7 +308,10 @@ impl Coordinator {
         if early.len() >= 4096 && !early.contains_key(exec) {
             return;
         }
-        early.entry(exec.to_string()).or_insert_with(|| (Instant::now(), Vec::new())).1.push((from.to_string(), m));
+        let held = &mut early.entry(exec.to_string()).or_insert_with(|| (Instant::now(), Vec::new())).1;
+        if held.len() < MAX_EARLY {
+            held.push((from.to_string(), m));
+        }
     }
 
     /// Asks every primary `query`; `done` gets all answers (this shard's first).

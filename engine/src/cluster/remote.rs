@@ -125,8 +125,13 @@ impl Engine {
         let me = part.me.clone();
         if let Some(user) = start.user.as_deref() {
             let locked = self.host.lock(start.db);
-            if let Err(crate::HostError::NoPermission(_)) = locked.permitted(user, &[b"EVAL", b"return 1", b"0"]) {
-                return Err(ScriptError::runtime(format!("shard {me}: NOPERM user '{user}' may not run scripts on this shard (it needs the permission to run EVAL)")));
+            match locked.permitted(user, &[b"EVAL", b"return 1", b"0"]) {
+                Ok(()) => {}
+                Err(crate::HostError::NoPermission(_)) => {
+                    return Err(ScriptError::runtime(format!("shard {me}: NOPERM user '{user}' may not run scripts on this shard (it needs the permission to run EVAL)")))
+                }
+                // No such user here (ACL users are per node).
+                Err(e) => return Err(ScriptError::runtime(format!("shard {me}: user '{user}' cannot run here: {e}"))),
             }
         }
         let ticket = self.ledger.admit(lang.name(), &format!("cluster execution '{}'", start.exec), self.memory_cap())?;
