@@ -95,6 +95,17 @@ fn status(cluster: &Cluster, i: usize, id: &str) -> String {
     parts.iter().position(|p| p == "\"status\"").and_then(|k| parts.get(k + 1)).cloned().unwrap_or(v)
 }
 
+/// Polls execution `id` on node `i` until it has finished (not blocking: while the cluster
+/// state is `fail`, Redis unblocks blocked module clients with CLUSTERDOWN), then its reply.
+fn result_when_done(cluster: &Cluster, i: usize, id: &str, secs: u64) -> String {
+    let mut c = cluster.conn(i);
+    wait_until(secs, &format!("execution {id} to end"), || {
+        let st = status(cluster, i, id);
+        if st == "\"running\"" || st == "\"created\"" { Err(st) } else { Ok(()) }
+    });
+    common::canon::fmt(&cmd(&mut c, &["RG.GETRESULTS", id]))
+}
+
 /// Executions still `running` or `created` on node `i`.
 fn unfinished(cluster: &Cluster, i: usize) -> Vec<String> {
     let v = cluster.cmd(i, &["RG.DUMPEXECUTIONS"]);
@@ -123,24 +134,30 @@ fn kill_9_of_a_primary_mid_run_ends_it_with_the_idle_error_and_the_replica_then_
         }
     }
     let mut victims = vec![primaries[1], primaries[2]];
+    let mut late = Vec::new();
     for (round, (lang, slow, fast)) in [("lua", SLOW_LUA, FAST_LUA), ("js", SLOW_JS, FAST_JS)].into_iter().enumerate() {
         let victim = victims.remove(0);
         let survivors: Vec<usize> = cluster.primaries().into_iter().filter(|&p| p != victim).collect();
         let before: Vec<u64> = survivors.iter().map(|&s| cluster.used_memory(s)).collect();
         let replicas = cluster.replicas_of(victim);
         let id = start_running(&cluster, initiator, lang, slow);
+        // The victim's part runs too (it starts when the initiator's Start message arrives).
+        wait_status(&mut cluster.conn(victim), &id, "running", Duration::from_secs(10));
         let victim_part = status(&cluster, victim, &id);
         // The kill lands mid-run: the execution runs when the victim dies.
         assert_eq!(status(&cluster, initiator, &id), "\"running\"", "{lang}: the run ended before the kill");
         let described = cluster.describe(victim);
         cluster.nodes[victim].stop(); // SIGKILL by PID
         let killed = Instant::now();
-        let got = cluster.cmd(initiator, &["RG.GETRESULTSBLOCKING", &id]);
+        let got = result_when_done(&cluster, initiator, &id, 60);
         let waited = killed.elapsed();
         let expected = format!("(error) ERR shard {described} did not answer for {IDLE_MS} ms (rg.execution-max-idle-time): execution {id} failed");
         println!("round {round} ({lang}): victim's part was {victim_part} at the kill; the execution ended {} after it: {got}", ms(waited));
         assert_eq!(got, expected, "{lang}");
-        assert!(waited <= Duration::from_millis(IDLE_MS) + SLACK, "{lang}: the error came {} after the kill", ms(waited));
+        // Checked at the end, so that the rest of the test still runs and reports.
+        if waited > Duration::from_millis(IDLE_MS) + SLACK {
+            late.push(format!("{lang}: the error came {} after the kill, more than rg.execution-max-idle-time ({IDLE_MS} ms) + {} slack", ms(waited), ms(SLACK)));
+        }
         // No part keeps running on the survivors.
         for &s in &survivors {
             wait_until(10, &format!("node {s} to end its part of {id}"), || {
@@ -170,6 +187,7 @@ fn kill_9_of_a_primary_mid_run_ends_it_with_the_idle_error_and_the_replica_then_
             assert!(later[k] < after[k] + 2 * 1024 * 1024, "{lang}: node {} keeps growing: {} then {} bytes", survivors[k], after[k], later[k]);
         }
     }
+    assert!(late.is_empty(), "{}", late.join("\n"));
 }
 
 #[test]
@@ -221,6 +239,7 @@ fn a_failover_during_a_run_gives_the_topology_error_or_the_right_answer_never_a_
     let primaries = cluster.primaries();
     let initiator = primaries[0];
     // Round 1: another shard fails over (Lua). Round 2: the initiator's own shard (JS).
+    let mut wrong = Vec::new();
     for (round, (lang, slow, fast, whose)) in [("lua", SLOW_LUA, FAST_LUA, primaries[1]), ("js", SLOW_JS, FAST_JS, initiator)].into_iter().enumerate() {
         let runner = if cluster.primaries().contains(&initiator) { initiator } else { cluster.primaries()[0] };
         let replica = cluster.replicas_of(whose)[0];
@@ -229,13 +248,16 @@ fn a_failover_during_a_run_gives_the_topology_error_or_the_right_answer_never_a_
         let started = Instant::now();
         cluster.wait_promoted(replica);
         let still = status(&cluster, runner, &id);
-        let got = cluster.cmd(runner, &["RG.GETRESULTSBLOCKING", &id]);
-        let changed = format!("(error) ERR the cluster topology changed while execution {id} ran (a shard failed over, joined or left, or slots moved): run it again");
+        let got = result_when_done(&cluster, runner, &id, 60);
+        let changed = format!("(error) ERR shard {} left the cluster or failed over while execution {id} ran: run it again", cluster.describe(whose));
         println!("round {round} ({lang}): failover of node {whose} to node {replica} took {}; the execution was {still} then; it gave {got}", ms(started.elapsed()));
-        assert!(got == full || got == changed, "{lang}: neither the full answer nor the topology error:\n  got: {got}\n  full: {full}\n  or:   {changed}");
+        if got != full && got != changed {
+            wrong.push(format!("round {round} ({lang}): neither the full answer nor the documented error:\n  got:  {got}\n  full: {full}\n  or:   {changed}"));
+        }
         // The next run, from every primary, gives the full answer.
         for p in cluster.primaries() {
             assert_eq!(cluster.exec(p, lang, fast, &[]), full, "{lang}: after the failover, on node {p}");
         }
     }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
