@@ -11,3 +11,5 @@ cargo bench --bench write_behind
 # Backfill of a million existing hashes: keys/s to PostgreSQL, and another client's PING
 # meanwhile (BENCH_KEYS, BENCH_BATCH).
 cargo bench --bench backfill
+# Issue 12: countBy on a 3-primary cluster vs standalone (300k keys), PING per shard in a repartition.
+cargo bench --bench cluster
