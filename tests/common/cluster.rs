@@ -335,15 +335,23 @@ impl Cluster {
         }
     }
 
-    /// Waits until every primary's replicas have its writes (WAIT).
+    /// Waits until every running replica has processed its primary's writes: its
+    /// `slave_repl_offset` reaches the primary's `master_repl_offset` (not WAIT: Valkey 8
+    /// answered WAIT while a replica just synced had not had the writes streamed yet).
     pub fn wait_replicated(&mut self) {
+        let field = |info: &str, name: &str| -> u64 { info.lines().find_map(|l| l.trim().strip_prefix(name)).and_then(|v| v.trim().parse().ok()).unwrap_or(0) };
         for p in self.primaries() {
-            let want = self.replicas_of(p).into_iter().filter(|&r| self.nodes[r].alive()).count();
-            if want == 0 {
-                continue;
+            let info: String = redis::cmd("INFO").arg("replication").query(&mut self.conn(p)).expect("INFO");
+            let target = field(&info, "master_repl_offset:");
+            let replicas: Vec<usize> = self.replicas_of(p).into_iter().filter(|&r| self.nodes[r].alive()).collect();
+            for r in replicas {
+                let mut c = self.conn(r);
+                wait_until(30, &format!("replica {r} to reach offset {target} of primary {p}"), || {
+                    let info: String = redis::cmd("INFO").arg("replication").query(&mut c).map_err(|e| e.to_string())?;
+                    let at = field(&info, "slave_repl_offset:");
+                    if at >= target { Ok(()) } else { Err(format!("at {at}")) }
+                });
             }
-            let got = fmt(&cmd(&mut self.conn(p), &["WAIT", &want.to_string(), "30000"]));
-            assert_eq!(got, want.to_string(), "WAIT on node {p}");
         }
     }
 
@@ -443,14 +451,31 @@ impl Cluster {
                         _ => {}
                     }
                 }
+                // Every running node serves slots or replicates a primary that does (a node
+                // redis-cli is about to make a replica is a primary without slots at first).
+                for n in view.iter().filter(|n| ports.contains(&n.port)) {
+                    let serves = n.is_primary() && !n.slots.is_empty();
+                    let replicates = n.master.as_ref().is_some_and(|m| view.iter().any(|p| &p.id == m && p.is_primary() && !p.slots.is_empty()));
+                    if !serves && !replicates {
+                        return Err(format!("node {i} sees port {} as neither serving slots nor a replica: {:?}", n.port, n.flags));
+                    }
+                }
                 let mut layout: Vec<String> = view.iter().filter(|n| n.is_primary() && !n.slots.is_empty()).map(|n| format!("{} {}", n.id, n.slots.join(" "))).collect();
                 layout.sort();
                 layouts.insert(layout);
                 let me = view.iter().find(|n| n.flags.iter().any(|f| f == "myself")).ok_or("no myself line")?;
+                let repl = fmt(&cmd(&mut self.conn(i), &["INFO", "replication"]));
                 if !me.is_primary() {
-                    let repl = fmt(&cmd(&mut self.conn(i), &["INFO", "replication"]));
-                    if !repl.contains("master_link_status:up") {
-                        return Err(format!("node {i}: replica link not up"));
+                    // Synced: a replica whose full sync has not happened yet says its link is
+                    // up on some servers while its primary's writes do not reach it.
+                    if !repl.contains("master_link_status:up") || !repl.contains("master_sync_in_progress:0") {
+                        return Err(format!("node {i}: replica link not up or still syncing"));
+                    }
+                } else {
+                    let replicas = view.iter().filter(|n| n.master.as_deref() == Some(me.id.as_str()) && ports.contains(&n.port)).count();
+                    let online = repl.matches("state=online").count();
+                    if online != replicas {
+                        return Err(format!("node {i}: {online} replicas online of {replicas}"));
                     }
                 }
             }
