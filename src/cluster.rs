@@ -4,7 +4,7 @@
 //! command refused because its key lives on another shard.
 
 use crate::reply;
-use engine::cluster::{key_slot, Shard, Topology};
+use engine::cluster::{key_slot, Topology};
 use engine::{HostError, Value};
 use parking_lot::{Mutex, RwLock};
 use redis_module::{raw, CallOptionResp, CallOptionsBuilder, Context, ContextFlags};
@@ -120,39 +120,7 @@ fn read(ctx: &Context) -> Result<Topology, String> {
     let options = CallOptionsBuilder::new().errors_as_replies().resp(CallOptionResp::Resp3).build();
     let r: redis_module::CallResult = ctx.call_ext("CLUSTER", &options, &["NODES"]);
     let nodes = reply::from_call(&r)?.as_str_lossy().ok_or("CLUSTER NODES did not reply with text")?;
-    Ok(Topology::new(me, primaries(&nodes)))
-}
-
-/// The primaries with slots in `CLUSTER NODES` text, one node a line:
-/// `<id> <ip:port@cport[,hostname]> <flags> <primary> <ping> <pong> <epoch> <link> <slots>...`
-/// where a slot item is `n`, `a-b`, or `[n->-id]` / `[n-<-id]` (a migration, skipped: the
-/// slot stays with its owner until it is done).
-fn primaries(nodes: &str) -> Vec<Shard> {
-    let mut shards = Vec::new();
-    for line in nodes.lines() {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        if fields.len() < 8 {
-            continue;
-        }
-        let flags: Vec<&str> = fields[2].split(',').collect();
-        if !flags.contains(&"master") || flags.iter().any(|f| matches!(*f, "handshake" | "noaddr")) {
-            continue;
-        }
-        let slots: Vec<(u16, u16)> = fields[8..]
-            .iter()
-            .filter(|s| !s.starts_with('['))
-            .filter_map(|s| match s.split_once('-') {
-                Some((a, b)) => Some((a.parse().ok()?, b.parse().ok()?)),
-                None => s.parse().ok().map(|n| (n, n)),
-            })
-            .collect();
-        if slots.is_empty() {
-            continue;
-        }
-        let addr = fields[1].split(['@', ',']).next().unwrap_or_default();
-        shards.push(Shard { id: fields[0].to_string(), addr: addr.to_string(), slots });
-    }
-    shards
+    Ok(Topology::from_cluster_nodes(me, &nodes))
 }
 
 /// CLUSTER RESET HARD gives a node a new id; executions keep the id the module loaded with.

@@ -36,6 +36,11 @@ impl Topology {
         Topology { me, shards }
     }
 
+    /// The topology `CLUSTER NODES` describes, seen from node `me`.
+    pub fn from_cluster_nodes(me: String, nodes: &str) -> Topology {
+        Topology::new(me, primaries_in_cluster_nodes(nodes))
+    }
+
     pub fn shard(&self, id: &str) -> Option<&Shard> {
         self.shards.iter().find(|s| s.id == id)
     }
@@ -97,6 +102,38 @@ impl Topology {
         let &(first, _) = me.slots.first()?;
         Some(hashtag_of_slot(first))
     }
+}
+
+/// The primaries with slots in `CLUSTER NODES` text, one node a line:
+/// `<id> <ip:port@cport[,hostname]> <flags> <primary> <ping> <pong> <epoch> <link> <slots>...`
+/// where a slot item is `n`, `a-b`, or `[n->-id]` / `[n-<-id]` (a migration, skipped: the
+/// slot stays with its owner until it is done).
+pub fn primaries_in_cluster_nodes(nodes: &str) -> Vec<Shard> {
+    let mut shards = Vec::new();
+    for line in nodes.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.len() < 8 {
+            continue;
+        }
+        let flags: Vec<&str> = fields[2].split(',').collect();
+        if !flags.contains(&"master") || flags.iter().any(|f| matches!(*f, "handshake" | "noaddr")) {
+            continue;
+        }
+        let slots: Vec<(u16, u16)> = fields[8..]
+            .iter()
+            .filter(|s| !s.starts_with('['))
+            .filter_map(|s| match s.split_once('-') {
+                Some((a, b)) => Some((a.parse().ok()?, b.parse().ok()?)),
+                None => s.parse().ok().map(|n| (n, n)),
+            })
+            .collect();
+        if slots.is_empty() {
+            continue;
+        }
+        let addr = fields[1].split(['@', ',']).next().unwrap_or_default();
+        shards.push(Shard { id: fields[0].to_string(), addr: addr.to_string(), slots });
+    }
+    shards
 }
 
 /// The slot of a key: CRC16 (XMODEM) of the key, or of the part between the first `{` and
@@ -162,6 +199,30 @@ pub fn hashtag_of_slot(slot: u16) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cluster_nodes_text() {
+        let text = "\
+07c3 127.0.0.1:30004@40004 slave e7d1 0 1426238317239 4 connected
+67ed 127.0.0.1:30002@40002,host master - 0 1426238316232 2 connected 5461-10922
+292f 127.0.0.1:30003@40003 master - 0 1426238318243 3 connected 10923-16383 [16000->-67ed]
+e7d1 127.0.0.1:30001@40001 myself,master - 0 0 1 connected 0-5460 7 9-9
+aaaa 127.0.0.1:30009@40009 master,fail - 0 0 1 connected 16001
+bbbb :0@0 master,noaddr - 0 0 1 connected 16002
+cccc 127.0.0.1:30010@40010 master - 0 0 0 connected
+dddd 127.0.0.1:30011@40011 master,handshake - 0 0 0 connected 16003
+bad line
+";
+        let t = Topology::from_cluster_nodes("e7d1".into(), text);
+        let ids: Vec<&str> = t.shards.iter().map(|s| s.id.as_str()).collect();
+        // Primaries with slots (a failed one until its replica takes over), sorted; no
+        // replicas, no slotless, noaddr or handshake nodes; migrations stay with the owner.
+        assert_eq!(ids, ["292f", "67ed", "aaaa", "e7d1"]);
+        assert_eq!(t.shard("67ed").unwrap().addr, "127.0.0.1:30002");
+        assert_eq!(t.shard("292f").unwrap().slots, vec![(10923, 16383)]);
+        assert_eq!(t.shard("e7d1").unwrap().slots, vec![(0, 5460), (7, 7), (9, 9)]);
+        assert!(t.is_primary() && t.owns_slot(100));
+    }
 
     #[test]
     fn slots_match_redis() {
