@@ -210,6 +210,11 @@ extern "C" fn on_keyspace_event(ctx: *mut raw::RedisModuleCtx, _type: c_int, eve
                     }
                 }
                 Mode::Async | Mode::AsyncLocal => {
+                    // Its own writes (this thread runs the session right now) do not fire it
+                    // again, or one write would fire it without end.
+                    if engine::session_busy(&session.id) {
+                        continue;
+                    }
                     let host = in_place.get_or_insert_with(|| Arc::new(InPlaceHost::read_only(ctx, redis_host().clone()))).clone();
                     if let Some(record) = read_record(ctx, &*host, db, &event, key_bytes, &session, &reg) {
                         engine.fire_async(session, reg, vec![record], None, None);

@@ -68,6 +68,29 @@ fn a_trigger_does_not_fire_itself() {
     }
 }
 
+/// The same for an async trigger: its write (on a worker) used to fire it again, without
+/// end (tens of thousands of firings a second for one HSET).
+#[test]
+fn an_async_trigger_does_not_fire_itself() {
+    let s = Server::start(&[]);
+    let mut c = s.conn();
+    for (lang, code) in both(
+        "GB():foreach(function(r) execute('HINCRBY', r.key, 'writes', 1) end):register({prefix = 'aloop:', mode = 'async'})",
+        "GB().foreach(r => execute('HINCRBY', r.key, 'writes', 1)).register({prefix: 'aloop:', mode: 'async'})",
+    ) {
+        cmd(&mut c, &["FLUSHALL"]);
+        assert_eq!(exec(&mut c, lang, &code, &["ID", &format!("aloop-{lang}")]), "OK");
+        cmd(&mut c, &["HSET", "aloop:1", "a", "1"]);
+        eventually(&mut c, &["HGET", "aloop:1", "writes"], r#""1""#);
+        // Give a loop time to show: a firing takes well under a millisecond.
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        assert_eq!(fmt(&cmd(&mut c, &["HGET", "aloop:1", "writes"])), r#""1""#, "{lang}: the trigger fired itself");
+        let regs = fmt(&cmd(&mut c, &["RG.DUMPREGISTRATIONS"]));
+        assert!(regs.contains(r#""numTriggered", 1,"#), "{lang}: {regs}");
+        cmd(&mut c, &["RG.DROPSESSION", &format!("aloop-{lang}")]);
+    }
+}
+
 #[test]
 fn command_triggers_sync_and_async() {
     let s = Server::start(&[]);

@@ -52,6 +52,9 @@ pub struct ExecutionState {
     pub reader: Option<&'static str>,
     pub started_ms: u64,
     pub duration: Duration,
+    /// Records its run read (or, on a cluster, received) and produced (or sent on).
+    pub records_in: u64,
+    pub records_out: u64,
     waiters: Vec<Waiter>,
 }
 
@@ -90,6 +93,8 @@ impl Execution {
                 reader: None,
                 started_ms: 0,
                 duration: Duration::ZERO,
+                records_in: 0,
+                records_out: 0,
                 waiters: Vec::new(),
             }),
             finished: Condvar::new(),
@@ -115,6 +120,13 @@ impl Execution {
         let mut s = self.state.lock();
         s.reader = Some(reader);
         s.step_stats = stats;
+    }
+
+    /// What its run read and produced (see `RunOutput::records_in`).
+    pub fn set_records(&self, records_in: u64, records_out: u64) {
+        let mut s = self.state.lock();
+        s.records_in = records_in;
+        s.records_out = records_out;
     }
 
     /// Ends the execution and wakes everything waiting for it.

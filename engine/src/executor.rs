@@ -15,6 +15,10 @@ pub struct RunOutput {
     /// Per-record errors: the record was dropped and the run went on.
     pub errors: Vec<String>,
     pub step_stats: Vec<StepStat>,
+    /// Records this shard read or received from other shards.
+    pub records_in: u64,
+    /// Records this shard produced: its results, or (on a cluster) what it sent on.
+    pub records_out: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -242,7 +246,9 @@ pub fn run_steps(steps: &[Step], records: Vec<Value>, cx: &RunContext) -> Result
 /// Runs `plan` to the end and returns its records and per-record errors.
 pub fn run_plan(plan: &Plan, cx: &RunContext) -> Result<RunOutput, ScriptError> {
     let mut p = pipeline(&plan.steps, cx);
+    let mut read = 0u64;
     read_into(&plan.reader, cx, &mut |r| {
+        read += 1;
         match r {
             Ok(r) => p.push(0, r)?,
             Err(e) => p.out.errors.push(e),
@@ -252,6 +258,8 @@ pub fn run_plan(plan: &Plan, cx: &RunContext) -> Result<RunOutput, ScriptError> 
     check_abort(cx)?;
     p.finish(0)?;
     p.out.step_stats = p.stats;
+    p.out.records_in = read;
+    p.out.records_out = p.out.results.len() as u64;
     Ok(p.out)
 }
 

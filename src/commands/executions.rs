@@ -45,6 +45,8 @@ pub(crate) fn details(e: &Execution) -> Value {
         m.push(kv("reader", s.reader.map(Value::str).unwrap_or(Value::Nil)));
         m.push(kv("createdAtMs", Value::Int(e.created_ms as i64)));
         m.push(kv("durationMs", Value::Int(s.duration.as_millis() as i64)));
+        m.push(kv("recordsIn", Value::Int(s.records_in as i64)));
+        m.push(kv("recordsOut", Value::Int(s.records_out as i64)));
         m.push(kv(
             "steps",
             Value::Array(

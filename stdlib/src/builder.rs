@@ -82,7 +82,9 @@ impl Builder {
                 args::at_most(a, 2, method, "limit(length, offset)")?;
                 let len = opt_usize(a, 0, method)?.ok_or_else(|| wrong(method, 0, "a non-negative integer", a.first()))?;
                 let offset = opt_usize(a, 1, method)?.unwrap_or(0);
-                vec![Step::Limit { offset, len }]
+                // On a cluster each shard keeps its first offset + len, then the initiator
+                // applies the limit to what they sent (a single Redis: the same answer).
+                vec![Step::Limit { offset: 0, len: offset.saturating_add(len) }, Step::Collect, Step::Limit { offset, len }]
             }
             "collect" => {
                 args::at_most(a, 0, method, "collect()")?;

@@ -186,6 +186,7 @@ impl Natives for ScriptRun {
             self.running.set(false);
             let out = out?;
             self.env.execution.set_plan_info(plan.reader.name(), out.step_stats.clone());
+            self.env.execution.set_records(out.records_in, out.records_out);
             *self.output.borrow_mut() = Some(out);
             return Ok(Value::Nil);
         }

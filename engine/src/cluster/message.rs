@@ -28,6 +28,8 @@ pub enum Message {
     Missing { exec: String, boundary: u32, seqs: Vec<u32> },
     /// The sender works on `exec` (sent while it computes, so that silence means trouble).
     Alive { exec: String },
+    /// The sender's part is over (it sent all it had): its silence from now on is normal.
+    Finished { exec: String },
     /// The sender's part failed, or it gives up on the execution: every part stops.
     Failed { exec: String, error: String },
     /// Drop the finished part (RG.DROPEXECUTION on any shard).
@@ -130,6 +132,7 @@ pub fn encode(m: &Message) -> Result<Vec<u8>, CodecError> {
             Value::Array(vec![s("missing"), s(exec), int(*boundary as u64), Value::Array(seqs.iter().map(|q| int(*q as u64)).collect())])
         }
         Message::Alive { exec } => Value::Array(vec![s("alive"), s(exec)]),
+        Message::Finished { exec } => Value::Array(vec![s("finished"), s(exec)]),
         Message::Failed { exec, error } => Value::Array(vec![s("failed"), s(exec), s(error)]),
         Message::Drop { exec } => Value::Array(vec![s("drop"), s(exec)]),
         Message::Abort { exec } => Value::Array(vec![s("abort"), s(exec)]),
@@ -174,6 +177,7 @@ pub fn decode(buf: &[u8]) -> Result<Message, MessageError> {
         "got" => "got",
         "missing" => "missing",
         "alive" => "alive",
+        "finished" => "finished",
         "failed" => "failed",
         "drop" => "drop",
         "abort" => "abort",
@@ -224,6 +228,10 @@ pub fn decode(buf: &[u8]) -> Result<Message, MessageError> {
         "alive" => {
             f.len(2)?;
             Message::Alive { exec: f.string(1)? }
+        }
+        "finished" => {
+            f.len(2)?;
+            Message::Finished { exec: f.string(1)? }
         }
         "failed" => {
             f.len(3)?;
@@ -364,6 +372,7 @@ mod tests {
         roundtrip(Message::Got { exec: exec.clone(), boundary: 2 });
         roundtrip(Message::Missing { exec: exec.clone(), boundary: 2, seqs: vec![0, 4] });
         roundtrip(Message::Alive { exec: exec.clone() });
+        roundtrip(Message::Finished { exec: exec.clone() });
         roundtrip(Message::Failed { exec: exec.clone(), error: "boom".into() });
         roundtrip(Message::Drop { exec: exec.clone() });
         roundtrip(Message::Abort { exec });

@@ -252,11 +252,17 @@ impl Coordinator {
         self.ended.lock().1.contains(exec)
     }
 
-    /// The part's runner is done; the part stays until what it sent is confirmed.
+    /// The part's runner is done; the part stays until what it sent is confirmed. The
+    /// others hear that its silence is normal from now on.
     pub fn part_done(&self, part: &Part) {
-        let mut st = part.state.lock();
-        st.running = false;
-        st.finished_at = Some(Instant::now());
+        {
+            let mut st = part.state.lock();
+            st.running = false;
+            st.finished_at = Some(Instant::now());
+        }
+        for p in part.participants.iter().filter(|p| **p != part.me) {
+            self.send(p, &Message::Finished { exec: part.exec.clone() }, false);
+        }
     }
 
     /// Tells every other participant that the part failed.

@@ -18,8 +18,6 @@ pub struct Part {
     pub topology: u64,
     pub(crate) state: Mutex<PartState>,
     pub(crate) wake: Condvar,
-    /// Per boundary, the shards that send into it (set once the runner has the plan).
-    pub(crate) senders: std::sync::OnceLock<Vec<Vec<String>>>,
 }
 
 #[derive(Default)]
@@ -45,8 +43,6 @@ pub(crate) struct PartState {
     pub inbound: HashMap<u32, Inbound>,
     pub outbound: HashMap<(String, u32), Outbound>,
     pub heard: HashMap<String, Instant>,
-    /// The boundary the runner waits on, and since when.
-    pub waiting: Option<u32>,
     /// Participants that have not confirmed `Start` (initiator only), with the message.
     pub unstarted: HashSet<String>,
     pub start_message: Option<Vec<u8>>,
@@ -56,6 +52,8 @@ pub(crate) struct PartState {
     pub finished_at: Option<Instant>,
     /// When this part last told the others it is alive.
     pub last_alive: Option<Instant>,
+    /// Participants whose parts are over.
+    pub finished: HashSet<String>,
 }
 
 impl Part {
@@ -72,16 +70,15 @@ impl Part {
                 inbound: HashMap::new(),
                 outbound: HashMap::new(),
                 heard,
-                waiting: None,
                 unstarted: HashSet::new(),
                 start_message: None,
                 failure: None,
                 running: false,
                 finished_at: None,
                 last_alive: None,
+                finished: HashSet::new(),
             }),
             wake: Condvar::new(),
-            senders: std::sync::OnceLock::new(),
         }
     }
 
@@ -148,6 +145,9 @@ impl Part {
             Message::Started { .. } => {
                 st.unstarted.remove(from);
             }
+            Message::Finished { .. } => {
+                st.finished.insert(from.to_string());
+            }
             Message::Failed { error, .. } => {
                 if st.failure.is_none() {
                     st.failure = Some(error);
@@ -170,26 +170,15 @@ impl Part {
         senders.iter().all(|s| inb.ends.get(s).is_some_and(|&n| inb.seen.get(s).map_or(0, |x| x.len() as u32) >= n))
     }
 
-    /// The senders of `b` this part still waits for.
-    pub(crate) fn pending_senders(&self, st: &PartState, b: u32, senders: &[String]) -> Vec<String> {
-        let inb = st.inbound.get(&b);
-        senders
-            .iter()
-            .filter(|s| !inb.is_some_and(|i| i.ends.get(*s).is_some_and(|&n| i.seen.get(*s).map_or(0, |x| x.len() as u32) >= n)))
-            .cloned()
-            .collect()
-    }
-
-    /// Was this part idle past `idle` on a shard it waits for? Returns that shard.
+    /// Has a participant whose part is not over been silent for longer than `idle`
+    /// (running parts say they are alive every fraction of it)? Returns that shard.
     pub(crate) fn silent_shard(&self, idle: Duration) -> Option<String> {
         let st = self.state.lock();
         let now = Instant::now();
-        let mut waited: Vec<String> = st.unstarted.iter().cloned().collect();
-        if let (Some(b), Some(all)) = (st.waiting, self.senders.get()) {
-            if let Some(senders) = all.get(b as usize) {
-                waited.extend(self.pending_senders(&st, b, senders));
-            }
-        }
-        waited.into_iter().filter(|s| *s != self.me).find(|s| st.heard.get(s).is_none_or(|t| now.duration_since(*t) > idle))
+        self.participants
+            .iter()
+            .filter(|s| **s != self.me && !st.finished.contains(*s))
+            .find(|s| st.heard.get(*s).is_none_or(|t| now.duration_since(*t) > idle))
+            .cloned()
     }
 }

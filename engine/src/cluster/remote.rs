@@ -51,6 +51,7 @@ impl Engine {
                     | Message::Got { exec, .. }
                     | Message::Missing { exec, .. }
                     | Message::Alive { exec }
+                    | Message::Finished { exec }
                     | Message::Failed { exec, .. } => exec.clone(),
                     _ => return,
                 };
@@ -166,6 +167,7 @@ impl Engine {
             let cx = RunContext { host: &*self.host, calls: &calls, abort: &exec.abort, batch_size: batch, db: start.db, user: start.user.as_deref() };
             let out = super::run_part(&plan, &cx, part, &self.cluster)?;
             exec.set_plan_info(plan.reader.name(), out.step_stats.clone());
+            exec.set_records(out.records_in, out.records_out);
             Ok(out)
         })();
         instance.end_run();

@@ -28,21 +28,35 @@ pub fn run_part(plan: &Plan, cx: &RunContext, part: &Part, coord: &Coordinator) 
     let stages = stages::split(&plan.steps);
     let initiator = vec![part.initiator.clone()];
     let senders: Vec<Vec<String>> = stages.iter().map(|s| if s.everywhere { part.participants.clone() } else { initiator.clone() }).collect();
-    let _ = part.senders.set(senders.clone());
     let topology = coord.topology().ok_or_else(|| ScriptError::runtime("run: this node is no longer part of a cluster"))?;
     let me = part.me.as_str();
     let mut errors: Vec<String> = Vec::new();
     let mut stats = Vec::new();
+    let (mut records_in, mut records_out) = (0u64, 0u64);
     for (k, stage) in stages.iter().enumerate() {
         if !senders[k].iter().any(|s| s == me) {
             continue;
         }
         let receivers = senders.get(k + 1).cloned().unwrap_or_else(|| initiator.clone());
         let mut run = StageRun::new(stage.steps, cx);
-        let mut router = Router { boundary: k as u32, out: stage.out, receivers, part, coord, cx, batch: coord.batch_records(), topology: &topology, pending: Default::default(), seqs: Default::default() };
+        let mut router = Router {
+            boundary: k as u32,
+            out: stage.out,
+            receivers,
+            part,
+            coord,
+            cx,
+            batch: coord.batch_records(),
+            topology: &topology,
+            pending: Default::default(),
+            seqs: Default::default(),
+            routed: 0,
+            spent: Duration::ZERO,
+        };
         if k == 0 {
             let mut n = 0u32;
             read_into(&plan.reader, cx, &mut |r| {
+                records_in += 1;
                 let stop = run.push(r)?;
                 router.route(run.take_results(), &mut errors)?;
                 n = n.wrapping_add(1);
@@ -56,6 +70,7 @@ pub fn run_part(plan: &Plan, cx: &RunContext, part: &Part, coord: &Coordinator) 
             let b = (k - 1) as u32;
             let mut route_errors = Vec::new();
             receive(part, cx, b, &senders[k - 1], &mut errors, &mut |records| {
+                records_in += records.len() as u64;
                 for r in records {
                     if run.push(Ok(r))? {
                         break;
@@ -70,8 +85,18 @@ pub fn run_part(plan: &Plan, cx: &RunContext, part: &Part, coord: &Coordinator) 
         errors.extend(run.take_errors());
         router.end(std::mem::take(&mut errors));
         stats.extend(run.stats().iter().cloned());
+        // The boundary as a step of its own: records it sent on, and the time it took.
+        let name = match stage.out {
+            Boundary::Repartition(_) => Some("repartition"),
+            Boundary::Collect => Some("collect"),
+            Boundary::Final => None,
+        };
+        if let Some(name) = name {
+            stats.push(crate::StepStat { name, calls: router.routed, duration: router.spent });
+        }
+        records_out += router.routed;
     }
-    let mut out = RunOutput { step_stats: stats, ..Default::default() };
+    let mut out = RunOutput { step_stats: stats, records_in, records_out, ..Default::default() };
     if me == part.initiator {
         let last = (stages.len() - 1) as u32;
         let mut results = Vec::new();
@@ -79,6 +104,8 @@ pub fn run_part(plan: &Plan, cx: &RunContext, part: &Part, coord: &Coordinator) 
             results.extend(records);
             Ok(())
         })?;
+        out.records_in += results.len() as u64;
+        out.records_out = results.len() as u64;
         out.results = results;
     }
     Ok(out)
@@ -106,7 +133,6 @@ fn receive(
     loop {
         let (batches, complete) = {
             let mut st = part.state.lock();
-            st.waiting = Some(b);
             if let Some(e) = &st.failure {
                 return Err(ScriptError::runtime(e.clone()));
             }
@@ -123,7 +149,6 @@ fn receive(
                 if let Some(inb) = st.inbound.remove(&b) {
                     errors.extend(inb.errors);
                 }
-                st.waiting = None;
             }
             (batches, complete)
         };
@@ -152,10 +177,23 @@ struct Router<'a, 'c> {
     topology: &'a super::Topology,
     pending: std::collections::HashMap<String, Vec<Value>>,
     seqs: std::collections::HashMap<String, u32>,
+    /// Records sent on, and the time spent routing and sending them.
+    routed: u64,
+    spent: Duration,
 }
 
 impl Router<'_, '_> {
     fn route(&mut self, records: Vec<Value>, errors: &mut Vec<String>) -> Result<(), ScriptError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let r = self.route_all(records, errors);
+        self.spent += started.elapsed();
+        r
+    }
+
+    fn route_all(&mut self, records: Vec<Value>, errors: &mut Vec<String>) -> Result<(), ScriptError> {
         for r in records {
             let to = match self.out {
                 Boundary::Repartition(f) => match self.destination(f, &r) {
@@ -169,6 +207,7 @@ impl Router<'_, '_> {
                 },
                 Boundary::Collect | Boundary::Final => self.part.initiator.clone(),
             };
+            self.routed += 1;
             let full = {
                 let q = self.pending.entry(to.clone()).or_default();
                 q.push(r);
