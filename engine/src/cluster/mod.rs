@@ -152,6 +152,11 @@ impl Coordinator {
         shard.to_string()
     }
 
+    /// The answer of a shard that did not answer a query in time.
+    pub fn unanswered(&self, shard: &str) -> String {
+        format!("shard {} did not answer within {} ms", self.describe(shard), self.idle_limit().as_millis())
+    }
+
     /// The error of a shard that stayed silent.
     pub fn silent_error(&self, shard: &str, exec: &str) -> String {
         format!("shard {} did not answer for {} ms (rg.execution-max-idle-time): execution {exec} failed", self.describe(shard), self.idle_limit().as_millis())
@@ -454,8 +459,8 @@ impl Coordinator {
         };
         for mut p in expired {
             for s in std::mem::take(&mut p.waiting) {
-                let who = self.describe(&s);
-                p.answers.push((s, Err(format!("shard {who} did not answer within {} ms", idle.as_millis()))));
+                let e = self.unanswered(&s);
+                p.answers.push((s, Err(e)));
             }
             if let Some(done) = p.done.take() {
                 done(p.answers);

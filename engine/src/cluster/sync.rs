@@ -127,8 +127,14 @@ impl Engine {
             args: vec![Value::Bytes(def.encode()), who.user.map(|u| Value::String(u.to_string())).unwrap_or(Value::Nil), Value::Bool(who.admin), Value::Bool(upgrade)],
         };
         for (shard, answer) in self.ask_peers(&peers, q) {
-            if let Err(e) = answer {
-                return Err(format!("register: shard {} refused: {e}; nothing was registered", self.cluster.describe(&shard)));
+            match answer {
+                Ok(_) => {}
+                // Down (or cut off): it gets the registration from the others when it is
+                // back (the registrations digest), as a primary added later does.
+                Err(e) if e == self.cluster.unanswered(&shard) => {
+                    self.host.log(LogLevel::Warning, &format!("rg: session '{}': {e}; it gets the session when it is back", def.id));
+                }
+                Err(e) => return Err(format!("register: shard {} refused: {e}; nothing was registered", self.cluster.describe(&shard))),
             }
         }
         Ok(())
