@@ -403,6 +403,11 @@ fn packages_loaded_and_deleted_on_one_primary_apply_on_all() {
         hset(&cluster, &owners, &format!("{prefix}{{{t}}}"));
         assert_eq!(count(&cluster, &owners, &format!("n:{prefix}{{{t}}}")), 3, "{lang}: the package's step on shard 3");
     }
+    // RG.EXEC answered once every primary had each.
+    for &i in &p {
+        let have = session_ids(&cluster, i);
+        assert!(have.contains("pkg-lua") && have.contains("pkg-js"), "node {i} lists {have:?}");
+    }
     // Imported: refused on shard 3 too.
     let refused = cluster.cmd(p[2], &["RG.PACKAGE", "DELETE", "step"]);
     assert!(refused.contains("package 'step' is imported by session(s)"), "{refused}");
@@ -417,6 +422,36 @@ fn packages_loaded_and_deleted_on_one_primary_apply_on_all() {
             if l.is_empty() { Ok(()) } else { Err(format!("{l:?}")) }
         });
     }
+}
+
+#[test]
+fn registrations_sent_in_turn_to_every_primary_are_all_on_every_primary() {
+    let mut cluster = Cluster::new(3);
+    let p = cluster.primaries();
+    // Each RG.EXEC answers once every primary has the session: none may go missing when the
+    // next one is sent to another primary (its whole state is pushed each time).
+    let mut made: Vec<String> = Vec::new();
+    for round in 0..24 {
+        let lang = LANGS[round % 2];
+        let at = p[round % 3];
+        let id = format!("turn-{round}");
+        let prefix = format!("turn{round}:");
+        assert_eq!(cluster.exec(at, lang, &counter(lang, &prefix, &format!("n:{prefix}"), "1", "sync"), &["ID", &id]), "OK", "round {round}");
+        made.push(id);
+        for &i in &p {
+            let have = session_ids(&cluster, i);
+            let lost: Vec<&String> = made.iter().filter(|m| !have.contains(*m)).collect();
+            assert!(lost.is_empty(), "round {round} (RG.EXEC on node {at}): node {i} lacks {lost:?}; lists {have:?}");
+        }
+    }
+    // Dropped in turn from another primary than the one that made each.
+    for (round, id) in made.iter().enumerate() {
+        assert_eq!(cluster.cmd(p[(round + 1) % 3], &["RG.DROPSESSION", id]), "OK", "drop {id}");
+    }
+    wait_until(20, "every session dropped on every primary", || {
+        let left: Vec<(usize, Vec<String>)> = p.iter().map(|&i| (i, session_ids(&cluster, i).into_iter().filter(|x| made.contains(x)).collect::<Vec<_>>())).filter(|(_, l)| !l.is_empty()).collect();
+        if left.is_empty() { Ok(()) } else { Err(format!("listed (node, sessions): {left:?}")) }
+    });
 }
 
 // ---------------------------------------------------------------------------------------
@@ -674,6 +709,13 @@ fn a_registration_made_while_a_primary_is_down_reaches_it_when_it_comes_back() {
 // ---------------------------------------------------------------------------------------
 // 5. Write-behind registered once
 
+/// The time of day (UTC), to line the test's steps up with the servers' logs.
+fn now() -> String {
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    let d = t.as_secs() % 86400;
+    format!("{:02}:{:02}:{:02}.{:03}", d / 3600, d / 60 % 60, d % 60, t.subsec_millis())
+}
+
 /// The ids in a table.
 fn pg_ids(pg: &testdb::Postgres, table: &str) -> BTreeSet<String> {
     pg.sql(&format!("SELECT id FROM {table}")).lines().filter(|l| !l.is_empty()).map(str::to_string).collect()
@@ -681,36 +723,98 @@ fn pg_ids(pg: &testdb::Postgres, table: &str) -> BTreeSet<String> {
 
 /// Waits until the table's ids are exactly the acknowledged keys without their prefix.
 fn wait_rows(pg: &testdb::Postgres, table: &str, prefix: &str, acked: &BTreeSet<String>, secs: u64) {
+    if let Err(e) = rows_arrive(pg, table, prefix, acked, secs) {
+        panic!("table {table} to hold every acknowledged key: still {e}");
+    }
+}
+
+/// Polls until the table's ids are exactly the acknowledged keys without their prefix;
+/// after `secs`, how far it got.
+fn rows_arrive(pg: &testdb::Postgres, table: &str, prefix: &str, acked: &BTreeSet<String>, secs: u64) -> Result<(), String> {
     let want: BTreeSet<String> = acked.iter().map(|k| k.strip_prefix(prefix).expect("prefix").to_string()).collect();
-    wait_until(secs, &format!("table {table} to hold every acknowledged key"), || {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
         let got = pg_ids(pg, table);
         if got == want {
             return Ok(());
         }
-        let missing: Vec<&String> = want.difference(&got).take(10).collect();
-        let extra: Vec<&String> = got.difference(&want).take(10).collect();
-        Err(format!("{} rows of {}; missing {missing:?}..., unexpected {extra:?}...", got.len(), want.len()))
-    });
+        if Instant::now() > deadline {
+            let missing: Vec<&String> = want.difference(&got).take(10).collect();
+            let extra: Vec<&String> = got.difference(&want).take(10).collect();
+            return Err(format!("{} rows of {}; missing {missing:?}..., unexpected {extra:?}...", got.len(), want.len()));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
-/// Slot ranges -> (primary port, whether a replica serves them too), from CLUSTER SLOTS of
-/// any node that answers.
-fn routes(ports: &[u16], password: Option<&str>) -> Option<Vec<(u16, u16, u16, bool)>> {
+/// What the cluster holds for keys that did not arrive: where each is served and whether
+/// it is there, the recipe's streams on every primary, and each primary's recipe status.
+fn diagnose(cluster: &mut Cluster, pg: &testdb::Postgres, name: &str, prefix: &str, table: &str, acked: &BTreeSet<String>, how: &BTreeMap<String, (u16, bool, usize)>) -> String {
+    let owners = cluster.owners();
+    let got = pg_ids(pg, table);
+    let missing: Vec<&String> = acked.iter().filter(|k| !got.contains(k.strip_prefix(prefix).unwrap())).collect();
+    let mut out = format!("{name}: {} acknowledged keys missing from {table}\n", missing.len());
+    let mut per: BTreeMap<usize, usize> = BTreeMap::new();
+    for k in &missing {
+        *per.entry(owner(&owners, k)).or_default() += 1;
+    }
+    out += &format!("  missing per serving node: {per:?}\n");
+    let mut acked_by: BTreeMap<(u16, bool), Vec<usize>> = BTreeMap::new();
+    for k in &missing {
+        let (port, waited, i) = how.get(*k).copied().unwrap_or((0, false, 0));
+        acked_by.entry((port, waited)).or_default().push(i);
+    }
+    out += &format!("  missing per (port that acknowledged, confirmed by WAIT 1): the writer's acknowledgement numbers (port 0: written before the failover step): {acked_by:?}\n");
+    for k in missing.iter().take(5) {
+        let n = owner(&owners, k);
+        out += &format!("  {k}: slot {}, node {n}, acknowledged by {:?}, HGETALL {}\n", common::slot(k), how.get(*k), cluster.cmd(n, &["HGETALL", k]));
+    }
+    let primaries = cluster.primaries();
+    for i in cluster.live() {
+        let keys = cluster.cmd(i, &["KEYS", &format!("rg:wb:{name}*")]);
+        let streams: Vec<String> = common::canon::split_top(&keys).unwrap_or_default().into_iter().map(|k| {
+            let k = k.trim_matches('"').to_string();
+            let len = cluster.cmd(i, &["XLEN", &k]);
+            format!("{k}={len}")
+        }).collect();
+        let role = if primaries.contains(&i) { "primary" } else { "replica" };
+        let regs = registrations(cluster, i);
+        let recipe: Vec<String> = regs.values().filter_map(|r| field(r, "recipe").filter(|v| !matches!(v, Value::Nil)).filter(|v| field(v, "name").map(text).as_deref() == Some(name)).map(fmt)).collect();
+        let streams: Vec<&String> = streams.iter().take(5).collect();
+        let dbsize = cluster.cmd(i, &["DBSIZE"]);
+        out += &format!("  node {i} ({role}, {}): DBSIZE {dbsize}, streams {streams:?}...\n    recipe {recipe:?}\n", cluster.describe(i));
+    }
+    // The logs, for what happened around the failover.
+    for (i, n) in cluster.nodes.iter().enumerate() {
+        let log = n.log();
+        let lines: Vec<&str> = log.lines().collect();
+        out += &format!("  --- log of node {i}\n");
+        for l in &lines[lines.len().saturating_sub(400)..] {
+            out += &format!("    {l}\n");
+        }
+    }
+    out
+}
+
+/// Slot ranges -> (primary port, whether the primary has a replica that is not failing),
+/// from CLUSTER NODES of any node that answers. (Not CLUSTER SLOTS: Redis 7.0 leaves out a
+/// replica whose replication offset is still 0, e.g. one that has had nothing streamed since
+/// its full sync, and a write acknowledged without WAIT there is lost at a failover.)
+fn routes(ports: &[u16]) -> Option<Vec<(u16, u16, u16, bool)>> {
     for port in ports {
-        let url = match password {
-            Some(p) => format!("redis://:{p}@127.0.0.1:{port}/"),
-            None => format!("redis://127.0.0.1:{port}/"),
-        };
-        let Ok(mut c) = redis::Client::open(url).and_then(|c| c.get_connection_with_timeout(Duration::from_millis(500))) else { continue };
-        let Ok(v) = redis::cmd("CLUSTER").arg("SLOTS").query::<Value>(&mut c) else { continue };
-        let r: Vec<(u16, u16, u16, bool)> = items(&v)
-            .iter()
-            .filter_map(|r| {
-                let parts = items(r);
-                let n = |v: &Value| if let Value::Int(i) = v { Some(*i as u16) } else { None };
-                Some((n(parts.first()?)?, n(parts.get(1)?)?, n(items(parts.get(2)?).get(1)?)?, parts.len() > 3))
-            })
-            .collect();
+        let Ok(mut c) = redis::Client::open(format!("redis://127.0.0.1:{port}/")).and_then(|c| c.get_connection_with_timeout(Duration::from_millis(500))) else { continue };
+        let Ok(text) = redis::cmd("CLUSTER").arg("NODES").query::<String>(&mut c) else { continue };
+        let nodes = common::cluster::parse_nodes(&text);
+        let mut r = Vec::new();
+        for n in nodes.iter().filter(|n| n.is_primary() && !n.troubled() && !n.slots.is_empty()) {
+            let replica = nodes.iter().any(|x| x.master.as_deref() == Some(n.id.as_str()) && !x.troubled());
+            for range in &n.slots {
+                let (a, b) = range.split_once('-').unwrap_or((range, range));
+                if let (Ok(a), Ok(b)) = (a.parse(), b.parse()) {
+                    r.push((a, b, n.port, replica));
+                }
+            }
+        }
         if !r.is_empty() {
             return Some(r);
         }
@@ -724,7 +828,8 @@ fn routes(ports: &[u16], password: Option<&str>) -> Option<Vec<(u16, u16, u16, b
 /// (same key) after the routes are read again. Acknowledged keys are in `acked`.
 struct Writer {
     stop: Arc<AtomicBool>,
-    acked: Arc<Mutex<Vec<String>>>,
+    /// (key, port that acknowledged it, whether a replica confirmed it with WAIT).
+    acked: Arc<Mutex<Vec<(String, u16, bool)>>>,
     handle: std::thread::JoinHandle<()>,
 }
 
@@ -733,7 +838,7 @@ fn writer(ports: Vec<u16>, prefixes: Vec<String>) -> Writer {
     let (st, ak) = (stop.clone(), acked.clone());
     let handle = std::thread::spawn(move || {
         let mut conns: HashMap<u16, redis::Connection> = HashMap::new();
-        let mut table = routes(&ports, None).expect("routes");
+        let mut table = routes(&ports).expect("routes");
         let mut i = 0usize;
         while !st.load(Ordering::Relaxed) {
             let key = format!("{}f{i}", prefixes[i % prefixes.len()]);
@@ -743,7 +848,7 @@ fn writer(ports: Vec<u16>, prefixes: Vec<String>) -> Writer {
                 assert!(since.elapsed() < Duration::from_secs(90), "HSET {key} never acknowledged: {last}");
                 let slot = common::slot(&key);
                 let Some(&(_, _, port, replica)) = table.iter().find(|(a, b, _, _)| *a <= slot && slot <= *b) else {
-                    table = routes(&ports, None).unwrap_or_default();
+                    table = routes(&ports).unwrap_or_default();
                     std::thread::sleep(Duration::from_millis(20));
                     continue;
                 };
@@ -756,7 +861,7 @@ fn writer(ports: Vec<u16>, prefixes: Vec<String>) -> Writer {
                         }
                         Err(e) => {
                             last = format!("connect to {port}: {e}");
-                            table = routes(&ports, None).unwrap_or(table);
+                            table = routes(&ports).unwrap_or(table);
                             std::thread::sleep(Duration::from_millis(20));
                             continue;
                         }
@@ -766,7 +871,7 @@ fn writer(ports: Vec<u16>, prefixes: Vec<String>) -> Writer {
                 let r = r.and_then(|n| if replica { redis::cmd("WAIT").arg(1).arg(2000).query::<i64>(c) } else { Ok(n.max(1)) });
                 match r {
                     Ok(n) if n >= 1 => {
-                        ak.lock().unwrap().push(key.clone());
+                        ak.lock().unwrap().push((key.clone(), port, replica));
                         break;
                     }
                     Ok(_) => last = format!("WAIT on {port}: no replica has it"),
@@ -777,7 +882,7 @@ fn writer(ports: Vec<u16>, prefixes: Vec<String>) -> Writer {
                         }
                     }
                 }
-                table = routes(&ports, None).unwrap_or(table);
+                table = routes(&ports).unwrap_or(table);
                 std::thread::sleep(Duration::from_millis(20));
             }
             i += 1;
@@ -790,7 +895,7 @@ impl Writer {
     fn acked(&self) -> usize {
         self.acked.lock().unwrap().len()
     }
-    fn finish(self) -> Vec<String> {
+    fn finish(self) -> Vec<(String, u16, bool)> {
         self.stop.store(true, Ordering::Relaxed);
         self.handle.join().expect("the writer failed");
         Arc::try_unwrap(self.acked).expect("acked").into_inner().unwrap()
@@ -835,6 +940,10 @@ fn a_write_behind_registered_once_delivers_every_row_from_every_shard_across_a_f
             assert_listed(&cluster, i, session, "right after RG.EXEC");
         }
     }
+    // Every replica has what its primary streamed so far (on Redis 7.0 a replica just synced
+    // without disk gets nothing streamed until it first acknowledges, about a second later).
+    cluster.wait_replicated();
+    eprintln!("{} cluster ready, recipes registered", now());
     // Keys on every shard, with and without hashtags.
     let mut acked: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     let owners = cluster.owners();
@@ -852,6 +961,7 @@ fn a_write_behind_registered_once_delivers_every_row_from_every_shard_across_a_f
         wait_rows(&pg, table, prefix, &acked[prefix], 60);
     }
 
+    eprintln!("{} first keys arrived", now());
     // Paused (on another primary): every shard captures and applies nothing; the cluster
     // view sums the shards' backlogs, as each shard's INFO rg counts its own.
     let regs: Vec<String> = recipes.iter().map(|(_, _, session, _, _)| registration_ids(&cluster, p[0], session)[0].clone()).collect();
@@ -899,26 +1009,36 @@ fn a_write_behind_registered_once_delivers_every_row_from_every_shard_across_a_f
         wait_rows(&pg, table, prefix, &acked[prefix], 60);
     }
 
+    cluster.wait_replicated();
+    eprintln!("{} held keys arrived", now());
     // A failover in the middle of a stream of writes to every shard.
     let ports: Vec<u16> = cluster.nodes.iter().map(|n| n.port).collect();
     let w = writer(ports, recipes.iter().map(|r| r.3.clone()).collect());
     wait_until(60, "200 acknowledged writes before the kill", || if w.acked() >= 200 { Ok(()) } else { Err(w.acked().to_string()) });
     let victim = p[2];
+    eprintln!("{} {} acknowledged, killing node {victim}", now(), w.acked());
     let new = cluster.kill_primary(victim);
     let at_takeover = w.acked();
+    eprintln!("{} node {new} took over, {at_takeover} acknowledged", now());
     wait_until(90, "200 more acknowledged writes after the failover", || if w.acked() >= at_takeover + 200 { Ok(()) } else { Err(format!("{} of {}", w.acked(), at_takeover + 200)) });
+    eprintln!("{} {} acknowledged, stopping the writer", now(), w.acked());
     let written = w.finish();
     let owners = cluster.owners();
-    let on_new = written.iter().filter(|k| owner(&owners, k) == new).count();
+    let on_new = written.iter().filter(|(k, _, _)| owner(&owners, k) == new).count();
+    let how: BTreeMap<String, (u16, bool, usize)> = written.iter().enumerate().map(|(i, (k, p, w))| (k.clone(), (*p, *w, i))).collect();
     eprintln!("{} acknowledged writes during the failover, {on_new} of them on the promoted replica (node {new})", written.len());
     assert!(on_new > 0, "some writes went to the promoted replica");
-    for k in written {
+    for (k, _, _) in written {
         let prefix = recipes.iter().map(|r| &r.3).find(|p| k.starts_with(p.as_str())).expect("prefix").clone();
         acked.get_mut(&prefix).unwrap().insert(k);
     }
-    for (_, _, _, prefix, table) in &recipes {
-        wait_rows(&pg, table, prefix, &acked[prefix], 90);
+    let mut failed = String::new();
+    for (_, name, _, prefix, table) in &recipes {
+        if let Err(e) = rows_arrive(&pg, table, prefix, &acked[prefix], 90) {
+            failed += &format!("table {table}: still {e}\n{}", diagnose(&mut cluster, &pg, name, prefix, table, &acked[prefix], &how));
+        }
     }
+    assert!(failed.is_empty(), "after the failover (node {victim} killed, node {new} promoted), acknowledged writes did not arrive (the takeover was seen at acknowledgement #{at_takeover}):\n{failed}");
     // The cluster view: three shards, nothing left.
     for ((_, name, _, _, _), reg) in recipes.iter().zip(&regs) {
         wait_until(20, &format!("{name}: drained on every shard"), || {
