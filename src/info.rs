@@ -90,11 +90,16 @@ fn recipe_fields() -> Vec<(String, String)> {
 fn cluster_fields(engine: &engine::Engine) -> Vec<(String, String)> {
     let Some(t) = crate::cluster::topology() else { return Vec::new() };
     let (parts, held) = engine.cluster.counts();
-    let stamp = engine.cluster.stamp.lock().clone();
+    let (clock, items, tombstones) = {
+        let v = engine.cluster.versions.lock();
+        (v.clock, v.items.len() - v.tombstones(), v.tombstones())
+    };
     vec![
         ("cluster_shards".into(), t.shards.len().to_string()),
         ("cluster_parts".into(), parts.to_string()),
         ("cluster_parts_waiting_start".into(), held.to_string()),
-        ("cluster_registrations_epoch".into(), stamp.epoch.to_string()),
+        ("cluster_registrations_epoch".into(), clock.to_string()),
+        ("cluster_registrations_items".into(), items.to_string()),
+        ("cluster_registrations_tombstones".into(), tombstones.to_string()),
     ]
 }

@@ -191,6 +191,7 @@ redis_module! {
         ["rg.sessionload", persistence::session_load, "write deny-script", 0, 0, 0, "", "admin dangerous"],
         ["rg.sessiondrop", persistence::session_drop, "write deny-script", 0, 0, 0, "", "admin dangerous"],
         ["rg.streampos", persistence::stream_position, "write deny-script", 0, 0, 0, "", "admin dangerous"],
+        ["rg.clusterversions", persistence::cluster_versions, "write deny-script", 0, 0, 0, "", "admin dangerous"],
         // What hooked commands become. A module command's flags are fixed, so there is one
         // per kind of hooked command: the command filter picks the one whose flags match the
         // original's (write: CLIENT PAUSE WRITE, READONLY replicas; may-replicate), so the

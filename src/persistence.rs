@@ -14,9 +14,10 @@ use std::os::raw::{c_int, c_void};
 
 /// The format of the aux data: 1 saved packages as (language, name, code), then sessions;
 /// 2 adds each package's owner; 3 starts with the connection settings set at run time
-/// (count, then setting and value); 4 ends with the cluster registrations stamp (epoch and
-/// origin, see engine::cluster::Stamp). All are read.
-const AUX_FORMAT: i32 = 4;
+/// (count, then setting and value); 4 ends with a cluster registrations stamp (epoch and
+/// origin; the epoch is read as the clock); 5 ends with the cluster registrations versions
+/// instead (engine::cluster::Versions). All are read.
+const AUX_FORMAT: i32 = 5;
 
 /// The module type that carries sessions as aux data (it holds no keys).
 pub static SESSIONS_TYPE: RedisType = RedisType::new(
@@ -79,10 +80,9 @@ extern "C" fn aux_save(rdb: *mut raw::RedisModuleIO, _when: c_int) {
         for s in sessions {
             raw::save_slice(rdb, &SessionDef::of(&s).encode());
         }
-        // Format 4: where these registrations stand among the cluster's primaries.
-        let stamp = engine.cluster.stamp.lock().clone();
-        raw::save_unsigned(rdb, stamp.epoch);
-        raw::save_slice(rdb, stamp.origin.as_bytes());
+        // Format 5: the versions of these registrations among the cluster's primaries.
+        let versions = engine.cluster.versions.lock().encode();
+        raw::save_slice(rdb, &versions);
     });
 }
 
@@ -135,10 +135,18 @@ extern "C" fn aux_load(rdb: *mut raw::RedisModuleIO, encver: c_int, _when: c_int
                 Err(e) => log_warning(&format!("rg: a saved session could not be read from RDB: {e}")),
             }
         }
-        if encver >= 4 {
+        if encver == 4 {
             let epoch = raw::load_unsigned(rdb).map_err(|e| e.to_string())?;
-            let origin = text(rdb)?;
-            *engine.cluster.stamp.lock() = engine::cluster::Stamp { epoch, origin };
+            let _origin = text(rdb)?;
+            engine.cluster.versions.lock().see(epoch);
+        }
+        if encver >= 5 {
+            let blob = raw::load_string_buffer(rdb).map_err(|e| e.to_string())?;
+            match engine::cluster::Versions::decode(blob.as_ref()) {
+                Ok(v) => *engine.cluster.versions.lock() = v,
+                // The registrations themselves are loaded: they get new versions.
+                Err(e) => log_warning(&format!("rg: {e}; the registrations are shared again as changed here")),
+            }
         }
         Ok(())
     });
@@ -174,7 +182,7 @@ extern "C" fn on_loading(_ctx: *mut raw::RedisModuleCtx, _eid: raw::RedisModuleE
             if let Some(e) = ENGINE.get() {
                 e.sessions.clear();
                 e.packages.clear_loaded();
-                *e.cluster.stamp.lock() = Default::default();
+                *e.cluster.versions.lock() = Default::default();
                 // Connections set at run time come with the state (module arguments stay).
                 e.config.clear_runtime_connections();
                 e.begin_load();
@@ -277,6 +285,22 @@ pub fn session_drop(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         let _ = engine().sessions.drop_session(&id);
         ctx.replicate_verbatim();
         crate::recipes::sessions_changed();
+        Ok(RedisValue::SimpleStringStatic("OK"))
+    })
+}
+
+/// RG.CLUSTERVERSIONS <versions>: the versions of the registrations shared by the
+/// cluster's primaries (from the primary or the AOF), so that a promoted replica or a
+/// restarted node knows which changes it has.
+pub fn cluster_versions(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+    guarded(ctx, || {
+        internal_only(ctx, engine::cluster::VERSIONS_COMMAND)?;
+        if args.len() != 2 {
+            return Err(RedisError::Str("ERR wrong number of arguments for RG.CLUSTERVERSIONS"));
+        }
+        let v = engine::cluster::Versions::decode(args[1].as_slice()).map_err(|e| RedisError::String(format!("ERR {e}")))?;
+        *engine().cluster.versions.lock() = v;
+        ctx.replicate_verbatim();
         Ok(RedisValue::SimpleStringStatic("OK"))
     })
 }

@@ -452,6 +452,23 @@ fn registrations_sent_in_turn_to_every_primary_are_all_on_every_primary() {
         let left: Vec<(usize, Vec<String>)> = p.iter().map(|&i| (i, session_ids(&cluster, i).into_iter().filter(|x| made.contains(x)).collect::<Vec<_>>())).filter(|(_, l)| !l.is_empty()).collect();
         if left.is_empty() { Ok(()) } else { Err(format!("listed (node, sessions): {left:?}")) }
     });
+    // Every primary remembers the 24 drops, and the versions settle: no primary keeps
+    // re-sending what the others already have (the clock stays put once all agree).
+    wait_until(20, "every primary to hold 24 tombstones and the same clock", || {
+        let seen: Vec<(String, String)> = p.iter().map(|&i| (info_rg(&cluster, i, "cluster_registrations_tombstones"), info_rg(&cluster, i, "cluster_registrations_epoch"))).collect();
+        if seen.iter().all(|(t, c)| t == "24" && *c == seen[0].1) { Ok(()) } else { Err(format!("(tombstones, clock) per primary: {seen:?}")) }
+    });
+    let clock = info_rg(&cluster, p[0], "cluster_registrations_epoch");
+    std::thread::sleep(Duration::from_millis(3000));
+    for &i in &p {
+        assert_eq!(info_rg(&cluster, i, "cluster_registrations_epoch"), clock, "node {i}: the clock moved with no change made");
+    }
+}
+
+/// A field of INFO rg on node `i` ("" when absent).
+fn info_rg(cluster: &Cluster, i: usize, name: &str) -> String {
+    let info: String = redis::cmd("INFO").arg("rg").query(&mut cluster.conn(i)).expect("INFO rg");
+    info.lines().find_map(|l| l.strip_prefix(&format!("rg_{name}:"))).map(|v| v.trim().to_string()).unwrap_or_default()
 }
 
 // ---------------------------------------------------------------------------------------

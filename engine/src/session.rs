@@ -38,6 +38,9 @@ pub struct Registration {
     pub index: usize,
     pub spec: RegistrationSpec,
     pub paused: AtomicBool,
+    /// Paused here by its own failure (a StreamReader with onFailed 'abort'), not by a
+    /// command: a shard-local state that cluster primaries do not copy to each other.
+    pub halted: AtomicBool,
     /// StreamReader registrations: position and state per stream.
     pub consumers: crate::streams::Consumers,
     stats: Mutex<Stats>,
@@ -235,6 +238,7 @@ impl Sessions {
                     index,
                     spec,
                     paused: AtomicBool::new(def.paused.contains(&index)),
+                    halted: AtomicBool::new(false),
                     consumers: Default::default(),
                     stats: Mutex::new(Stats::default()),
                 })

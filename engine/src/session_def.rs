@@ -48,6 +48,17 @@ impl SessionDef {
         }
     }
 
+    /// What the primaries of a cluster share of a session: its definition without what
+    /// belongs to this shard (stream positions, registrations paused by their own failure).
+    pub fn shared(s: &Session) -> SessionDef {
+        let mut def = SessionDef::of(s);
+        def.positions.clear();
+        if s.unbuilt.is_none() {
+            def.paused = s.registrations.iter().filter(|r| r.paused.load(Ordering::Relaxed) && !r.halted.load(Ordering::Relaxed)).map(|r| r.index).collect();
+        }
+        def
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         let opt = |v: &Option<String>| v.clone().map(Value::String).unwrap_or(Value::Nil);
         let ints = |v: &[usize]| Value::Array(v.iter().map(|i| Value::Int(*i as i64)).collect());

@@ -196,6 +196,7 @@ impl Engine {
                 }
                 (Err(e), FailPolicy::Abort) => {
                     reg.paused.store(true, std::sync::atomic::Ordering::Relaxed);
+                    reg.halted.store(true, std::sync::atomic::Ordering::Relaxed);
                     self.stop_consumer(reg, stream, Some(e));
                     return;
                 }

@@ -191,6 +191,7 @@ fn set_paused(ctx: &Context, args: &[RedisString], paused: bool, usage: &str) ->
         .collect::<Result<Vec<_>, RedisError>>()?;
     for r in &regs {
         r.paused.store(paused, Ordering::Relaxed);
+        r.halted.store(false, Ordering::Relaxed);
     }
     let mut sent: Vec<&str> = Vec::new();
     for r in &regs {

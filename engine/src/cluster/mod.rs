@@ -12,11 +12,13 @@ mod run;
 mod sync;
 pub mod stages;
 pub mod topology;
+pub mod versions;
 
 pub use message::{Message, Query, Start};
 pub use part::Part;
 pub use remote::run_everywhere;
-pub use sync::Stamp;
+pub use sync::VERSIONS_COMMAND;
+pub use versions::{Version, Versions};
 pub use run::{plan_fingerprint, run_part};
 pub use topology::{hashtag_of_slot, key_slot, Shard, Topology};
 
@@ -87,8 +89,13 @@ pub struct Coordinator {
     me: Weak<Coordinator>,
     /// The address of every primary seen, so that errors can name one that is gone.
     addresses: Mutex<HashMap<String, String>>,
-    /// Where this primary's registrations stand (see `sync`); saved with them.
-    pub stamp: Mutex<Stamp>,
+    /// The versions of the registrations shared with the other primaries (see `sync`);
+    /// saved and replicated with them.
+    pub versions: Mutex<Versions>,
+    /// The sync thread's queue (started on first use).
+    pub(crate) sync_jobs: Mutex<Option<std::sync::mpsc::Sender<sync::SyncJob>>>,
+    /// A fingerprint of the registrations when changes were last recorded.
+    pub(crate) signature: AtomicU64,
     ticks: AtomicU64,
     /// Peers whose state is being fetched (one fetch at a time per peer).
     fetching: Mutex<HashSet<String>>,
@@ -113,7 +120,9 @@ impl Coordinator {
             threads: std::sync::Once::new(),
             me: me.clone(),
             addresses: Default::default(),
-            stamp: Default::default(),
+            versions: Default::default(),
+            sync_jobs: Default::default(),
+            signature: AtomicU64::new(0),
             ticks: AtomicU64::new(0),
             fetching: Default::default(),
             digest: std::sync::OnceLock::new(),

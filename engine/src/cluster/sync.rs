@@ -1,16 +1,20 @@
 //! Registrations across the cluster. A change made on one primary (a session registered,
 //! upgraded or dropped, a registration removed or paused, a package loaded or deleted) is
 //! validated by every other primary first when it is a registration (so that it is never
-//! half-applied), then applied here and pushed to every primary as this primary's whole
-//! registrations state, stamped with an epoch. Every second each primary tells the others
-//! its epoch and a digest of its state; one that is behind (restarted from an old RDB,
-//! restarted empty, newly added, a promoted replica) fetches the state and applies it.
-//! Concurrent changes on two primaries: the higher (epoch, origin) wins.
+//! half-applied), then applied here and pushed to every primary. What is pushed is every
+//! item (session, package) with its version (see `versions`): a primary applies the items
+//! whose version is greater than its own, so changes made on several primaries in any
+//! order end the same everywhere, drops included. Every second each primary tells the
+//! others a digest of its versions; one whose digest differs (restarted from an old RDB,
+//! restarted empty, newly added, a promoted replica) fetches the other's items and merges.
+//! All of it runs on one thread per node ("rg-cluster-sync"), in the order it arrives.
 
 use super::message::{Message, Query};
+use super::versions::{fnv, get_u64, package_key, session_key, Version};
 use crate::{codec, Engine, Host, LogLevel, NoDataHost, Package, Registrant, SessionDef, Value, SESSION_LOAD};
-use parking_lot::Mutex;
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 /// Names of the engine's own cluster queries.
@@ -19,81 +23,96 @@ pub(crate) const ADOPT: &str = "adopt-state";
 pub(crate) const DIGEST: &str = "digest";
 pub(crate) const STATE: &str = "state";
 
-/// Where this primary's registrations state stands: changes bump the epoch; `origin` is
-/// the primary that made the last one.
-#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Stamp {
-    pub epoch: u64,
-    pub origin: String,
+/// The internal command that carries the versions to replicas and the AOF.
+pub const VERSIONS_COMMAND: &str = "RG.CLUSTERVERSIONS";
+
+type Answers = Vec<(String, Result<Value, String>)>;
+
+/// Work for the sync thread.
+pub(crate) enum SyncJob {
+    /// Push every item to the other primaries (after a change here); the answers go to the
+    /// sender when there is one.
+    Publish(Option<mpsc::Sender<Answers>>),
+    /// Another primary pushed its items: merge, then answer query `id`.
+    Adopt { from: String, id: u64, clock: u64, state: Vec<u8> },
+    /// Another primary's digest.
+    Digest { from: String, digest: u64, clock: u64 },
+    /// Items fetched from another primary.
+    Merge(Vec<u8>),
+    /// Each second: record changes made here that were not pushed, send the digest.
+    Tick,
 }
 
-/// Serialises the application of states (from several senders at once).
-pub(crate) static APPLYING: Mutex<()> = Mutex::new(());
+/// What is shared of one item: a session's definition (`SessionDef::shared`) or a
+/// package (language, name, source, owner), encoded.
+enum Content {
+    Session(SessionDef),
+    Package(Package),
+}
 
-/// The registrations state: packages loaded at run time and sessions, sorted.
-pub(crate) fn encode_state(engine: &Engine) -> Vec<u8> {
-    let mut packages: Vec<Package> = engine.packages.all().into_iter().filter(|p| !p.builtin).collect();
-    packages.sort_by(|a, b| (&a.language, &a.name).cmp(&(&b.language, &b.name)));
-    let mut sessions = engine.sessions.all();
-    sessions.sort_by(|a, b| a.id.cmp(&b.id));
-    let v = Value::Array(vec![
-        Value::Array(
-            packages
-                .iter()
-                .map(|p| {
-                    Value::Array(vec![
-                        Value::String(p.language.clone()),
-                        Value::String(p.name.clone()),
-                        Value::String(p.source.clone()),
-                        p.owner.clone().map(Value::String).unwrap_or(Value::Nil),
-                    ])
-                })
-                .collect(),
-        ),
-        Value::Array(sessions.iter().map(|s| Value::Bytes(SessionDef::of(s).encode())).collect()),
-    ]);
+impl Content {
+    fn encode(&self) -> Vec<u8> {
+        match self {
+            Content::Session(d) => d.encode(),
+            Content::Package(p) => codec::encode(&Value::Array(vec![
+                Value::String(p.language.clone()),
+                Value::String(p.name.clone()),
+                Value::String(p.source.clone()),
+                p.owner.clone().map(Value::String).unwrap_or(Value::Nil),
+            ]))
+            .unwrap_or_default(),
+        }
+    }
+}
+
+fn decode_package(b: &[u8]) -> Result<Package, String> {
+    let bad = || "a package from another shard is malformed".to_string();
+    let Value::Array(f) = codec::decode(b).map_err(|e| e.to_string())? else { return Err(bad()) };
+    let [Value::String(language), Value::String(name), Value::String(source), owner] = f.as_slice() else { return Err(bad()) };
+    let owner = match owner {
+        Value::Nil => None,
+        Value::String(o) => Some(o.clone()),
+        _ => return Err(bad()),
+    };
+    Ok(Package::new(language, name, source.clone(), owner))
+}
+
+/// One item of a state sent between primaries.
+struct Entry {
+    key: String,
+    version: Version,
+    content: Option<Vec<u8>>,
+}
+
+fn encode_entries(entries: &[Entry]) -> Vec<u8> {
+    let v = Value::Array(
+        entries
+            .iter()
+            .map(|e| Value::Array(vec![Value::String(e.key.clone()), e.version.to_value(), e.content.clone().map(Value::Bytes).unwrap_or(Value::Nil)]))
+            .collect(),
+    );
     codec::encode(&v).unwrap_or_default()
 }
 
-fn decode_state(b: &[u8]) -> Result<(Vec<Package>, Vec<SessionDef>), String> {
+fn decode_entries(b: &[u8]) -> Result<Vec<Entry>, String> {
     let bad = || "a registrations state from another shard is malformed".to_string();
-    let Value::Array(parts) = codec::decode(b).map_err(|e| e.to_string())? else { return Err(bad()) };
-    let [Value::Array(packages), Value::Array(sessions)] = parts.as_slice() else { return Err(bad()) };
-    let packages = packages
+    let Value::Array(items) = codec::decode(b).map_err(|e| e.to_string())? else { return Err(bad()) };
+    items
         .iter()
-        .map(|p| match p {
-            Value::Array(f) if f.len() == 4 => {
-                let s = |i: usize| if let Value::String(s) = &f[i] { Some(s.clone()) } else { None };
-                let owner = match &f[3] {
-                    Value::Nil => None,
-                    Value::String(o) => Some(o.clone()),
-                    _ => return Err(bad()),
-                };
-                Ok(Package::new(&s(0).ok_or_else(bad)?, &s(1).ok_or_else(bad)?, s(2).ok_or_else(bad)?, owner))
-            }
-            _ => Err(bad()),
+        .map(|i| {
+            let Value::Array(f) = i else { return Err(bad()) };
+            let [key, version, content] = f.as_slice() else { return Err(bad()) };
+            let content = match content {
+                Value::Nil => None,
+                c => Some(c.as_bytes().ok_or_else(bad)?.into_owned()),
+            };
+            Ok(Entry { key: key.as_str_lossy().ok_or_else(bad)?, version: Version::from_value(version).ok_or_else(bad)?, content })
         })
-        .collect::<Result<Vec<_>, _>>()?;
-    let sessions = sessions.iter().map(|s| s.as_bytes().ok_or_else(bad).and_then(|b| SessionDef::decode(&b))).collect::<Result<Vec<_>, _>>()?;
-    Ok((packages, sessions))
-}
-
-fn fnv(b: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf29ce484222325;
-    for x in b {
-        h ^= *x as u64;
-        h = h.wrapping_mul(0x100000001b3);
-    }
-    h
+        .collect()
 }
 
 fn int(n: u64) -> Value {
     Value::Bytes(n.to_le_bytes().to_vec())
-}
-
-fn get_u64(v: Option<&Value>) -> Option<u64> {
-    let b = v?.as_bytes()?;
-    Some(u64::from_le_bytes(b.as_ref().try_into().ok()?))
 }
 
 impl Engine {
@@ -119,7 +138,8 @@ impl Engine {
 
     /// Before a session is installed: every other primary checks it as it would its own
     /// (the user's rights there, the recipe connections, the rebuild). The first refusal
-    /// is returned, naming the shard.
+    /// is returned, naming the shard. Each answer carries that primary's clock, so the
+    /// change made here next is ordered after everything it has seen.
     pub(crate) fn cluster_prepare(&self, def: &SessionDef, who: &Registrant, upgrade: bool) -> Result<(), String> {
         let Some(peers) = self.cluster_peers() else { return Ok(()) };
         let q = Query::Custom {
@@ -128,7 +148,11 @@ impl Engine {
         };
         for (shard, answer) in self.ask_peers(&peers, q) {
             match answer {
-                Ok(_) => {}
+                Ok(clock) => {
+                    if let Some(c) = get_u64(Some(&clock)) {
+                        self.cluster.versions.lock().see(c);
+                    }
+                }
                 // Down (or cut off): it gets the registration from the others when it is
                 // back (the registrations digest), as a primary added later does.
                 Err(e) if e == self.cluster.unanswered(&shard) => {
@@ -153,181 +177,358 @@ impl Engine {
     }
 
     /// After a change of registrations or packages here (not one applied from another
-    /// primary or from this node's own primary): pushes the state to every primary. With
-    /// `wait`, returns once they applied it (or after the idle limit).
+    /// primary or from this node's own primary): pushes every item to every primary. With
+    /// `wait`, returns once they applied it (or after the idle limit). Never blocks on the
+    /// data lock: the main thread may call it.
     pub fn cluster_publish(self: &Arc<Self>, wait: bool) {
-        let Some(peers) = self.cluster_peers() else { return };
-        let stamp = {
-            let mut s = self.cluster.stamp.lock();
-            s.epoch += 1;
-            s.origin = self.host.shard_id();
-            s.clone()
-        };
-        let q = Query::Custom { name: ADOPT.into(), args: vec![int(stamp.epoch), Value::String(stamp.origin), Value::Bytes(encode_state(self))] };
-        if wait {
-            for (shard, a) in self.ask_peers(&peers, q) {
-                if let Err(e) = a {
-                    self.host.log(LogLevel::Warning, &format!("rg: shard {} did not apply the registrations (it catches up later): {e}", self.cluster.describe(&shard)));
-                }
+        if self.cluster_peers().is_none() {
+            return;
+        }
+        if !wait {
+            self.sync_job(SyncJob::Publish(None));
+            return;
+        }
+        let (tx, rx) = mpsc::channel();
+        self.sync_job(SyncJob::Publish(Some(tx)));
+        for (shard, a) in rx.recv_timeout(self.cluster.idle_limit() + Duration::from_secs(2)).unwrap_or_default() {
+            if let Err(e) = a {
+                self.host.log(LogLevel::Warning, &format!("rg: shard {} did not apply the registrations (it catches up later): {e}", self.cluster.describe(&shard)));
             }
-        } else {
-            self.cluster.query(&peers, q, Box::new(|_| {}));
         }
     }
 
-    /// Applies another primary's registrations state if it is newer than this one's.
-    fn adopt(self: &Arc<Self>, stamp: Stamp, state: &[u8]) -> Result<(), String> {
-        let _one = APPLYING.lock();
-        if stamp <= *self.cluster.stamp.lock() {
-            return Ok(());
-        }
-        let (packages, sessions) = decode_state(state)?;
-        let no_data: Arc<dyn Host> = Arc::new(NoDataHost { shard_id: self.host.shard_id() });
-        // Packages first: sessions import them.
-        for p in &packages {
-            if self.packages.get(&p.language, &p.name).is_none_or(|cur| cur.source != p.source || cur.owner != p.owner) {
-                if let Err(e) = self.packages.load(p.clone(), true) {
-                    self.host.log(LogLevel::Warning, &format!("rg: package '{}' from another shard: {e}", p.name));
-                    continue;
-                }
-                let mut args: Vec<&[u8]> = vec![b"RG.PACKAGE", b"LOAD", p.language.as_bytes(), p.name.as_bytes(), p.source.as_bytes(), b"REPLACE"];
-                if let Some(o) = &p.owner {
-                    args.extend([b"OWNER".as_slice(), o.as_bytes()]);
-                }
-                self.host.lock(0).replicate(&args);
-            }
-        }
-        for def in &sessions {
-            let blob = def.encode();
-            if self.sessions.get(&def.id).is_some_and(|s| SessionDef::of(&s).encode() == blob) {
-                continue;
-            }
-            // Rebuilt off the lock; installed (and sent to replicas and the AOF) under it.
-            match self.rebuild_registrations(def, no_data.clone(), None) {
-                Ok((language, specs, imports)) => {
-                    let locked = self.host.lock(def.db);
-                    if let Err(e) = self.sessions.install(def, language, specs, imports, crate::Replace::Any) {
-                        self.host.log(LogLevel::Warning, &format!("rg: session '{}' from another shard: {e}", def.id));
-                        continue;
+    /// Queues work for this node's sync thread (started on first use).
+    pub(crate) fn sync_job(self: &Arc<Self>, job: SyncJob) {
+        let mut slot = self.cluster.sync_jobs.lock();
+        if slot.is_none() {
+            let (tx, rx) = mpsc::channel::<SyncJob>();
+            let weak = Arc::downgrade(self);
+            let started = std::thread::Builder::new().name("rg-cluster-sync".into()).spawn(move || {
+                while let Ok(job) = rx.recv() {
+                    let Some(engine) = weak.upgrade() else { return };
+                    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| engine.run_sync_job(job))).is_err() {
+                        engine.host.log(LogLevel::Warning, "rg: internal error while syncing the registrations with the other primaries");
                     }
-                    locked.replicate(&[SESSION_LOAD.as_bytes(), &blob]);
                 }
-                Err(e) => {
-                    let locked = self.host.lock(def.db);
-                    let lang = self.language(&def.language).map(|l| l.name()).unwrap_or("unknown");
-                    self.sessions.install_unbuilt(def, lang, Some(e));
-                    locked.replicate(&[SESSION_LOAD.as_bytes(), &blob]);
+            });
+            if started.is_err() {
+                self.host.log(LogLevel::Warning, "rg: no thread to sync the registrations with the other primaries");
+                return;
+            }
+            *slot = Some(tx);
+        }
+        if let Some(tx) = slot.as_ref() {
+            let _ = tx.send(job);
+        }
+    }
+
+    fn run_sync_job(self: &Arc<Self>, job: SyncJob) {
+        match job {
+            SyncJob::Publish(answers) => {
+                self.record_local_changes();
+                self.push_items(answers);
+            }
+            SyncJob::Adopt { from, id, clock, state } => {
+                self.cluster.versions.lock().see(clock);
+                let answer = decode_entries(&state).and_then(|entries| self.merge(entries));
+                self.cluster.send(&from, &Message::Reply { id, answer: answer.map(|_| Value::Nil) }, false);
+            }
+            SyncJob::Digest { from, digest, clock } => {
+                self.cluster.versions.lock().see(clock);
+                if self.local_signature_changed() && self.record_local_changes() {
+                    self.push_items(None);
+                }
+                if digest != self.cluster.versions.lock().digest() {
+                    self.fetch_items(&from);
                 }
             }
+            SyncJob::Merge(state) => {
+                if let Err(e) = decode_entries(&state).and_then(|entries| self.merge(entries)) {
+                    self.host.log(LogLevel::Warning, &format!("rg: the registrations of another shard could not be applied: {e}"));
+                }
+            }
+            SyncJob::Tick => {
+                let Some(peers) = self.cluster_peers() else { return };
+                if self.local_signature_changed() && self.record_local_changes() {
+                    self.push_items(None);
+                }
+                let v = self.cluster.versions.lock();
+                let q = Query::Custom { name: DIGEST.into(), args: vec![int(v.digest()), int(v.clock)] };
+                drop(v);
+                self.cluster.query(&peers, q, Box::new(|_| {}));
+            }
+        }
+    }
+
+    /// The items here now: key → (content hash, content).
+    fn local_items(&self) -> BTreeMap<String, (u64, Vec<u8>)> {
+        let mut out = BTreeMap::new();
+        for p in self.packages.all().into_iter().filter(|p| !p.builtin) {
+            let b = Content::Package(p.clone()).encode();
+            out.insert(package_key(&p.language, &p.name), (fnv(&b), b));
         }
         for s in self.sessions.all() {
-            if !sessions.iter().any(|d| d.id == s.id) {
-                let locked = self.host.lock(s.db);
-                if self.sessions.drop_session(&s.id).is_ok() {
-                    locked.replicate(&[b"RG.SESSIONDROP", s.id.as_bytes()]);
-                }
-            }
+            let b = Content::Session(SessionDef::shared(&s)).encode();
+            out.insert(session_key(&s.id), (fnv(&b), b));
         }
+        out
+    }
+
+    /// A cheap fingerprint of the registrations (no script is encoded): when it moved, a
+    /// change may not have been recorded yet.
+    fn local_signature_changed(&self) -> bool {
+        let mut b = Vec::new();
         for p in self.packages.all().into_iter().filter(|p| !p.builtin) {
-            if !packages.iter().any(|q| q.language == p.language && q.name == p.name) {
-                let importers = self.sessions.importers(Some(&p.language), &p.name);
-                if self.packages.delete(Some(&p.language), &p.name, &importers).is_ok() {
-                    self.host.lock(0).replicate(&[b"RG.PACKAGE", b"DELETE", p.name.as_bytes()]);
-                }
+            b.extend_from_slice(p.language.as_bytes());
+            b.extend_from_slice(p.name.as_bytes());
+            b.extend_from_slice(p.hash().as_bytes());
+            b.extend_from_slice(p.owner.as_deref().unwrap_or("").as_bytes());
+            b.push(0);
+        }
+        for s in self.sessions.all() {
+            b.extend_from_slice(s.id.as_bytes());
+            b.extend_from_slice(&s.version.to_le_bytes());
+            for r in &s.registrations {
+                b.extend_from_slice(&(r.index as u64).to_le_bytes());
+                b.push(r.paused.load(Ordering::Relaxed) as u8 | (r.halted.load(Ordering::Relaxed) as u8) << 1);
             }
+            b.push(0);
         }
-        *self.cluster.stamp.lock() = stamp;
-        if let Some(r) = self.recipes.get() {
-            r.sessions_changed(self);
-        }
-        self.kick_streams();
-        Ok(())
+        let sig = fnv(&b);
+        self.cluster.signature.swap(sig, Ordering::Relaxed) != sig
     }
 
-    /// The engine's own cluster queries; None for the module's.
-    pub(crate) fn answer_own_query(self: &Arc<Self>, from: &str, id: u64, name: &str, args: Vec<Value>) -> bool {
-        match name {
-            PREPARE | ADOPT => {
-                // Both rebuild scripts and take the data lock: off the main thread.
-                let engine = self.clone();
-                let (sender, name) = (from.to_string(), name.to_string());
-                let spawned = std::thread::Builder::new().name("rg-cluster-sync".into()).spawn(move || {
-                    let answer = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        if name == PREPARE {
-                            engine.check_prepared(&args)
-                        } else {
-                            match (get_u64(args.first()), args.get(1).and_then(|o| o.as_str_lossy()), args.get(2).and_then(|s| s.as_bytes())) {
-                                (Some(epoch), Some(origin), Some(state)) => engine.adopt(Stamp { epoch, origin }, &state),
-                                _ => Err("malformed registrations state".into()),
-                            }
-                        }
-                    }))
-                    .unwrap_or_else(|_| Err("internal error while checking the registrations".into()));
-                    engine.cluster.send(&sender, &Message::Reply { id, answer: answer.map(|()| Value::Nil) }, false);
-                });
-                if spawned.is_err() {
-                    self.cluster.send(from, &Message::Reply { id, answer: Err("no thread to check the registrations".into()) }, false);
-                }
-                true
-            }
-            DIGEST => {
-                self.cluster.send(from, &Message::Reply { id, answer: Ok(Value::Nil) }, false);
-                if let (Some(epoch), Some(origin), Some(digest), Some(size)) = (get_u64(args.first()), args.get(1).and_then(|o| o.as_str_lossy()), get_u64(args.get(2)), get_u64(args.get(3))) {
-                    self.compare_digest(from, Stamp { epoch, origin }, digest, size);
-                }
-                true
-            }
-            STATE => {
-                let stamp = self.cluster.stamp.lock().clone();
-                let v = Value::Array(vec![int(stamp.epoch), Value::String(stamp.origin), Value::Bytes(encode_state(self))]);
-                self.cluster.send(from, &Message::Reply { id, answer: Ok(v) }, false);
-                true
-            }
-            _ => false,
-        }
-    }
-
-    /// Tells every other primary where this one's registrations stand (each second).
-    pub(crate) fn send_digest(&self) {
-        let Some(peers) = self.cluster_peers() else { return };
-        let state = encode_state(self);
-        let stamp = self.cluster.stamp.lock().clone();
-        let q = Query::Custom { name: DIGEST.into(), args: vec![int(stamp.epoch), Value::String(stamp.origin), int(fnv(&state)), int(state.len() as u64)] };
-        self.cluster.query(&peers, q, Box::new(|_| {}));
-    }
-
-    /// A peer's digest: fetch its state when it is ahead. Equal stamps with different
-    /// contents (a node restarted from an older file that had the same epoch) are settled
-    /// by the larger state, then the larger digest.
-    fn compare_digest(self: &Arc<Self>, from: &str, theirs: Stamp, digest: u64, size: u64) {
-        let mine = self.cluster.stamp.lock().clone();
-        let state = encode_state(self);
-        let ahead = match theirs.cmp(&mine) {
-            std::cmp::Ordering::Greater => true,
-            std::cmp::Ordering::Less => false,
-            std::cmp::Ordering::Equal => fnv(&state) != digest && (size, digest) > (state.len() as u64, fnv(&state)),
+    /// Gives every item changed or dropped here since it was last recorded a new version
+    /// (sent to replicas and the AOF with the versions). Returns whether any changed.
+    fn record_local_changes(&self) -> bool {
+        let _ = self.local_signature_changed();
+        let hashes: BTreeMap<String, u64> = self.local_items().into_iter().map(|(k, (h, _))| (k, h)).collect();
+        let me = self.host.shard_id();
+        let blob = {
+            let mut v = self.cluster.versions.lock();
+            v.stamp_local(&hashes, &me).then(|| v.encode())
         };
-        if !ahead || !self.cluster.begin_fetch(from) {
+        match blob {
+            Some(b) => {
+                self.host.lock(0).replicate(&[VERSIONS_COMMAND.as_bytes(), &b]);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Every item with its version, and the content of those present here.
+    fn encode_items(&self) -> Vec<u8> {
+        let local = self.local_items();
+        let versions = self.cluster.versions.lock().clone();
+        let entries: Vec<Entry> = versions
+            .items
+            .into_iter()
+            .map(|(key, version)| {
+                // Present but not here (it could not be installed): sent without content,
+                // which the others skip.
+                let content = version.present.then(|| local.get(&key).filter(|(h, _)| *h == version.hash).map(|(_, c)| c.clone())).flatten();
+                Entry { key, version, content }
+            })
+            .collect();
+        encode_entries(&entries)
+    }
+
+    fn push_items(&self, answers: Option<mpsc::Sender<Answers>>) {
+        let Some(peers) = self.cluster_peers() else {
+            if let Some(tx) = answers {
+                let _ = tx.send(Vec::new());
+            }
+            return;
+        };
+        let clock = self.cluster.versions.lock().clock;
+        let q = Query::Custom { name: ADOPT.into(), args: vec![int(clock), Value::Bytes(self.encode_items())] };
+        self.cluster.query(&peers, q, Box::new(move |a| {
+            if let Some(tx) = answers {
+                let _ = tx.send(a);
+            }
+        }));
+    }
+
+    /// Asks `from` for its items (one fetch at a time per peer) and merges them.
+    fn fetch_items(self: &Arc<Self>, from: &str) {
+        if !self.cluster.begin_fetch(from) {
             return;
         }
         let engine = self.clone();
         let from_id = from.to_string();
         self.cluster.query(&[from.to_string()], Query::Custom { name: STATE.into(), args: vec![] }, Box::new(move |answers| {
             engine.cluster.end_fetch(&from_id);
-            let Some((_, Ok(Value::Array(v)))) = answers.into_iter().next() else { return };
-            let (Some(epoch), Some(origin), Some(state)) = (get_u64(v.first()), v.get(1).and_then(|o| o.as_str_lossy()), v.get(2).and_then(|s| s.as_bytes())) else { return };
-            let state = state.into_owned();
-            let e = engine.clone();
-            let _ = std::thread::Builder::new().name("rg-cluster-sync".into()).spawn(move || {
-                let stamp = Stamp { epoch, origin };
-                // Equal stamps, different states: the peer's wins (see above).
-                if stamp == *e.cluster.stamp.lock() {
-                    e.cluster.stamp.lock().epoch = stamp.epoch.saturating_sub(1);
+            if let Some((_, Ok(Value::Array(v)))) = answers.into_iter().next() {
+                if let (Some(clock), Some(state)) = (get_u64(v.first()), v.get(1).and_then(|s| s.as_bytes())) {
+                    engine.cluster.versions.lock().see(clock);
+                    engine.sync_job(SyncJob::Merge(state.into_owned()));
                 }
-                if let Err(err) = e.adopt(stamp, &state) {
-                    e.host.log(LogLevel::Warning, &format!("rg: the registrations of another shard could not be applied: {err}"));
-                }
-            });
+            }
         }));
+    }
+
+    /// Applies the items of another primary whose versions are greater than this one's:
+    /// packages loaded first (sessions import them), then sessions installed and dropped,
+    /// then packages deleted. Each is sent to replicas and the AOF, then the versions.
+    fn merge(self: &Arc<Self>, entries: Vec<Entry>) -> Result<usize, String> {
+        // Changes made here first get their versions, to be compared with these.
+        self.record_local_changes();
+        let newer: Vec<Entry> = {
+            let v = self.cluster.versions.lock();
+            entries.into_iter().filter(|e| v.is_newer(&e.key, &e.version) && (!e.version.present || e.content.is_some())).collect()
+        };
+        if newer.is_empty() {
+            return Ok(0);
+        }
+        let local = self.local_items();
+        let same = |e: &Entry| e.version.present && local.get(&e.key).is_some_and(|(h, _)| *h == e.version.hash);
+        let no_data: Arc<dyn Host> = Arc::new(NoDataHost { shard_id: self.host.shard_id() });
+        let is_package = |e: &Entry| e.key.starts_with("package:");
+        for e in newer.iter().filter(|e| is_package(e) && e.version.present && !same(e)) {
+            let p = decode_package(e.content.as_deref().unwrap_or_default())?;
+            if let Err(err) = self.packages.load(p.clone(), true) {
+                self.host.log(LogLevel::Warning, &format!("rg: package '{}' from another shard: {err}", p.name));
+                continue;
+            }
+            self.replicate_package_load(&p);
+        }
+        for e in newer.iter().filter(|e| !is_package(e) && e.version.present && !same(e)) {
+            let def = SessionDef::decode(e.content.as_deref().unwrap_or_default())?;
+            self.install_shared(def, &no_data);
+        }
+        for e in newer.iter().filter(|e| !is_package(e) && !e.version.present) {
+            let Some(id) = e.key.strip_prefix("session:") else { continue };
+            if let Some(s) = self.sessions.get(id) {
+                let locked = self.host.lock(s.db);
+                if self.sessions.drop_session(id).is_ok() {
+                    locked.replicate(&[b"RG.SESSIONDROP", id.as_bytes()]);
+                }
+            }
+        }
+        for e in newer.iter().filter(|e| is_package(e) && !e.version.present) {
+            let Some((language, name)) = e.key.strip_prefix("package:").and_then(|k| k.split_once(':')) else { continue };
+            if self.packages.get(language, name).is_none() {
+                continue;
+            }
+            let importers = self.sessions.importers(Some(language), name);
+            match self.packages.delete(Some(language), name, &importers) {
+                Ok(_) => {
+                    // RG.PACKAGE DELETE takes every language of the name: the others are
+                    // loaded again after it.
+                    self.host.lock(0).replicate(&[b"RG.PACKAGE", b"DELETE", name.as_bytes()]);
+                    for other in self.packages.all().into_iter().filter(|p| !p.builtin && p.name == name) {
+                        self.replicate_package_load(&other);
+                    }
+                }
+                Err(err) => self.host.log(LogLevel::Warning, &format!("rg: package '{name}' deleted on another shard: {err}")),
+            }
+        }
+        let n = newer.len();
+        let blob = {
+            let mut v = self.cluster.versions.lock();
+            for e in newer {
+                v.record(&e.key, e.version);
+            }
+            v.prune();
+            v.encode()
+        };
+        self.host.lock(0).replicate(&[VERSIONS_COMMAND.as_bytes(), &blob]);
+        // What was applied is recorded: not a change made here.
+        let _ = self.local_signature_changed();
+        if let Some(r) = self.recipes.get() {
+            r.sessions_changed(self);
+        }
+        self.kick_streams();
+        Ok(n)
+    }
+
+    fn replicate_package_load(&self, p: &Package) {
+        let mut args: Vec<&[u8]> = vec![b"RG.PACKAGE", b"LOAD", p.language.as_bytes(), p.name.as_bytes(), p.source.as_bytes(), b"REPLACE"];
+        if let Some(o) = &p.owner {
+            args.extend([b"OWNER".as_slice(), o.as_bytes()]);
+        }
+        self.host.lock(0).replicate(&args);
+    }
+
+    /// Installs a session another primary shared, keeping this shard's stream positions.
+    /// Rebuilt off the lock; installed (and sent to replicas and the AOF) under it.
+    fn install_shared(&self, mut def: SessionDef, no_data: &Arc<dyn Host>) {
+        def.positions = self.sessions.get(&def.id).map(|s| SessionDef::of(&s).positions).unwrap_or_default();
+        let session = match self.rebuild_registrations(&def, no_data.clone(), None) {
+            Ok((language, specs, imports)) => {
+                let locked = self.host.lock(def.db);
+                match self.sessions.install(&def, language, specs, imports, crate::Replace::Any) {
+                    Ok(s) => Some((locked, s)),
+                    Err(e) => {
+                        self.host.log(LogLevel::Warning, &format!("rg: session '{}' from another shard: {e}", def.id));
+                        None
+                    }
+                }
+            }
+            Err(e) => {
+                let locked = self.host.lock(def.db);
+                let lang = self.language(&def.language).map(|l| l.name()).unwrap_or("unknown");
+                Some((locked, self.sessions.install_unbuilt(&def, lang, Some(e))))
+            }
+        };
+        if let Some((locked, s)) = session {
+            locked.replicate(&[SESSION_LOAD.as_bytes(), &SessionDef::of(&s).encode()]);
+        }
+    }
+
+    /// The engine's own cluster queries; false for the module's.
+    pub(crate) fn answer_own_query(self: &Arc<Self>, from: &str, id: u64, name: &str, args: Vec<Value>) -> bool {
+        match name {
+            PREPARE => {
+                // Rebuilds the script and takes the data lock: off the main thread.
+                let engine = self.clone();
+                let sender = from.to_string();
+                let spawned = std::thread::Builder::new().name("rg-cluster-check".into()).spawn(move || {
+                    let answer = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| engine.check_prepared(&args)))
+                        .unwrap_or_else(|_| Err("internal error while checking the registrations".into()));
+                    let clock = engine.cluster.versions.lock().clock;
+                    engine.cluster.send(&sender, &Message::Reply { id, answer: answer.map(|()| int(clock)) }, false);
+                });
+                if spawned.is_err() {
+                    self.cluster.send(from, &Message::Reply { id, answer: Err("no thread to check the registrations".into()) }, false);
+                }
+                true
+            }
+            ADOPT => {
+                match (get_u64(args.first()), args.get(1).and_then(|s| s.as_bytes())) {
+                    (Some(clock), Some(state)) => self.sync_job(SyncJob::Adopt { from: from.to_string(), id, clock, state: state.into_owned() }),
+                    _ => self.cluster.send(from, &Message::Reply { id, answer: Err("malformed registrations state".into()) }, false),
+                }
+                true
+            }
+            DIGEST => {
+                self.cluster.send(from, &Message::Reply { id, answer: Ok(Value::Nil) }, false);
+                if let (Some(digest), Some(clock)) = (get_u64(args.first()), get_u64(args.get(1))) {
+                    self.sync_job(SyncJob::Digest { from: from.to_string(), digest, clock });
+                }
+                true
+            }
+            STATE => {
+                // Off the main thread (it encodes every script); answered from the sync
+                // thread after what is queued there.
+                let engine = self.clone();
+                let sender = from.to_string();
+                let _ = std::thread::Builder::new().name("rg-cluster-state".into()).spawn(move || {
+                    let clock = engine.cluster.versions.lock().clock;
+                    let v = Value::Array(vec![int(clock), Value::Bytes(engine.encode_items())]);
+                    engine.cluster.send(&sender, &Message::Reply { id, answer: Ok(v) }, false);
+                });
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Each second (the coordinator's tick): record what changed here, tell the others.
+    pub(crate) fn send_digest(self: &Arc<Self>) {
+        if self.cluster_peers().is_some() {
+            self.sync_job(SyncJob::Tick);
+        }
     }
 }
