@@ -696,12 +696,26 @@ fn a_registration_made_while_a_primary_is_down_reaches_it_when_it_comes_back() {
     for (lang, id) in LANGS.iter().zip(&base) {
         assert_eq!(cluster.cmd(p[1], &["RG.DROPSESSION", id]), "OK", "{lang}");
     }
+    // Once the cluster flags it as failing, a registration does not wait for it (it
+    // would wait rg.execution-max-idle-time, 5 s, to check and 5 s more to install).
+    let port = cluster.nodes[down].port;
+    wait_until(30, &format!("node {} to see node {down} flagged failing", p[0]), || {
+        let view = cluster.view(p[0]);
+        match view.iter().find(|n| n.port == port) {
+            Some(n) if n.flags.iter().any(|f| f == "fail" || f == "fail?") => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+    // The module reads CLUSTER NODES each second; at once with RG.REFRESHCLUSTER.
+    assert_eq!(cluster.cmd(p[0], &["RG.REFRESHCLUSTER"]), "OK");
     let mut replies = Vec::new();
     for (lang, id) in LANGS.iter().zip(&later) {
         let prefix = format!("{lang}wd:");
         let t = Instant::now();
         let got = cluster.exec(p[0], lang, &counter(lang, &prefix, &format!("n:{prefix}"), "1", "sync"), &["ID", id]);
-        eprintln!("{lang}: RG.EXEC with node {down} down answered in {:?}: {got}", t.elapsed());
+        let took = t.elapsed();
+        eprintln!("{lang}: RG.EXEC with node {down} down answered in {took:?}: {got}");
+        assert!(took < Duration::from_millis(4000), "{lang}: RG.EXEC waited {took:?} for a primary flagged failing");
         replies.push((lang, got));
     }
     cluster.nodes[down].restart();

@@ -13,6 +13,9 @@ use std::sync::mpsc::{channel, Sender};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+/// Every engine made, for the dump of a run that hangs.
+static ALL: Mutex<Vec<Weak<Engine>>> = Mutex::new(Vec::new());
+
 const IDS: [&str; 3] = ["aaaa", "bbbb", "cccc"];
 const RANGES: [(u16, u16); 3] = [(0, 5460), (5461, 10922), (10923, 16383)];
 
@@ -104,6 +107,7 @@ impl Cluster {
             let host = Arc::new(ShardHost { mem: MemoryHost::new(), id: id.to_string(), topology: Arc::new(Topology::new(id.to_string(), shards.clone())), bus: bus.clone() });
             let e = engine_over(host.clone(), idle_ms);
             bus.engines.lock().insert(id.to_string(), Arc::downgrade(&e));
+            ALL.lock().push(Arc::downgrade(&e));
             engines.push(e);
             hosts.push(host);
         }
@@ -161,7 +165,10 @@ impl Drop for Cluster {
 fn run(e: &Arc<Engine>, lang: &str, source: &str) -> Result<Vec<Value>, String> {
     let req = ExecRequest { language: lang.into(), source: source.into(), args: vec![], id: None, description: None, user: None, db: 0, upgrade: false, admin: true };
     let exec = e.submit(req).map_err(|e| e.to_string())?;
-    assert!(exec.wait(Duration::from_secs(30)), "the execution did not finish");
+    if !exec.wait(Duration::from_secs(30)) {
+        let dump: Vec<String> = ALL.lock().iter().filter_map(Weak::upgrade).map(|o| format!("{}:\n{}", o.host.shard_id(), o.cluster.debug_parts())).collect();
+        panic!("the execution {} did not finish; the parts: {}", exec.id, dump.join("\n"));
+    }
     match exec.outcome() {
         Some(Outcome::Records { mut results, errors }) => {
             assert!(errors.is_empty(), "{errors:?}");

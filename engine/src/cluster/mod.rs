@@ -528,6 +528,34 @@ impl Coordinator {
         self.mail_room.notify_all();
     }
 
+    /// The parts here and where each stands (for tests that need to say why a run hangs).
+    #[doc(hidden)]
+    pub fn debug_parts(&self) -> String {
+        let mut out = String::new();
+        for p in self.parts.lock().values() {
+            let st = p.state.lock();
+            let inbound: Vec<String> = st
+                .inbound
+                .iter()
+                .map(|(b, i)| format!("b{b}: queue {} seen {:?} ends {:?}", i.queue.len(), i.seen.iter().map(|(k, v)| (k.clone(), v.len())).collect::<Vec<_>>(), i.ends))
+                .collect();
+            let outbound: Vec<String> = st.outbound.iter().map(|((to, b), o)| format!("to {to} b{b}: {} batches, end {}", o.batches.len(), o.end.is_some())).collect();
+            out.push_str(&format!(
+                "{} (initiator {}): running {} failure {:?} unstarted {:?} finished {:?} inbound [{}] outbound [{}]\n",
+                p.exec,
+                p.initiator,
+                st.running,
+                st.failure,
+                st.unstarted,
+                st.finished,
+                inbound.join("; "),
+                outbound.join("; ")
+            ));
+        }
+        out.push_str(&format!("early: {:?}\n", self.early.lock().iter().map(|(k, (_, v))| (k.clone(), v.len())).collect::<Vec<_>>()));
+        out
+    }
+
     /// Executions with a part on this shard right now, and messages held for parts not
     /// started yet (INFO).
     pub fn counts(&self) -> (usize, usize) {

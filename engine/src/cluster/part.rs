@@ -54,6 +54,9 @@ pub(crate) struct PartState {
     pub last_alive: Option<Instant>,
     /// Participants whose parts are over.
     pub finished: HashSet<String>,
+    /// Boundaries whose records were all taken: messages sent again about them are not
+    /// kept (an `End` is confirmed again).
+    pub closed: HashSet<u32>,
 }
 
 impl Part {
@@ -77,6 +80,7 @@ impl Part {
                 finished_at: None,
                 last_alive: None,
                 finished: HashSet::new(),
+                closed: HashSet::new(),
             }),
             wake: Condvar::new(),
         }
@@ -103,6 +107,10 @@ impl Part {
         st.heard.insert(from.to_string(), Instant::now());
         let mut reply = Vec::new();
         match m {
+            Message::Records { boundary, .. } if st.closed.contains(&boundary) => {}
+            Message::End { boundary, .. } if st.closed.contains(&boundary) => {
+                reply.push(Message::Got { exec: self.exec.clone(), boundary });
+            }
             Message::Records { boundary, seq, records, .. } => {
                 let inb = st.inbound.entry(boundary).or_default();
                 if inb.seen.entry(from.to_string()).or_default().insert(seq) {

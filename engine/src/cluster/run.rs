@@ -131,7 +131,7 @@ fn receive(
     take: &mut dyn FnMut(Vec<Value>) -> Result<(), ScriptError>,
 ) -> Result<(), ScriptError> {
     loop {
-        let (batches, complete) = {
+        let (batches, done) = {
             let mut st = part.state.lock();
             if let Some(e) = &st.failure {
                 return Err(ScriptError::runtime(e.clone()));
@@ -145,12 +145,17 @@ fn receive(
                 check_abort(cx)?;
                 continue;
             }
-            if complete && batches.is_empty() {
+            // Everything is here and taken: the boundary is closed in the same step, so
+            // that a message sent again meanwhile cannot open it anew (the run then
+            // waited for ends it already had).
+            let done = complete && batches.is_empty();
+            if done {
                 if let Some(inb) = st.inbound.remove(&b) {
                     errors.extend(inb.errors);
                 }
+                st.closed.insert(b);
             }
-            (batches, complete)
+            (batches, done)
         };
         for bytes in batches {
             match codec::decode(&bytes) {
@@ -159,7 +164,7 @@ fn receive(
             }
         }
         check_abort(cx)?;
-        if complete && !part.state.lock().inbound.contains_key(&b) {
+        if done {
             return Ok(());
         }
     }

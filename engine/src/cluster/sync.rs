@@ -126,6 +126,18 @@ impl Engine {
         (!others.is_empty()).then_some(others)
     }
 
+    /// The other primaries worth waiting for: those the cluster flags as failing get what
+    /// they missed from the digests when they are back, so a registration does not wait
+    /// `execution-max-idle-time` for each of them.
+    fn live_peers(&self, peers: Vec<String>) -> Vec<String> {
+        let Some(t) = self.host.topology() else { return peers };
+        let (live, failing): (Vec<String>, Vec<String>) = peers.into_iter().partition(|p| !t.is_failing(p));
+        for f in failing {
+            self.host.log(LogLevel::Notice, &format!("rg: shard {} is flagged as failing: it gets the registrations when it is back", self.cluster.describe(&f)));
+        }
+        live
+    }
+
     /// Asks every other primary `query` and waits (on a worker, never the main thread)
     /// for all answers or the idle limit.
     fn ask_peers(&self, peers: &[String], query: Query) -> Vec<(String, Result<Value, String>)> {
@@ -142,6 +154,7 @@ impl Engine {
     /// change made here next is ordered after everything it has seen.
     pub(crate) fn cluster_prepare(&self, def: &SessionDef, who: &Registrant, upgrade: bool) -> Result<(), String> {
         let Some(peers) = self.cluster_peers() else { return Ok(()) };
+        let peers = self.live_peers(peers);
         let q = Query::Custom {
             name: PREPARE.into(),
             args: vec![Value::Bytes(def.encode()), who.user.map(|u| Value::String(u.to_string())).unwrap_or(Value::Nil), Value::Bool(who.admin), Value::Bool(upgrade)],
@@ -335,7 +348,7 @@ impl Engine {
     }
 
     fn push_items(&self, answers: Option<mpsc::Sender<Answers>>) {
-        let Some(peers) = self.cluster_peers() else {
+        let Some(peers) = self.cluster_peers().map(|p| self.live_peers(p)) else {
             if let Some(tx) = answers {
                 let _ = tx.send(Vec::new());
             }

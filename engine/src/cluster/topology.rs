@@ -25,6 +25,9 @@ pub struct Topology {
     pub me: String,
     /// Sorted by id.
     pub shards: Vec<Shard>,
+    /// Primaries the cluster flags as failing (`fail` or `fail?` in CLUSTER NODES) and
+    /// still serving their slots until a replica takes over.
+    pub failing: Vec<String>,
 }
 
 impl Topology {
@@ -33,12 +36,19 @@ impl Topology {
         for s in shards.iter_mut() {
             s.slots.sort();
         }
-        Topology { me, shards }
+        Topology { me, shards, failing: Vec::new() }
     }
 
     /// The topology `CLUSTER NODES` describes, seen from node `me`.
     pub fn from_cluster_nodes(me: String, nodes: &str) -> Topology {
-        Topology::new(me, primaries_in_cluster_nodes(nodes))
+        let mut t = Topology::new(me, primaries_in_cluster_nodes(nodes));
+        t.failing = failing_in_cluster_nodes(nodes);
+        t
+    }
+
+    /// Is this primary flagged as failing by the cluster?
+    pub fn is_failing(&self, id: &str) -> bool {
+        self.failing.iter().any(|f| f == id)
     }
 
     pub fn shard(&self, id: &str) -> Option<&Shard> {
@@ -136,6 +146,17 @@ pub fn primaries_in_cluster_nodes(nodes: &str) -> Vec<Shard> {
     shards
 }
 
+/// The ids of the nodes flagged `fail` or `fail?`.
+pub fn failing_in_cluster_nodes(nodes: &str) -> Vec<String> {
+    nodes
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            (fields.len() >= 3 && fields[2].split(',').any(|f| f == "fail" || f == "fail?")).then(|| fields[0].to_string())
+        })
+        .collect()
+}
+
 /// The slot of a key: CRC16 (XMODEM) of the key, or of the part between the first `{` and
 /// the next `}` when that part is not empty, modulo 16384 (Redis Cluster's rule).
 pub fn key_slot(key: &[u8]) -> u16 {
@@ -222,6 +243,11 @@ bad line
         assert_eq!(t.shard("292f").unwrap().slots, vec![(10923, 16383)]);
         assert_eq!(t.shard("e7d1").unwrap().slots, vec![(0, 5460), (7, 7), (9, 9)]);
         assert!(t.is_primary() && t.owns_slot(100));
+        // Flagged failing: still the owner of its slots, and known as failing.
+        assert_eq!(t.failing, vec!["aaaa".to_string()]);
+        assert!(t.is_failing("aaaa") && !t.is_failing("67ed"));
+        let suspected = Topology::from_cluster_nodes("e7d1".into(), &text.replace("master - 0 1426238316232", "master,fail? - 0 1426238316232"));
+        assert!(suspected.is_failing("67ed"));
     }
 
     #[test]
