@@ -100,6 +100,7 @@ fn every_rg_command_needs_the_core_command_it_stands_for() {
                 &["RG.EXEC", "lua", "return 1"],
                 &["RG.EXEC", "js", "1"],
                 &["RG.GETEXECUTION", "s"],
+                &["RG.GETEXECUTION", "s", "CLUSTER"],
                 &["RG.DUMPEXECUTIONS"],
                 &["RG.GETRESULTS", "s"],
                 &["RG.GETRESULTSBLOCKING", "s"],
@@ -107,7 +108,7 @@ fn every_rg_command_needs_the_core_command_it_stands_for() {
                 &["RG.ABORTEXECUTION", "s"],
             ],
         ),
-        ("-function|list", "FUNCTION LIST", &[&["RG.DUMPSESSIONS"], &["RG.DUMPSESSIONS", "VERBOSE"], &["RG.DUMPREGISTRATIONS"]]),
+        ("-function|list", "FUNCTION LIST", &[&["RG.DUMPSESSIONS"], &["RG.DUMPSESSIONS", "VERBOSE"], &["RG.DUMPREGISTRATIONS"], &["RG.DUMPREGISTRATIONS", "CLUSTER"]]),
         (
             "-function|delete",
             "FUNCTION DELETE",
@@ -115,6 +116,8 @@ fn every_rg_command_needs_the_core_command_it_stands_for() {
         ),
         ("-fcall", "FCALL", &[&["RG.TRIGGER", "t"], &["RG.TRIGGERONKEY", "t", "k"]]),
         ("-config|get", "CONFIG GET", &[&["RG.CONFIGGET", "script-timeout"]]),
+        // Checked before the command looks at whether the server is a cluster node.
+        ("-cluster|info", "CLUSTER INFO", &[&["RG.INFOCLUSTER"], &["RG.REFRESHCLUSTER"]]),
     ];
     for (rule, core, commands) in refused {
         let name = format!("no{}", rule.trim_start_matches('-').replace('|', ""));
@@ -142,6 +145,10 @@ fn every_rg_command_needs_the_core_command_it_stands_for() {
     assert_eq!(fmt(&cmd(&mut app, &["RG.GETRESULTSBLOCKING", "app-x"])), r#""mine""#);
     assert_eq!(fmt(&cmd(&mut app, &["RG.GETRESULTS", "app-x"])), r#""mine""#);
     assert!(fmt(&cmd(&mut app, &["RG.GETEXECUTION", "app-x"])).contains(r#""status", "done""#));
+    assert!(fmt(&cmd(&mut app, &["RG.GETEXECUTION", "app-x", "CLUSTER"])).contains(r#""status", "done""#));
+    // Not a cluster node: the answers of a single server, to a user allowed CLUSTER INFO.
+    assert_eq!(fmt(&cmd(&mut app, &["RG.INFOCLUSTER"])), "no cluster mode");
+    assert_eq!(fmt(&cmd(&mut app, &["RG.REFRESHCLUSTER"])), "OK");
     assert_eq!(exec(&mut app, "lua", "while true do end", &["UNBLOCKING", "ID", "app-loop"]), r#""app-loop""#);
     common::wait_status(&mut app, "app-loop", "running", Duration::from_secs(10));
     assert_eq!(fmt(&cmd(&mut app, &["RG.ABORTEXECUTION", "app-loop"])), "OK");

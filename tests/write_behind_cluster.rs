@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{canon::fmt, cmd, exec, Server};
+use common::{canon::fmt, cmd, exec};
 use std::time::{Duration, Instant};
 use testdb::Postgres;
 
@@ -12,18 +12,10 @@ fn each_shard_captures_locally_and_every_row_arrives() {
     let pg = Postgres::start();
     pg.sql("CREATE TABLE users (id text PRIMARY KEY, name text)");
     let url = pg.url();
-    let nodes: Vec<Server> = (0..3).map(|_| Server::start_with(&["connection.pg", &url], &["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "5000"])).collect();
-    let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
-    let out = std::process::Command::new("redis-cli").args(["--cluster", "create"]).args(&addrs).args(["--cluster-yes"]).output().expect("redis-cli --cluster create");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    // On ports below 55535 (a node's bus listens on its port + 10000).
+    let cluster = common::cluster::Options::default().module_args(&["connection.pg", url.as_str()]).start();
+    let nodes = &cluster.nodes;
     let mut conns: Vec<redis::Connection> = nodes.iter().map(|n| n.conn()).collect();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    for c in conns.iter_mut() {
-        while !fmt(&cmd(c, &["CLUSTER", "INFO"])).contains("cluster_state:ok") {
-            assert!(Instant::now() < deadline, "the cluster never became ok");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
     // Registered once, on one primary: every primary gets the recipe and runs its own
     // consumer.
     let code = "import { writeBehind, postgres } from 'gears/recipes';\nwriteBehind({ name: 'users', prefix: 'user:', target: postgres({ connection: 'pg', table: 'users' }), flushMs: 10 });";

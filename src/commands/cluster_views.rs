@@ -90,13 +90,23 @@ pub fn registrations(answers: Vec<(String, Result<Value, String>)>) -> Value {
     ])
 }
 
-/// Adds the integer fields of `fields` (and of nested maps, as `outer.inner`) to `acc`.
+/// Fields that are the same setting on every shard, or a time that does not add up: the
+/// largest is kept instead of the sum.
+const MAX_NOT_SUM: [&str; 3] = ["maxBacklog", "lagMs", "elapsedMs"];
+
+/// Adds the integer counters of `fields` (and of nested maps, as `outer.inner`) to `acc`;
+/// the registration's arguments (`args`: its settings) are not counters and are left out.
 fn sum_into(acc: &mut Vec<(Value, Value)>, fields: &[(Value, Value)], prefix: &str) {
     for (k, v) in fields {
         let Some(name) = k.as_str_lossy() else { continue };
+        if prefix.is_empty() && name == "args" {
+            continue;
+        }
+        let largest = MAX_NOT_SUM.contains(&name.as_str());
         let name = if prefix.is_empty() { name } else { format!("{prefix}.{name}") };
         match v {
             Value::Int(n) => match acc.iter_mut().find(|(k, _)| k.as_str_lossy().as_deref() == Some(name.as_str())) {
+                Some((_, Value::Int(t))) if largest => *t = (*t).max(*n),
                 Some((_, Value::Int(t))) => *t = t.saturating_add(*n),
                 Some(_) => {}
                 None => acc.push((Value::String(name), Value::Int(*n))),

@@ -182,10 +182,16 @@ impl Engine {
         let [def, user, admin, upgrade] = args else { return Err("malformed prepare".into()) };
         let def = SessionDef::decode(&def.as_bytes().ok_or("malformed prepare")?)?;
         let user = user.as_str_lossy().filter(|_| !matches!(user, Value::Nil));
-        let who = Registrant { user: user.as_deref(), admin: matches!(admin, Value::Bool(true)) };
         let no_data: Arc<dyn Host> = Arc::new(NoDataHost { shard_id: self.host.shard_id() });
         let (_, specs, _) = self.rebuild_registrations(&def, no_data, None)?;
         let locked = self.host.lock(def.db);
+        // Whether the user is an admin (hooks) is this node's ACL's answer, as every
+        // other right checked here.
+        let admin = match user.as_deref() {
+            Some(u) => crate::is_admin(&*locked, u),
+            None => matches!(admin, Value::Bool(true)),
+        };
+        let who = Registrant { user: user.as_deref(), admin };
         self.check_registrations(&*locked, &who, &specs, def.user.as_deref(), Some(&def.id).filter(|_| matches!(upgrade, Value::Bool(true))).map(|s| s.as_str()))
     }
 
