@@ -249,7 +249,12 @@ impl Engine {
             }
             SyncJob::Adopt { from, id, clock, state } => {
                 self.cluster.versions.lock().see(clock);
-                let answer = decode_entries(&state).and_then(|entries| self.merge(entries));
+                // A node that is no longer a primary takes its registrations from its
+                // primary (replication), not from the others.
+                let answer = match self.cluster_peers() {
+                    Some(_) => decode_entries(&state).and_then(|entries| self.merge(entries)),
+                    None => Err("this node is not a primary".into()),
+                };
                 self.cluster.send(&from, &Message::Reply { id, answer: answer.map(|_| Value::Nil) }, false);
             }
             SyncJob::Digest { from, digest, clock } => {
@@ -262,6 +267,9 @@ impl Engine {
                 }
             }
             SyncJob::Merge(state) => {
+                if self.cluster_peers().is_none() {
+                    return;
+                }
                 if let Err(e) = decode_entries(&state).and_then(|entries| self.merge(entries)) {
                     self.host.log(LogLevel::Warning, &format!("rg: the registrations of another shard could not be applied: {e}"));
                 }
