@@ -5,6 +5,9 @@ use engine::{Host, HostError, LockedHost, LogLevel, Value};
 use redis_module::{raw, CallOptionResp, CallOptions, CallOptionsBuilder, Context, ContextGuard, DetachedFromClient, ThreadSafeContext};
 use std::os::raw::c_char;
 
+#[path = "host_keys.rs"]
+mod keys;
+
 pub struct RedisHost {
     shard_id: String,
     /// Calls the module makes for itself (captures, sessions): no user, and writes the
@@ -80,6 +83,9 @@ struct Locked<'a> {
     writes: bool,
     /// When the lock was taken (for the fairness wait of the next one).
     since: std::time::Instant,
+    /// Key reads: the ACL user object for their checks, looked up once per lock (see
+    /// `keys`).
+    acl: std::cell::RefCell<Option<(String, *mut raw::RedisModuleUser)>>,
 }
 
 /// The host of code that runs inside a command or a keyspace event (sync triggers): the
@@ -116,7 +122,7 @@ impl Host for InPlaceHost {
     fn lock(&self, _db: u32) -> Box<dyn LockedHost + '_> {
         // The context is only valid on its own thread, inside its callback.
         assert_eq!(std::thread::current().id(), self.thread, "an in-place host was used on another thread");
-        Box::new(Locked { user: std::cell::RefCell::new(None), ctx: Context::new(self.ctx), guard: None, host: &self.host, writes: self.writes, since: std::time::Instant::now() })
+        Box::new(Locked::new(Context::new(self.ctx), None, &self.host, self.writes))
     }
     fn in_place(&self) -> bool {
         true
@@ -140,7 +146,7 @@ impl Host for RedisHost {
         // SAFETY: the GIL is held; SelectDb only changes this context's database.
         unsafe { raw::RedisModule_SelectDb.unwrap()(guard.ctx, db as i32) };
         let ctx = Context::new(guard.ctx);
-        Box::new(Locked { user: std::cell::RefCell::new(None), ctx, guard: Some((guard, tsc)), host: self, writes: true, since: std::time::Instant::now() })
+        Box::new(Locked::new(ctx, Some((guard, tsc)), self, true))
     }
 
     fn shard_id(&self) -> String {
@@ -219,6 +225,29 @@ impl LockedHost for Locked<'_> {
     fn send(&self, to: &str, payload: &[u8]) -> Result<(), HostError> {
         crate::cluster::send(to, payload)
     }
+
+    /// Through the key API (see `keys`).
+    fn read_key(&self, user: Option<&str>, key: &[u8], read_value: bool) -> Result<Option<engine::KeyRecord>, HostError> {
+        self.read_native(user, key, read_value)
+    }
+
+    fn scan_keys(&self, user: Option<&str>, scan: &mut engine::KeyScan, pattern: &[u8], read_value: bool, budget: engine::ScanBudget) -> Result<Vec<Result<engine::KeyRecord, (Vec<u8>, HostError)>>, HostError> {
+        self.scan_native(user, scan, pattern, read_value, budget)
+    }
+}
+
+impl<'a> Locked<'a> {
+    fn new(ctx: Context, guard: Option<(ContextGuard, ThreadSafeContext<DetachedFromClient>)>, host: &'a RedisHost, writes: bool) -> Locked<'a> {
+        Locked {
+            user: std::cell::RefCell::new(None),
+            ctx,
+            guard,
+            host,
+            writes,
+            since: std::time::Instant::now(),
+            acl: std::cell::RefCell::new(None),
+        }
+    }
 }
 
 impl Locked<'_> {
@@ -293,6 +322,10 @@ impl Locked<'_> {
 
 impl Drop for Locked<'_> {
     fn drop(&mut self) {
+        if let Some((_, u)) = self.acl.borrow_mut().take() {
+            // SAFETY: runs before the guard field drops, so the GIL is still held.
+            unsafe { raw::RedisModule_FreeModuleUser.unwrap()(u) };
+        }
         if let Some((_, u)) = self.user.borrow_mut().take() {
             // SAFETY: runs before the guard field drops, so the GIL is still held.
             unsafe {

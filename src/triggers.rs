@@ -292,7 +292,7 @@ fn read_record(ctx: *mut raw::RedisModuleCtx, host: &dyn engine::Host, db: u32, 
     let engine::Trigger::Keys { read_value, .. } = reg.spec.trigger else { return Some(Value::Nil) };
     let access = save_access(ctx, key);
     let locked = host.lock(db);
-    let read = engine::read_key(&*locked, session.user.as_deref(), key, read_value);
+    let read = locked.read_key(session.user.as_deref(), key, read_value);
     drop(locked);
     restore_access(ctx, key, access);
     let mut record = match read {

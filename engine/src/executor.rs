@@ -2,7 +2,7 @@
 //! through the steps outside the lock.
 
 use crate::plan::{apply_native, Func, GroupMode, Plan, Reader, Step};
-use crate::{read_key, scan, Host, LockedHost, ScriptCalls, ScriptError, Value};
+use crate::{Host, LockedHost, ScriptCalls, ScriptError, Value};
 use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasherDefault;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -366,7 +366,7 @@ fn read_keys(
     batch: usize,
     tx: std::sync::mpsc::SyncSender<Result<Vec<Result<Value, String>>, ScriptError>>,
 ) {
-    let mut cursor = 0u64;
+    let mut scan = crate::KeyScan::default();
     // SCAN may return a key twice (while the table rehashes); a key is one record.
     let mut seen: HashSet<Vec<u8>, BuildHasherDefault<FastHasher>> = HashSet::default();
     loop {
@@ -376,26 +376,29 @@ fn read_keys(
         }
         let step = {
             let locked = host.lock(db);
-            scan(&*locked, user, cursor, pattern, batch).map(|(next, keys)| {
-                let records: Vec<Result<Value, String>> = keys
-                    .into_iter()
-                    .filter(|k| seen.insert(k.clone()))
+            // Bounded by time as well as by count: a slow key (a big hash) or a slow host
+            // cannot hold the lock much longer than a slice.
+            let budget = crate::ScanBudget { keys: batch, until: Instant::now() + LOCK_SLICE };
+            locked.scan_keys(user, &mut scan, pattern, read_value, budget).map(|read| {
+                read.into_iter()
+                    .filter(|r| seen.insert(match r {
+                        Ok(rec) => rec.key.clone(),
+                        Err((k, _)) => k.clone(),
+                    }))
                     // A key the user may not read (or that changed type while being read) is
                     // an error of that record; the run goes on.
-                    .filter_map(|k| match read_key(&*locked, user, &k, read_value) {
-                        Ok(rec) => rec.map(|r| Ok(r.into_value())),
-                        Err(e) => Some(Err(format!("{}: {e}", String::from_utf8_lossy(&k)))),
+                    .map(|r| match r {
+                        Ok(rec) => Ok(rec.into_value()),
+                        Err((k, e)) => Err(format!("{}: {e}", String::from_utf8_lossy(&k))),
                     })
-                    .collect();
-                (next, records)
+                    .collect::<Vec<_>>()
             })
         };
         match step {
-            Ok((next, records)) => {
-                if tx.send(Ok(records)).is_err() || next == 0 {
+            Ok(records) => {
+                if tx.send(Ok(records)).is_err() || scan.done {
                     return;
                 }
-                cursor = next;
                 // The lock is not fair: taking it again at once can starve Redis's main
                 // thread for as long as the scan lasts. A short pause lets it in.
                 std::thread::sleep(LOCK_BREATHER);
@@ -407,6 +410,9 @@ fn read_keys(
         }
     }
 }
+
+/// The longest a reader holds the lock at once (it stops after the key it is reading).
+const LOCK_SLICE: Duration = Duration::from_millis(1);
 
 /// Pause between two lock acquisitions of a reader (about 0.1 s per million keys read
 /// in batches of 500).

@@ -70,6 +70,49 @@ pub trait LockedHost {
     fn send(&self, to: &str, _payload: &[u8]) -> Result<(), HostError> {
         Err(HostError::Other(format!("cannot send to shard '{to}': this is not a cluster node")))
     }
+
+    /// Reads one key (see the free function `read_key`, which this defaults to: commands
+    /// run as `user`). A host may read its data directly instead, giving the same records
+    /// and refusing what `user` could not read with the commands.
+    fn read_key(&self, user: Option<&str>, key: &[u8], read_value: bool) -> Result<Option<KeyRecord>, HostError> {
+        self::read_key(self, user, key, read_value)
+    }
+
+    /// One slice of a walk over the keys matching `pattern` (a SCAN MATCH glob): reads
+    /// keys from where `scan` stands until `budget` is spent or the keyspace is done
+    /// (`scan.done`), and returns them, or for each key `user` may not read (or that could
+    /// not be read) the key and the error. A key may come twice in one walk (SCAN's
+    /// guarantee). The default runs SCAN and reads each key with commands as `user`.
+    fn scan_keys(&self, user: Option<&str>, scan: &mut KeyScan, pattern: &[u8], read_value: bool, budget: ScanBudget) -> Result<Vec<Result<KeyRecord, (Vec<u8>, HostError)>>, HostError> {
+        let (next, keys) = self::scan(self, user, scan.cursor, pattern, budget.keys)?;
+        scan.cursor = next;
+        scan.done = next == 0;
+        Ok(keys
+            .into_iter()
+            .filter_map(|k| match self.read_key(user, &k, read_value) {
+                Ok(r) => r.map(Ok),
+                Err(e) => Some(Err((k, e))),
+            })
+            .collect())
+    }
+}
+
+/// Where a walk over the keyspace stands between two lock acquisitions.
+#[derive(Default)]
+pub struct KeyScan {
+    /// SCAN's cursor (the default `scan_keys`).
+    pub cursor: u64,
+    /// A host's own cursor (the Redis host keeps its module scan cursor here).
+    pub native: Option<Box<dyn std::any::Any + Send>>,
+    pub done: bool,
+}
+
+/// How much of the keyspace one lock acquisition may read: at most `keys` keys, and
+/// stop once `until` has passed (after the key being read).
+#[derive(Clone, Copy, Debug)]
+pub struct ScanBudget {
+    pub keys: usize,
+    pub until: std::time::Instant,
 }
 
 /// A host with no data: scripts rebuilt while the server loads (or on a replica applying
@@ -120,7 +163,7 @@ impl KeyRecord {
     }
 }
 
-fn call_str(h: &dyn LockedHost, user: Option<&str>, args: &[&[u8]]) -> Result<Value, HostError> {
+fn call_str<H: LockedHost + ?Sized>(h: &H, user: Option<&str>, args: &[&[u8]]) -> Result<Value, HostError> {
     h.call(user, args)
 }
 
@@ -142,8 +185,8 @@ fn pairs_to_map(v: Value) -> Value {
 /// `user` (a key the user may not read is a `NoPermission` error). `None` if the key is gone.
 /// Values per type: string -> string; hash -> map; list -> array; set -> array (sorted);
 /// zset -> array of [member, score] by score; stream -> array of [id, {field: value}].
-pub fn read_key(h: &dyn LockedHost, user: Option<&str>, key: &[u8], read_value: bool) -> Result<Option<KeyRecord>, HostError> {
-    let call_str = |h: &dyn LockedHost, args: &[&[u8]]| call_str(h, user, args);
+pub fn read_key<H: LockedHost + ?Sized>(h: &H, user: Option<&str>, key: &[u8], read_value: bool) -> Result<Option<KeyRecord>, HostError> {
+    let call_str = |h: &H, args: &[&[u8]]| call_str(h, user, args);
     let t = match call_str(h, &[b"TYPE", key])? {
         Value::String(s) => s,
         other => other.as_str_lossy().unwrap_or_default(),
@@ -232,7 +275,7 @@ pub fn prefix_pattern(prefix: &[u8]) -> Vec<u8> {
 }
 
 /// One SCAN step: returns the next cursor and the keys of this step.
-pub fn scan(h: &dyn LockedHost, user: Option<&str>, cursor: u64, pattern: &[u8], count: usize) -> Result<(u64, Vec<Vec<u8>>), HostError> {
+pub fn scan<H: LockedHost + ?Sized>(h: &H, user: Option<&str>, cursor: u64, pattern: &[u8], count: usize) -> Result<(u64, Vec<Vec<u8>>), HostError> {
     let c = cursor.to_string();
     let n = count.to_string();
     let reply = call_str(h, user, &[b"SCAN", c.as_bytes(), b"MATCH", pattern, b"COUNT", n.as_bytes()])?;

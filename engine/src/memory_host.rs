@@ -1,6 +1,7 @@
 //! An in-memory `Host`: a small keyspace that speaks the commands the stdlib and tests
 //! use, so engine, stdlib and recipes run (and embed) without Redis.
 
+use crate::glob::glob_match;
 use crate::{Host, HostError, LockedHost, LogLevel, Value};
 use parking_lot::{Mutex, MutexGuard};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
@@ -309,45 +310,3 @@ fn exec(db: &mut Db, cmd: &str, a: &[&[u8]]) -> Result<Value, HostError> {
     }
 }
 
-/// Redis glob matching (`*`, `?`, `[abc]`, `[^a]`, `[a-z]`, `\x`).
-pub fn glob_match(pattern: &[u8], s: &[u8]) -> bool {
-    fn m(p: &[u8], s: &[u8]) -> bool {
-        match p.first() {
-            None => s.is_empty(),
-            Some(b'*') => {
-                let rest = &p[1..];
-                (0..=s.len()).any(|i| m(rest, &s[i..]))
-            }
-            Some(b'?') => !s.is_empty() && m(&p[1..], &s[1..]),
-            Some(b'[') => {
-                let Some(&c) = s.first() else { return false };
-                let mut i = 1;
-                let negate = p.get(1) == Some(&b'^');
-                if negate {
-                    i += 1;
-                }
-                let mut matched = false;
-                while i < p.len() && p[i] != b']' {
-                    if p[i] == b'\\' && i + 1 < p.len() {
-                        matched |= p[i + 1] == c;
-                        i += 2;
-                    } else if i + 2 < p.len() && p[i + 1] == b'-' && p[i + 2] != b']' {
-                        let (lo, hi) = (p[i].min(p[i + 2]), p[i].max(p[i + 2]));
-                        matched |= lo <= c && c <= hi;
-                        i += 3;
-                    } else {
-                        matched |= p[i] == c;
-                        i += 1;
-                    }
-                }
-                if i >= p.len() {
-                    return false;
-                }
-                matched != negate && m(&p[i + 1..], &s[1..])
-            }
-            Some(b'\\') if p.len() > 1 => s.first() == Some(&p[1]) && m(&p[2..], &s[1..]),
-            Some(&c) => s.first() == Some(&c) && m(&p[1..], &s[1..]),
-        }
-    }
-    m(pattern, s)
-}

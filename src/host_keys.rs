@@ -1,0 +1,290 @@
+//! Reading keys through the Module key API: the KeysReader's walk over the keyspace
+//! (`RM_Scan`) and each key's value (`RM_OpenKey` and the type's own access: string DMA,
+//! `RM_ScanKey` for hashes and sets, list, sorted set and stream iterators), with no
+//! command dispatch or reply conversion per key. The records are the ones the commands
+//! gave (`engine::read_key`), and a user reads what the same commands would let it read:
+//! TYPE and the type's read command are checked for each key.
+
+use super::{check_acl, module_user, Locked};
+use engine::{glob_match, HostError, KeyRecord, KeyScan, ScanBudget, Value};
+use redis_module::raw;
+use std::os::raw::{c_char, c_int, c_void};
+
+/// The module scan cursor kept in `KeyScan::native` between lock acquisitions.
+struct Cursor(*mut raw::RedisModuleScanCursor);
+
+// SAFETY: the cursor is plain memory owned by this value; it is used only under the lock
+// and destroyed (a free, no server state) when the walk ends.
+unsafe impl Send for Cursor {}
+
+impl Drop for Cursor {
+    fn drop(&mut self) {
+        // SAFETY: created by ScanCursorCreate, destroyed once.
+        unsafe { raw::RedisModule_ScanCursorDestroy.unwrap()(self.0) }
+    }
+}
+
+/// The bytes of a module string (valid while the string is).
+///
+/// # Safety
+/// `s` must be a live module string.
+unsafe fn bytes<'a>(s: *const raw::RedisModuleString) -> &'a [u8] {
+    let mut len = 0usize;
+    let p = raw::RedisModule_StringPtrLen.unwrap()(s as *mut _, &mut len);
+    if p.is_null() {
+        &[]
+    } else {
+        std::slice::from_raw_parts(p as *const u8, len)
+    }
+}
+
+/// The type name TYPE gives, and the command that reads such a value (and its arguments
+/// after the key), for the ACL check.
+fn kind(t: c_int) -> Option<(&'static str, &'static [u8], &'static [&'static [u8]])> {
+    Some(match t as isize {
+        raw::REDISMODULE_KEYTYPE_STRING => ("string", b"GET", &[]),
+        raw::REDISMODULE_KEYTYPE_HASH => ("hash", b"HGETALL", &[]),
+        raw::REDISMODULE_KEYTYPE_LIST => ("list", b"LRANGE", &[b"0", b"-1"]),
+        raw::REDISMODULE_KEYTYPE_SET => ("set", b"SMEMBERS", &[]),
+        raw::REDISMODULE_KEYTYPE_ZSET => ("zset", b"ZRANGE", &[b"0", b"-1", b"WITHSCORES"]),
+        raw::REDISMODULE_KEYTYPE_STREAM => ("stream", b"XRANGE", &[b"-", b"+"]),
+        _ => return None,
+    })
+}
+
+struct ScanState<'a> {
+    pattern: &'a [u8],
+    names: Vec<Vec<u8>>,
+}
+
+extern "C" fn collect_name(_ctx: *mut raw::RedisModuleCtx, name: *mut raw::RedisModuleString, _key: *mut raw::RedisModuleKey, data: *mut c_void) {
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        // SAFETY: `data` is the ScanState passed to RM_Scan below, alive for the call; the
+        // name is valid during the callback and copied.
+        let st = unsafe { &mut *(data as *mut ScanState) };
+        let n = unsafe { bytes(name) };
+        if glob_match(st.pattern, n) {
+            st.names.push(n.to_vec());
+        }
+    }));
+}
+
+extern "C" fn collect_pair(_key: *mut raw::RedisModuleKey, field: *mut raw::RedisModuleString, value: *mut raw::RedisModuleString, data: *mut c_void) {
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        // SAFETY: `data` is the Vec passed to RM_ScanKey below; the strings are valid during
+        // the callback and copied (the server frees them).
+        let out = unsafe { &mut *(data as *mut Vec<(Value, Value)>) };
+        let f = Value::from_bytes(unsafe { bytes(field) }.to_vec());
+        let v = if value.is_null() { Value::Nil } else { Value::from_bytes(unsafe { bytes(value) }.to_vec()) };
+        out.push((f, v));
+    }));
+}
+
+impl Locked<'_> {
+    /// One slice of a KeysReader walk (see `LockedHost::scan_keys`).
+    pub(super) fn scan_native(&self, user: Option<&str>, scan: &mut KeyScan, pattern: &[u8], read_value: bool, budget: ScanBudget) -> Result<Vec<Result<KeyRecord, (Vec<u8>, HostError)>>, HostError> {
+        if let Some(u) = user {
+            check_acl(&self.ctx, u, &[b"SCAN", b"0"])?;
+        }
+        if !scan.native.as_ref().is_some_and(|n| n.is::<Cursor>()) {
+            // SAFETY: plain allocation.
+            scan.native = Some(Box::new(Cursor(unsafe { raw::RedisModule_ScanCursorCreate.unwrap()() })));
+        }
+        let cursor = scan.native.as_ref().and_then(|n| n.downcast_ref::<Cursor>()).map(|c| c.0).ok_or_else(|| HostError::Other("no scan cursor".into()))?;
+        let mut state = ScanState { pattern, names: Vec::new() };
+        let mut out = Vec::new();
+        let mut read = 0usize;
+        loop {
+            // SAFETY: GIL held, database selected; the callback only copies names (the
+            // keys are read after RM_Scan returns, never while it walks the table).
+            let more = unsafe { raw::RedisModule_Scan.unwrap()(self.ctx.ctx, cursor, Some(collect_name), &mut state as *mut ScanState as *mut c_void) };
+            for name in state.names.drain(..) {
+                read += 1;
+                match self.read_native(user, &name, read_value) {
+                    Ok(Some(r)) => out.push(Ok(r)),
+                    // Expired or deleted meanwhile.
+                    Ok(None) => {}
+                    Err(e) => out.push(Err((name, e))),
+                }
+            }
+            if more == 0 {
+                scan.done = true;
+                break;
+            }
+            if read >= budget.keys || std::time::Instant::now() >= budget.until {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// One key (see `LockedHost::read_key`): None when it does not exist (an expired key
+    /// is deleted as a read would); with `user`, refused as the commands would refuse it.
+    pub(super) fn read_native(&self, user: Option<&str>, key: &[u8], read_value: bool) -> Result<Option<KeyRecord>, HostError> {
+        let ctx = self.ctx.ctx;
+        // SAFETY: GIL held for the whole function (this guard); every string and key
+        // opened here is freed or closed before returning.
+        unsafe {
+            let name = raw::RedisModule_CreateString.unwrap()(ctx, key.as_ptr() as *const c_char, key.len());
+            let mode = (raw::REDISMODULE_READ | raw::REDISMODULE_OPEN_KEY_NOTOUCH) as c_int;
+            let k = raw::RedisModule_OpenKey.unwrap()(ctx, name, mode) as *mut raw::RedisModuleKey;
+            if k.is_null() {
+                raw::RedisModule_FreeString.unwrap()(ctx, name);
+                return Ok(None);
+            }
+            let t = raw::RedisModule_KeyType.unwrap()(k);
+            let result = match kind(t) {
+                None if t as isize == raw::REDISMODULE_KEYTYPE_EMPTY => Ok(None),
+                // A module's type: as the commands give it.
+                None => {
+                    raw::RedisModule_CloseKey.unwrap()(k);
+                    raw::RedisModule_FreeString.unwrap()(ctx, name);
+                    return engine::read_key(self, user, key, read_value);
+                }
+                Some((type_name, command, rest)) => match user.map(|u| self.may_read(u, name, command, rest, read_value)).unwrap_or(Ok(())) {
+                    Err(e) => Err(e),
+                    Ok(()) => {
+                        let value = read_value.then(|| value_of(ctx, k, t as isize));
+                        Ok(Some(KeyRecord { key: key.to_vec(), key_type: type_name.to_string(), value }))
+                    }
+                },
+            };
+            raw::RedisModule_CloseKey.unwrap()(k);
+            raw::RedisModule_FreeString.unwrap()(ctx, name);
+            result
+        }
+    }
+
+    /// May `user` read this key as TYPE and the type's read command would let it? Both
+    /// commands are checked in full for this key (command rules, key patterns, selectors),
+    /// with the user looked up once per lock.
+    fn may_read(&self, user: &str, name: *mut raw::RedisModuleString, command: &[u8], rest: &[&[u8]], read_value: bool) -> Result<(), HostError> {
+        let u = self.acl_user(user)?;
+        let ctx = self.ctx.ctx;
+        let allows = |cmd: &[u8], extra: &[&[u8]]| -> bool {
+            // SAFETY: GIL held; the strings made here are freed before returning; `name`
+            // and the user object outlive the call.
+            unsafe {
+                let create = |b: &[u8]| raw::RedisModule_CreateString.unwrap()(ctx, b.as_ptr() as *const c_char, b.len());
+                let c = create(cmd);
+                let extras: Vec<*mut raw::RedisModuleString> = extra.iter().map(|e| create(e)).collect();
+                let mut argv = vec![c, name];
+                argv.extend(&extras);
+                let ok = raw::RedisModule_ACLCheckCommandPermissions.unwrap()(u, argv.as_mut_ptr(), argv.len() as c_int) == raw::REDISMODULE_OK as c_int;
+                raw::RedisModule_FreeString.unwrap()(ctx, c);
+                for e in extras {
+                    raw::RedisModule_FreeString.unwrap()(ctx, e);
+                }
+                ok
+            }
+        };
+        let refused = |cmd: &str| HostError::NoPermission(format!("User {user} has no permissions to run the '{cmd}' command or to access its keys"));
+        if !allows(b"TYPE", &[]) {
+            return Err(refused("type"));
+        }
+        if read_value && !allows(command, rest) {
+            return Err(refused(&String::from_utf8_lossy(command).to_ascii_lowercase()));
+        }
+        Ok(())
+    }
+
+    /// The ACL user object for key checks, looked up once per lock.
+    fn acl_user(&self, user: &str) -> Result<*mut raw::RedisModuleUser, HostError> {
+        let mut cur = self.acl.borrow_mut();
+        if let Some((n, u)) = cur.as_ref() {
+            if n == user {
+                return Ok(*u);
+            }
+        }
+        let u = module_user(&self.ctx, user)?;
+        if let Some((_, old)) = cur.replace((user.to_string(), u)) {
+            // SAFETY: GIL held; no longer referenced.
+            unsafe { raw::RedisModule_FreeModuleUser.unwrap()(old) };
+        }
+        Ok(u)
+    }
+}
+
+/// The value of an open key, shaped as `engine::read_key` shapes the commands' replies.
+///
+/// # Safety
+/// GIL held; `k` open for reading, of type `t`.
+unsafe fn value_of(ctx: *mut raw::RedisModuleCtx, k: *mut raw::RedisModuleKey, t: isize) -> Value {
+    let owned = |s: *mut raw::RedisModuleString| {
+        let v = Value::from_bytes(bytes(s).to_vec());
+        raw::RedisModule_FreeString.unwrap()(ctx, s);
+        v
+    };
+    match t {
+        raw::REDISMODULE_KEYTYPE_STRING => {
+            let mut len = 0usize;
+            let p = raw::RedisModule_StringDMA.unwrap()(k, &mut len, raw::REDISMODULE_READ as c_int);
+            if p.is_null() {
+                Value::String(String::new())
+            } else {
+                Value::from_bytes(std::slice::from_raw_parts(p as *const u8, len).to_vec())
+            }
+        }
+        raw::REDISMODULE_KEYTYPE_HASH | raw::REDISMODULE_KEYTYPE_SET => {
+            let mut pairs: Vec<(Value, Value)> = Vec::with_capacity(raw::RedisModule_ValueLength.unwrap()(k));
+            let cursor = raw::RedisModule_ScanCursorCreate.unwrap()();
+            while raw::RedisModule_ScanKey.unwrap()(k, cursor, Some(collect_pair), &mut pairs as *mut Vec<(Value, Value)> as *mut c_void) != 0 {}
+            raw::RedisModule_ScanCursorDestroy.unwrap()(cursor);
+            if t == raw::REDISMODULE_KEYTYPE_HASH {
+                Value::Map(pairs)
+            } else {
+                let mut members: Vec<Value> = pairs.into_iter().map(|(m, _)| m).collect();
+                members.sort_by(|a, b| a.compare(b));
+                Value::Array(members)
+            }
+        }
+        raw::REDISMODULE_KEYTYPE_LIST => {
+            let n = raw::RedisModule_ValueLength.unwrap()(k);
+            let mut items = Vec::with_capacity(n);
+            for i in 0..n {
+                let s = raw::RedisModule_ListGet.unwrap()(k, i as i64);
+                if s.is_null() {
+                    break;
+                }
+                items.push(owned(s));
+            }
+            Value::Array(items)
+        }
+        raw::REDISMODULE_KEYTYPE_ZSET => {
+            let mut items = Vec::with_capacity(raw::RedisModule_ValueLength.unwrap()(k));
+            if raw::RedisModule_ZsetFirstInScoreRange.unwrap()(k, f64::NEG_INFINITY, f64::INFINITY, 0, 0) == raw::REDISMODULE_OK as c_int {
+                while raw::RedisModule_ZsetRangeEndReached.unwrap()(k) == 0 {
+                    let mut score = 0.0f64;
+                    let m = raw::RedisModule_ZsetRangeCurrentElement.unwrap()(k, &mut score);
+                    if m.is_null() {
+                        break;
+                    }
+                    items.push(Value::Array(vec![owned(m), Value::Double(score)]));
+                    if raw::RedisModule_ZsetRangeNext.unwrap()(k) == 0 {
+                        break;
+                    }
+                }
+                raw::RedisModule_ZsetRangeStop.unwrap()(k);
+            }
+            Value::Array(items)
+        }
+        raw::REDISMODULE_KEYTYPE_STREAM => {
+            let mut entries = Vec::new();
+            if raw::RedisModule_StreamIteratorStart.unwrap()(k, 0, std::ptr::null_mut(), std::ptr::null_mut()) == raw::REDISMODULE_OK as c_int {
+                let mut id = raw::RedisModuleStreamID { ms: 0, seq: 0 };
+                let mut n: std::os::raw::c_long = 0;
+                while raw::RedisModule_StreamIteratorNextID.unwrap()(k, &mut id, &mut n) == raw::REDISMODULE_OK as c_int {
+                    let mut fields = Vec::with_capacity(n.max(0) as usize);
+                    let (mut f, mut v) = (std::ptr::null_mut(), std::ptr::null_mut());
+                    while raw::RedisModule_StreamIteratorNextField.unwrap()(k, &mut f, &mut v) == raw::REDISMODULE_OK as c_int {
+                        fields.push((owned(f), owned(v)));
+                    }
+                    entries.push(Value::Array(vec![Value::String(format!("{}-{}", id.ms, id.seq)), Value::Map(fields)]));
+                }
+                raw::RedisModule_StreamIteratorStop.unwrap()(k);
+            }
+            Value::Array(entries)
+        }
+        _ => Value::Nil,
+    }
+}
