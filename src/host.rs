@@ -231,6 +231,11 @@ impl LockedHost for Locked<'_> {
         self.read_native(user, key, read_value)
     }
 
+    /// RM_StreamAdd, replicated as XADD with the id given (see `keys`).
+    fn stream_add(&self, stream: &[u8], fields: &[&[u8]]) -> Result<String, HostError> {
+        self.stream_add_native(stream, fields)
+    }
+
     fn scan_keys(&self, user: Option<&str>, scan: &mut engine::KeyScan, pattern: &[u8], read_value: bool, budget: engine::ScanBudget) -> Result<Vec<Result<engine::KeyRecord, (Vec<u8>, HostError)>>, HostError> {
         self.scan_native(user, scan, pattern, read_value, budget)
     }

@@ -155,6 +155,54 @@ impl Locked<'_> {
         }
     }
 
+    /// Appends an entry to a stream as `XADD stream * fields...` does (the key made if
+    /// missing, WRONGTYPE for another type, the watchers of the key signalled and an
+    /// `xadd` keyspace event sent), and replicates it as XADD with the id it got, so that
+    /// replicas and the AOF hold the same entry, in the same MULTI as the command running.
+    pub(super) fn stream_add_native(&self, stream: &[u8], fields: &[&[u8]]) -> Result<String, HostError> {
+        if fields.is_empty() || fields.len() % 2 != 0 {
+            return Err(HostError::Command("ERR wrong number of arguments for 'xadd' command".into()));
+        }
+        let ctx = self.ctx.ctx;
+        // SAFETY: GIL held for the whole function (this guard); every string and key made
+        // here is freed or closed before returning (the stream copies the fields).
+        let id = unsafe {
+            let create = |b: &[u8]| raw::RedisModule_CreateString.unwrap()(ctx, b.as_ptr() as *const c_char, b.len());
+            let name = create(stream);
+            let mode = (raw::REDISMODULE_READ | raw::REDISMODULE_WRITE) as c_int;
+            let k = raw::RedisModule_OpenKey.unwrap()(ctx, name, mode) as *mut raw::RedisModuleKey;
+            if k.is_null() {
+                raw::RedisModule_FreeString.unwrap()(ctx, name);
+                return Err(HostError::Other(format!("the stream '{}' cannot be opened for writing", String::from_utf8_lossy(stream))));
+            }
+            let t = raw::RedisModule_KeyType.unwrap()(k) as isize;
+            if t != raw::REDISMODULE_KEYTYPE_EMPTY && t != raw::REDISMODULE_KEYTYPE_STREAM {
+                raw::RedisModule_CloseKey.unwrap()(k);
+                raw::RedisModule_FreeString.unwrap()(ctx, name);
+                return Err(HostError::Command("WRONGTYPE Operation against a key holding the wrong kind of value".into()));
+            }
+            let mut argv: Vec<*mut raw::RedisModuleString> = fields.iter().map(|f| create(f)).collect();
+            let mut id = raw::RedisModuleStreamID { ms: 0, seq: 0 };
+            let rc = raw::RedisModule_StreamAdd.unwrap()(k, raw::REDISMODULE_STREAM_ADD_AUTOID as c_int, &mut id, argv.as_mut_ptr(), (fields.len() / 2) as i64);
+            let errno = std::io::Error::last_os_error();
+            raw::RedisModule_CloseKey.unwrap()(k);
+            for a in argv {
+                raw::RedisModule_FreeString.unwrap()(ctx, a);
+            }
+            if rc != raw::REDISMODULE_OK as c_int {
+                raw::RedisModule_FreeString.unwrap()(ctx, name);
+                return Err(HostError::Command(format!("ERR the entry could not be added to the stream '{}': {errno}", String::from_utf8_lossy(stream))));
+            }
+            raw::RedisModule_NotifyKeyspaceEvent.unwrap()(ctx, raw::REDISMODULE_NOTIFY_STREAM as c_int, c"xadd".as_ptr(), name);
+            raw::RedisModule_FreeString.unwrap()(ctx, name);
+            format!("{}-{}", id.ms, id.seq)
+        };
+        let mut args: Vec<&[u8]> = vec![b"XADD", stream, id.as_bytes()];
+        args.extend_from_slice(fields);
+        self.replicate_args(&args);
+        Ok(id)
+    }
+
     /// May `user` read this key as TYPE and the type's read command would let it? Both
     /// commands are checked in full for this key (command rules, key patterns, selectors),
     /// with the user looked up once per lock.

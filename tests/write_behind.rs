@@ -365,7 +365,9 @@ fn an_upgrade_under_load_keeps_the_stream_and_loses_nothing() {
     assert_eq!(exec(&mut c, "lua", &lua_recipe(", batch = 25"), &["ID", "wb"]), "OK");
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let acks = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let total = 4000;
+    // The writer runs until it is stopped, after the last upgrade: a fixed number of
+    // writes could all be done before a slow upgrade returns (CI: 4000 were).
+    let total = 1_000_000;
     let w = writer_counting(s.port, 0..total, stop.clone(), acks.clone());
     let written = || acks.load(std::sync::atomic::Ordering::Relaxed);
     for (i, (lang, code)) in [("js", js_recipe(", batch: 7")), ("lua", lua_recipe(", batch = 100, flushMs = 50")), ("js", js_recipe(""))].into_iter().enumerate() {
@@ -380,6 +382,14 @@ fn an_upgrade_under_load_keeps_the_stream_and_loses_nothing() {
         let after = written();
         assert!(after < total, "upgrade {i} ended after the load ({after} writes)");
     }
+    // Writes keep coming after the last upgrade, then the writer stops.
+    let last = written();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while written() < last + 300 {
+        assert!(Instant::now() < deadline, "the writer is stuck at {} writes", written());
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let acked = w.join().expect("writer");
     assert_all_arrived(&pg, &acked, 60);
     // No entry is left behind in an orphaned stream.

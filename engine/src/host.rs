@@ -78,6 +78,19 @@ pub trait LockedHost {
         self::read_key(self, user, key, read_value)
     }
 
+    /// Appends an entry (`fields`: field, value, ...) to `stream` with an id the host
+    /// assigns, as `XADD stream * fields...` would, replicated with that id; returns the
+    /// id. The default runs XADD; a host may append directly.
+    fn stream_add(&self, stream: &[u8], fields: &[&[u8]]) -> Result<String, HostError> {
+        let mut args: Vec<&[u8]> = vec![b"XADD", stream, b"*"];
+        args.extend_from_slice(fields);
+        match self.call(None, &args)? {
+            v @ (Value::String(_) | Value::Bytes(_)) => Ok(v.as_str_lossy().unwrap_or_default()),
+            Value::Error(e) => Err(HostError::Command(e)),
+            other => Err(HostError::Other(format!("XADD answered {other:?}"))),
+        }
+    }
+
     /// One slice of a walk over the keys matching `pattern` (a SCAN MATCH glob): reads
     /// keys from where `scan` stands until `budget` is spent or the keyspace is done
     /// (`scan.done`), and returns them, or for each key `user` may not read (or that could

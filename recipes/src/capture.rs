@@ -45,20 +45,14 @@ pub fn capture(locked: &dyn LockedHost, spec: &Spec, event: EventOp, key: &[u8],
     }
     let (op, fields) = match event {
         EventOp::Delete => (Op::Delete, Vec::new()),
-        EventOp::Read | EventOp::Replace => match locked.call(None, &[b"HGETALL", key]) {
-            Ok(Value::Map(m)) if !m.is_empty() => (Op::Upsert, pairs(m, spec)),
-            Ok(Value::Array(a)) if !a.is_empty() => {
-                let mut it = a.into_iter();
-                let mut m = Vec::new();
-                while let (Some(k), Some(v)) = (it.next(), it.next()) {
-                    m.push((k, v));
-                }
-                (Op::Upsert, pairs(m, spec))
-            }
+        // Read in place through the host's key access (no command dispatch on the write path).
+        EventOp::Read | EventOp::Replace => match locked.read_key(None, key, true) {
+            Ok(Some(engine::KeyRecord { key_type, value: Some(Value::Map(m)), .. })) if key_type == "hash" && !m.is_empty() => (Op::Upsert, pairs(m, spec)),
             // Replaced by another type: the hash is gone.
-            Ok(Value::Error(e)) | Err(engine::HostError::Command(e)) if event == EventOp::Replace && e.starts_with("WRONGTYPE") => (Op::Delete, Vec::new()),
+            Ok(Some(r)) if event == EventOp::Replace && r.key_type != "hash" => (Op::Delete, Vec::new()),
             // Gone (the last field was removed: a `del` event follows) or not a hash.
-            _ => return Ok(None),
+            Ok(_) => return Ok(None),
+            Err(e) => return Err(format!("the hash could not be read: {e}")),
         },
     };
     record(locked, spec, op, key, &fields, cluster)
@@ -68,12 +62,9 @@ pub fn capture(locked: &dyn LockedHost, spec: &Spec, event: EventOp, key: &[u8],
 fn record(locked: &dyn LockedHost, spec: &Spec, op: Op, key: &[u8], fields: &[(Vec<u8>, Vec<u8>)], cluster: bool) -> Result<Option<Captured>, String> {
     let stream = stream_key(&spec.name, key, cluster);
     let rest = entry_fields(op, key, fields);
-    let mut args: Vec<&[u8]> = vec![b"XADD", &stream, b"*"];
-    args.extend(rest.iter().map(|v| v.as_slice()));
-    match locked.call(None, &args) {
-        Ok(v @ (Value::String(_) | Value::Bytes(_))) => Ok(Some(Captured { stream, id: v.as_str_lossy().unwrap_or_default() })),
-        Ok(Value::Error(e)) => Err(format!("XADD to '{}' failed: {e}", String::from_utf8_lossy(&stream))),
-        Ok(other) => Err(format!("XADD to '{}' answered {other:?}", String::from_utf8_lossy(&stream))),
+    let fields: Vec<&[u8]> = rest.iter().map(|v| v.as_slice()).collect();
+    match locked.stream_add(&stream, &fields) {
+        Ok(id) => Ok(Some(Captured { stream, id })),
         Err(e) => Err(format!("XADD to '{}' failed: {e}", String::from_utf8_lossy(&stream))),
     }
 }
