@@ -231,6 +231,11 @@ impl LockedHost for Locked<'_> {
         self.read_native(user, key, read_value)
     }
 
+    /// The stream iterator (see `keys`).
+    fn read_stream(&self, user: Option<&str>, stream: &[u8], start: &str, exclusive: bool, count: usize) -> Result<Vec<(String, Value)>, HostError> {
+        self.read_stream_native(user, stream, start, exclusive, count)
+    }
+
     /// RM_StreamAdd, replicated as XADD with the id given (see `keys`).
     fn stream_add(&self, stream: &[u8], fields: &[&[u8]]) -> Result<String, HostError> {
         self.stream_add_native(stream, fields)

@@ -155,6 +155,58 @@ impl Locked<'_> {
         }
     }
 
+    /// Entries of a stream with the module stream iterator, as XRANGE gives them (see
+    /// `LockedHost::read_stream`); a user must be allowed XRANGE on the stream.
+    pub(super) fn read_stream_native(&self, user: Option<&str>, stream: &[u8], start: &str, exclusive: bool, count: usize) -> Result<Vec<(String, Value)>, HostError> {
+        let from = match start {
+            "-" => None,
+            s => Some(engine::streams::parse_id(s).ok_or_else(|| HostError::Command("ERR Invalid stream ID specified as stream command argument".into()))?),
+        };
+        if let Some(u) = user {
+            check_acl(&self.ctx, u, &[b"XRANGE", stream, b"-", b"+"])?;
+        }
+        let ctx = self.ctx.ctx;
+        let mut out = Vec::new();
+        // SAFETY: GIL held for the whole function (this guard); the key is closed and the
+        // name freed before returning; the iterator is stopped before the key is closed.
+        unsafe {
+            let name = raw::RedisModule_CreateString.unwrap()(ctx, stream.as_ptr() as *const c_char, stream.len());
+            let mode = (raw::REDISMODULE_READ | raw::REDISMODULE_OPEN_KEY_NOTOUCH) as c_int;
+            let k = raw::RedisModule_OpenKey.unwrap()(ctx, name, mode) as *mut raw::RedisModuleKey;
+            raw::RedisModule_FreeString.unwrap()(ctx, name);
+            if k.is_null() {
+                return Ok(out);
+            }
+            let t = raw::RedisModule_KeyType.unwrap()(k) as isize;
+            if t != raw::REDISMODULE_KEYTYPE_STREAM {
+                raw::RedisModule_CloseKey.unwrap()(k);
+                return if t == raw::REDISMODULE_KEYTYPE_EMPTY { Ok(out) } else { Err(HostError::Command("WRONGTYPE Operation against a key holding the wrong kind of value".into())) };
+            }
+            let mut first = from.map(|(ms, seq)| raw::RedisModuleStreamID { ms, seq });
+            let first_ptr = first.as_mut().map_or(std::ptr::null_mut(), |f| f as *mut raw::RedisModuleStreamID);
+            let flags = if exclusive && from.is_some() { raw::REDISMODULE_STREAM_ITERATOR_EXCLUSIVE as c_int } else { 0 };
+            if count > 0 && raw::RedisModule_StreamIteratorStart.unwrap()(k, flags, first_ptr, std::ptr::null_mut()) == raw::REDISMODULE_OK as c_int {
+                let mut id = raw::RedisModuleStreamID { ms: 0, seq: 0 };
+                let mut n: std::os::raw::c_long = 0;
+                while out.len() < count && raw::RedisModule_StreamIteratorNextID.unwrap()(k, &mut id, &mut n) == raw::REDISMODULE_OK as c_int {
+                    let mut fields = Vec::with_capacity(n.max(0) as usize);
+                    let (mut f, mut v) = (std::ptr::null_mut(), std::ptr::null_mut());
+                    while raw::RedisModule_StreamIteratorNextField.unwrap()(k, &mut f, &mut v) == raw::REDISMODULE_OK as c_int {
+                        let field = Value::from_bytes(bytes(f).to_vec());
+                        let value = Value::from_bytes(bytes(v).to_vec());
+                        raw::RedisModule_FreeString.unwrap()(ctx, f);
+                        raw::RedisModule_FreeString.unwrap()(ctx, v);
+                        fields.push((field, value));
+                    }
+                    out.push((format!("{}-{}", id.ms, id.seq), Value::Map(fields)));
+                }
+                raw::RedisModule_StreamIteratorStop.unwrap()(k);
+            }
+            raw::RedisModule_CloseKey.unwrap()(k);
+        }
+        Ok(out)
+    }
+
     /// Appends an entry to a stream as `XADD stream * fields...` does (the key made if
     /// missing, WRONGTYPE for another type, the watchers of the key signalled and an
     /// `xadd` keyspace event sent), and replicates it as XADD with the id it got, so that

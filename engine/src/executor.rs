@@ -330,7 +330,7 @@ pub(crate) fn read_into(reader: &Reader, cx: &RunContext, sink: &mut dyn FnMut(R
                 check_abort(cx)?;
                 let entries = {
                     let locked = cx.host.lock(cx.db);
-                    read_stream(&*locked, cx.user, stream, &start, exclusive, batch)?
+                    locked.read_stream(cx.user, stream, &start, exclusive, batch)?
                 };
                 let n = entries.len();
                 for (id, fields) in entries {
@@ -447,8 +447,8 @@ pub fn stream_record(stream: &[u8], id: String, fields: Value) -> Value {
 }
 
 /// Reads up to `count` entries of `stream` from `start` (exclusive when `exclusive`).
-pub fn read_stream(
-    h: &dyn LockedHost,
+pub fn read_stream<H: LockedHost + ?Sized>(
+    h: &H,
     user: Option<&str>,
     stream: &[u8],
     start: &str,

@@ -78,6 +78,13 @@ pub trait LockedHost {
         self::read_key(self, user, key, read_value)
     }
 
+    /// Up to `count` entries of `stream` from `start` (`-` for the first; after it if
+    /// `exclusive`), as `XRANGE` run as `user` gives them: (id, map of fields). A missing
+    /// stream has none. The default runs XRANGE; a host may read the stream directly.
+    fn read_stream(&self, user: Option<&str>, stream: &[u8], start: &str, exclusive: bool, count: usize) -> Result<Vec<(String, Value)>, HostError> {
+        crate::executor::read_stream(self, user, stream, start, exclusive, count)
+    }
+
     /// Appends an entry (`fields`: field, value, ...) to `stream` with an id the host
     /// assigns, as `XADD stream * fields...` would, replicated with that id; returns the
     /// id. The default runs XADD; a host may append directly.

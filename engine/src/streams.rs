@@ -4,7 +4,7 @@
 //! kept with the registration, saved with the session and sent to replicas and the AOF.
 
 use crate::session::{FailPolicy, Registration, Session};
-use crate::executor::{read_stream, stream_record};
+use crate::executor::stream_record;
 use crate::{Engine, Value};
 use parking_lot::{Condvar, Mutex};
 use std::collections::BTreeMap;
@@ -143,7 +143,7 @@ impl Engine {
                 } else {
                     // With the owner's permissions: a stream its owner may not read (a key
                     // pattern that allows the prefix but not this name) stops with the error.
-                    (read_stream(&*locked, session.user.as_deref(), stream, &format_id(last), true, opts.batch), true)
+                    (locked.read_stream(session.user.as_deref(), stream, &format_id(last), true, opts.batch), true)
                 }
             };
             let entries = match entries {

@@ -114,7 +114,7 @@ pub fn read_entries(locked: &dyn LockedHost, streams: &[Vec<u8>]) -> Result<Vec<
         let mut start = "-".to_string();
         let mut exclusive = false;
         loop {
-            let page = engine::executor::read_stream(locked, None, stream, &start, exclusive, 10_000).map_err(|e| format!("reading '{}': {e}", String::from_utf8_lossy(stream)))?;
+            let page = locked.read_stream(None, stream, &start, exclusive, 10_000).map_err(|e| format!("reading '{}': {e}", String::from_utf8_lossy(stream)))?;
             let Some((last, _)) = page.last() else { break };
             start = last.clone();
             exclusive = true;

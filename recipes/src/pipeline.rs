@@ -16,7 +16,6 @@ use crate::change::{coalesce, dead_letter_key, is_stream_of, parse_entry, Change
 use crate::convert::{convert, Cell, ColType};
 use crate::spec::{Delivery, Spec};
 use crate::target::{Checkpoint, Row, Schema, Target, TargetError};
-use engine::executor::read_stream;
 use engine::streams::{format_id, parse_id, StreamId};
 use engine::{Config, Host, LogLevel, Registration, Value};
 use parking_lot::{Condvar, Mutex, RwLock};
@@ -231,7 +230,7 @@ impl Pipeline {
                     ok += 1;
                     backlog += n;
                     if n > 0 {
-                        if let Ok(first) = read_stream(&*locked, None, stream, "-", false, 1) {
+                        if let Ok(first) = locked.read_stream(None, stream, "-", false, 1) {
                             if let Some(id) = first.first().and_then(|(id, _)| parse_id(id)) {
                                 oldest = Some(oldest.map_or(id.0, |o| o.min(id.0)));
                             }
@@ -304,7 +303,7 @@ impl Pipeline {
             let mut failed = false;
             let paused = reg.paused.load(Ordering::Relaxed);
             for stream in streams.iter().filter(|_| !paused && backlog > 0) {
-                let entries = match read_stream(&*host.lock(db), None, stream, "-", false, spec.batch) {
+                let entries = match host.lock(db).read_stream(None, stream, "-", false, spec.batch) {
                     Ok(e) => e,
                     Err(e) => {
                         self.status.lock().last_error = Some(format!("reading '{}': {e}", String::from_utf8_lossy(stream)));
