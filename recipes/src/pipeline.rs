@@ -17,7 +17,7 @@ use crate::convert::{convert, Cell, ColType};
 use crate::spec::{Delivery, Spec};
 use crate::target::{Checkpoint, Row, Schema, Target, TargetError};
 use engine::streams::{format_id, parse_id, StreamId};
-use engine::{Config, Host, LogLevel, Registration, Value};
+use engine::{Config, Host, LockedHost, LogLevel, Registration, Value};
 use parking_lot::{Condvar, Mutex, RwLock};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -79,6 +79,9 @@ pub struct Pipeline {
     /// The URL the apply thread last connected (or tried to) with, read from its connection
     /// setting or the variable or file that setting names: kept only to scrub errors.
     url: Mutex<Option<String>>,
+    /// Streams and the id before which their entries were committed by the target, to be
+    /// trimmed with the next lock (see `trim`).
+    trims: Mutex<Vec<(Vec<u8>, StreamId)>>,
 }
 
 fn now_ms() -> u64 {
@@ -104,6 +107,7 @@ impl Pipeline {
             broken: Default::default(),
             discovered: AtomicBool::new(false),
             url: Default::default(),
+            trims: Default::default(),
         })
     }
 
@@ -219,16 +223,19 @@ impl Pipeline {
         (self.streams.lock().iter().cloned().collect(), discovered)
     }
 
-    /// Looks at every stream: its length (the backlog) and whether it is still a stream.
-    /// Returns the backlog and the oldest entry's millisecond, if any.
-    fn survey(&self, host: &dyn Host, db: u32, streams: &[Vec<u8>]) -> (i64, Option<u64>) {
+    /// Looks at every stream (the lock held): its length and whether it is still a
+    /// stream. Returns the backlog (all lengths), the oldest entry's millisecond if any,
+    /// and each stream's length.
+    fn survey(&self, locked: &dyn LockedHost, streams: &[Vec<u8>]) -> (i64, Option<u64>, Vec<i64>) {
         let (mut backlog, mut oldest, mut ok) = (0i64, None::<u64>, 0);
-        let locked = host.lock(db);
+        let mut lengths = Vec::with_capacity(streams.len());
         for stream in streams {
+            let mut len = 0;
             match locked.call(None, &[b"XLEN", stream]) {
                 Ok(Value::Int(n)) => {
                     ok += 1;
                     backlog += n;
+                    len = n;
                     if n > 0 {
                         if let Ok(first) = locked.read_stream(None, stream, "-", false, 1) {
                             if let Some(id) = first.first().and_then(|(id, _)| parse_id(id)) {
@@ -242,12 +249,13 @@ impl Pipeline {
                 }
                 _ => {}
             }
+            lengths.push(len);
         }
         if ok == streams.len() {
             // Every stream is a stream (or gone): captures can be recorded again.
             *self.broken.lock() = None;
         }
-        (backlog, oldest)
+        (backlog, oldest, lengths)
     }
 
     /// The apply loop (the recipe's own thread) until `stop()`.
@@ -279,20 +287,41 @@ impl Pipeline {
                 backoff = Duration::from_millis(100);
                 generation_seen = generation;
             }
-            let primary = host.lock(db).is_primary();
+            // One lock for the round: the role, the trims of the batches committed last
+            // round, the survey, and the first batch to apply (taking the lock from a thread
+            // waits for the main thread's event loop: a busy server makes each costly).
+            let locked = host.lock(db);
+            let primary = locked.is_primary();
             self.primary.store(primary, Ordering::Relaxed);
             if !primary {
+                drop(locked);
+                // A replica trims nothing; its new primary applies what is left.
+                self.trims.lock().clear();
                 was_primary = false;
                 self.sleep(Duration::from_millis(200));
                 continue;
             }
             if !was_primary {
                 // Started, or just promoted: the streams the keyspace holds are ours.
+                drop(locked);
                 was_primary = true;
                 self.discover(&*host);
+                continue;
             }
+            let trimmed = self.apply_trims(&*locked);
             let streams: Vec<Vec<u8>> = self.streams.lock().iter().cloned().collect();
-            let (backlog, oldest) = self.survey(&*host, db, &streams);
+            let (backlog, oldest, lengths) = self.survey(&*locked, &streams);
+            let paused = reg.paused.load(Ordering::Relaxed);
+            let mut read_ahead: Option<(usize, Result<Vec<(String, Value)>, engine::HostError>)> = None;
+            if !paused {
+                if let Some(i) = lengths.iter().position(|&n| n > 0) {
+                    read_ahead = Some((i, locked.read_stream(None, &streams[i], "-", false, spec.batch)));
+                }
+            }
+            drop(locked);
+            for (stream, min) in trimmed {
+                self.resolve_waiters(&stream, min);
+            }
             self.backlog.store(backlog, Ordering::Relaxed);
             {
                 let mut st = self.status.lock();
@@ -301,9 +330,15 @@ impl Pipeline {
             }
             let mut next: Option<Duration> = None;
             let mut failed = false;
-            let paused = reg.paused.load(Ordering::Relaxed);
-            for stream in streams.iter().filter(|_| !paused && backlog > 0) {
-                let entries = match host.lock(db).read_stream(None, stream, "-", false, spec.batch) {
+            for (i, stream) in streams.iter().enumerate().filter(|(i, _)| !paused && lengths[*i] > 0) {
+                let read = match read_ahead.take() {
+                    Some((at, r)) if at == i => r,
+                    other => {
+                        read_ahead = other;
+                        host.lock(db).read_stream(None, stream, "-", false, spec.batch)
+                    }
+                };
+                let entries = match read {
                     Ok(e) => e,
                     Err(e) => {
                         self.status.lock().last_error = Some(format!("reading '{}': {e}", String::from_utf8_lossy(stream)));
@@ -347,6 +382,8 @@ impl Pipeline {
             }
             self.expire_waiters(&spec);
             if failed {
+                // What was committed before the failure is trimmed now, not after the wait.
+                self.flush_trims(&*host, db);
                 self.back_off(backoff, &spec, &config, generation);
                 backoff = (backoff * 2).min(Duration::from_secs(5));
                 continue;
@@ -356,6 +393,9 @@ impl Pipeline {
                 Some(d) => self.sleep(d.min(Duration::from_millis(500))),
                 None => self.sleep(Duration::from_millis(500)),
             }
+        }
+        if self.primary.load(Ordering::Relaxed) {
+            self.flush_trims(&*host, self.db());
         }
         // Waiting clients get an answer when the recipe goes away.
         self.answer_waiters(|_| true, || Err(format!("write-through '{}' was removed before the change was applied; it stays in the stream", self.name)));
@@ -496,20 +536,45 @@ impl Pipeline {
         for d in dead.into_iter().filter(|d| d.id < min) {
             self.dead_letter(host, db, stream, &format_id(d.id), d.change.as_ref(), &d.error)?;
         }
-        self.trim(host, db, stream, min);
+        self.trim(stream, min);
         // Rows that went through at last need no count of their rejections.
         rejections.retain(|(s, id), _| s != stream || *id >= min);
         Ok(())
     }
 
-    /// Trims the entries before `min` (the target committed them) and answers the clients
-    /// that waited for them.
-    fn trim(&self, host: &dyn Host, db: u32, stream: &[u8], min: StreamId) {
-        let id = format_id(min);
+    /// The entries before `min` were committed by the target: they are trimmed with the
+    /// next round's lock (or before a back-off or a stop), and the clients that waited for
+    /// them answered then.
+    fn trim(&self, stream: &[u8], min: StreamId) {
+        let mut trims = self.trims.lock();
+        match trims.iter_mut().find(|(s, _)| s == stream) {
+            Some((_, m)) => *m = (*m).max(min),
+            None => trims.push((stream.to_vec(), min)),
+        }
+    }
+
+    /// Runs the trims `trim` left (the lock held); returns them, for `resolve_waiters` once
+    /// the lock is released.
+    fn apply_trims(&self, locked: &dyn LockedHost) -> Vec<(Vec<u8>, StreamId)> {
+        let trims = std::mem::take(&mut *self.trims.lock());
+        for (stream, min) in &trims {
+            let id = format_id(*min);
+            let _ = locked.call(None, &[b"XTRIM", stream, b"MINID", id.as_bytes()]);
+        }
+        trims
+    }
+
+    /// Runs the pending trims now, under a lock of their own.
+    fn flush_trims(&self, host: &dyn Host, db: u32) {
+        if self.trims.lock().is_empty() {
+            return;
+        }
         let locked = host.lock(db);
-        let _ = locked.call(None, &[b"XTRIM", stream, b"MINID", id.as_bytes()]);
+        let trimmed = if locked.is_primary() { self.apply_trims(&*locked) } else { std::mem::take(&mut *self.trims.lock()) };
         drop(locked);
-        self.resolve_waiters(stream, min);
+        for (stream, min) in trimmed {
+            self.resolve_waiters(&stream, min);
+        }
     }
 
     /// Writes a change the target will never take to the dead-letter stream.
