@@ -448,7 +448,7 @@ fn preview_shows_rows_statements_and_conversion_errors_without_writing() {
         ("create", "[]"),
         (
             "statements",
-            r#"[["INSERT INTO \"accounts\" (\"id\", \"name\", \"balance\", \"active\", \"since\") VALUES (CAST($1::text AS integer), $2, CAST($3::text AS numeric), CAST($4::text AS boolean), CAST($5::text AS timestamp with time zone)) ON CONFLICT (\"id\") DO UPDATE SET \"name\" = excluded.\"name\", \"balance\" = excluded.\"balance\", \"active\" = excluded.\"active\", \"since\" = excluded.\"since\"", [1, "Ann", "10.50", true, "2024-05-01T12:30:00.000000Z"]]]"#,
+            r#"[["INSERT INTO \"accounts\" (\"id\", \"name\", \"balance\", \"active\", \"since\") SELECT CAST(u.c0 AS integer), u.c1, CAST(u.c2 AS numeric), CAST(u.c3 AS boolean), CAST(u.c4 AS timestamp with time zone) FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) AS u(c0, c1, c2, c3, c4) ON CONFLICT (\"id\") DO UPDATE SET \"name\" = excluded.\"name\", \"balance\" = excluded.\"balance\", \"active\" = excluded.\"active\", \"since\" = excluded.\"since\"", [1, "Ann", "10.50", true, "2024-05-01T12:30:00.000000Z"]]]"#,
         ),
     ];
     let got: Vec<(&str, &str)> = p.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
@@ -469,7 +469,7 @@ fn preview_shows_rows_statements_and_conversion_errors_without_writing() {
     let p = preview(&mut c3, "accts", "acct:3");
     assert_eq!(field(&p, "op"), r#""delete""#);
     assert_eq!(field(&p, "row"), "nil");
-    assert_eq!(field(&p, "statements"), r#"[["DELETE FROM \"accounts\" WHERE \"id\" IN (CAST($1::text AS integer))", [3]]]"#);
+    assert_eq!(field(&p, "statements"), r#"[["DELETE FROM \"accounts\" WHERE \"id\" IN (SELECT CAST(u.c0 AS integer) FROM unnest($1::text[]) AS u(c0))", [3]]]"#);
     // RESP2 gets the same, maps flattened.
     let flat = fmt(&cmd(&mut c, &["RG.RECIPE", "PREVIEW", "accts", "acct:3"]));
     assert!(flat.starts_with(r#"["recipe", "accts", "key", "acct:3", "op", "delete", "primaryKey", 3, "row", nil"#), "{flat}");

@@ -4,6 +4,7 @@
 
 use crate::convert::{Cell, ColType};
 use crate::spec::Spec;
+use crate::change::Op;
 use crate::sql::{self, Dialect};
 use crate::target::{after, planned_columns, planned_schema, Checkpoint, Row, Schema, Target, TargetError};
 use engine::streams::parse_id;
@@ -18,6 +19,9 @@ pub struct Postgres {
     key: String,
     /// Column -> SQL type (as `format_type` names it).
     sql_types: HashMap<String, String>,
+    /// The statements of `batch_statements`, prepared on this connection (their text
+    /// depends only on the columns).
+    prepared: HashMap<String, postgres::Statement>,
 }
 
 fn classify(e: postgres::Error) -> TargetError {
@@ -44,7 +48,7 @@ impl Postgres {
         config.connect_timeout(Duration::from_secs(5));
         config.keepalives_idle(Duration::from_secs(10));
         let client = config.connect(NoTls).map_err(classify)?;
-        Ok(Postgres { client, table: spec.target.table.clone(), key: spec.key_field.clone(), sql_types: HashMap::new() })
+        Ok(Postgres { client, table: spec.target.table.clone(), key: spec.key_field.clone(), sql_types: HashMap::new(), prepared: HashMap::new() })
     }
 
     /// The table's name as `to_regclass` reads it: quoted, as the statements name it (an
@@ -57,6 +61,95 @@ impl Postgres {
 /// The type a text parameter for `col` is cast to (none for text and bytea).
 fn cast(types: &HashMap<String, String>, col: &str) -> Option<String> {
     types.get(col).filter(|t| t.as_str() != "text" && t.as_str() != "bytea").cloned()
+}
+
+/// A statement of a batch: its SQL, the column of each of its (array) parameters (None
+/// for the key), and the rows it writes.
+struct BatchStatement {
+    sql: String,
+    params: Vec<Option<usize>>,
+    rows: Vec<usize>,
+}
+
+/// The statements that write `rows` (distinct keys): one delete of every deleted key, and
+/// one upsert per set of columns. Each takes one array parameter per column, unnested
+/// and cast to the column's type, so a batch of any size is one statement per set of
+/// columns, and the text of each depends only on the columns (prepared once per
+/// connection). Values travel as text (bytea columns as bytes), as before.
+fn batch_statements(table: &str, key: &str, types: &HashMap<String, String>, rows: &[&Row]) -> Vec<BatchStatement> {
+    let d = Dialect::Postgres;
+    let t = d.table(table);
+    let k = d.quote(key);
+    let array = |col: &str| if types.get(col).is_some_and(|t| t == "bytea") { "bytea[]" } else { "text[]" };
+    let expr = |i: usize, col: &str| match cast(types, col) {
+        Some(ty) => format!("CAST(u.c{i} AS {ty})"),
+        None => format!("u.c{i}"),
+    };
+    let mut out = Vec::new();
+    let deletes: Vec<usize> = rows.iter().enumerate().filter(|(_, r)| r.op == Op::Delete).map(|(i, _)| i).collect();
+    if !deletes.is_empty() {
+        out.push(BatchStatement { sql: format!("DELETE FROM {t} WHERE {k} IN (SELECT {} FROM unnest($1::{}) AS u(c0))", expr(0, key), array(key)), params: vec![None], rows: deletes });
+    }
+    let mut groups: Vec<(Vec<&str>, Vec<usize>)> = Vec::new();
+    for (i, r) in rows.iter().enumerate().filter(|(_, r)| r.op == Op::Upsert) {
+        let cols: Vec<&str> = r.cells.iter().map(|(c, _)| c.as_str()).collect();
+        match groups.iter_mut().find(|(c, _)| *c == cols) {
+            Some((_, idx)) => idx.push(i),
+            None => groups.push((cols, vec![i])),
+        }
+    }
+    for (cols, idx) in groups {
+        let all: Vec<&str> = std::iter::once(key).chain(cols.iter().copied()).collect();
+        let names: Vec<String> = all.iter().map(|c| d.quote(c)).collect();
+        let exprs: Vec<String> = all.iter().enumerate().map(|(i, c)| expr(i, c)).collect();
+        let arrays: Vec<String> = all.iter().enumerate().map(|(i, c)| format!("${}::{}", i + 1, array(c))).collect();
+        let aliases: Vec<String> = (0..all.len()).map(|i| format!("c{i}")).collect();
+        let update: Vec<String> = cols.iter().map(|c| format!("{0} = excluded.{0}", d.quote(c))).collect();
+        let conflict = if update.is_empty() { format!("ON CONFLICT ({k}) DO NOTHING") } else { format!("ON CONFLICT ({k}) DO UPDATE SET {}", update.join(", ")) };
+        out.push(BatchStatement {
+            sql: format!("INSERT INTO {t} ({}) SELECT {} FROM unnest({}) AS u({}) {conflict}", names.join(", "), exprs.join(", "), arrays.join(", "), aliases.join(", ")),
+            params: std::iter::once(None).chain((0..cols.len()).map(Some)).collect(),
+            rows: idx,
+        });
+    }
+    out
+}
+
+impl BatchStatement {
+    /// The cell of parameter `p` for row `r`.
+    fn cell<'a>(&self, rows: &[&'a Row], p: usize, r: usize) -> &'a Cell {
+        let row = rows[r];
+        match self.params[p] {
+            None => &row.pk,
+            Some(c) => &row.cells[c].1,
+        }
+    }
+
+    /// Its parameters: one array per column, with the value of each of its rows.
+    fn values(&self, rows: &[&Row], types: &HashMap<String, String>, key: &str) -> Vec<Box<dyn ToSql + Sync>> {
+        (0..self.params.len())
+            .map(|p| -> Box<dyn ToSql + Sync> {
+                let col = match self.params[p] {
+                    None => key,
+                    Some(c) => rows[self.rows[0]].cells[c].0.as_str(),
+                };
+                if types.get(col).is_some_and(|t| t == "bytea") {
+                    let v: Vec<Option<Vec<u8>>> = self
+                        .rows
+                        .iter()
+                        .map(|&r| match self.cell(rows, p, r) {
+                            Cell::Bytes(b) => Some(b.clone()),
+                            other => other.to_text().map(String::into_bytes),
+                        })
+                        .collect();
+                    Box::new(v)
+                } else {
+                    let v: Vec<Option<String>> = self.rows.iter().map(|&r| self.cell(rows, p, r).to_text()).collect();
+                    Box::new(v)
+                }
+            })
+            .collect()
+    }
 }
 
 impl Target for Postgres {
@@ -127,18 +220,35 @@ impl Target for Postgres {
         planned_schema(spec)
     }
 
+    /// Each parameter is an array with one value per row of the batch: for the one row
+    /// previewed, its value.
     fn preview(&self, rows: &[&Row]) -> Vec<(String, Vec<Cell>)> {
-        let cast_to = |col: &str| cast(&self.sql_types, col);
-        sql::statements(Dialect::Postgres, &self.table, &self.key, rows, &cast_to, 30000)
+        batch_statements(&self.table, &self.key, &self.sql_types, rows)
             .into_iter()
-            .map(|st| {
-                let cells = st.cells(rows).cloned().collect();
-                (st.sql, cells)
+            .flat_map(|st| {
+                st.rows.iter().map(|&r| (st.sql.clone(), (0..st.params.len()).map(|p| st.cell(rows, p, r).clone()).collect())).collect::<Vec<_>>()
             })
             .collect()
     }
 
     fn apply(&mut self, rows: &[Row], checkpoint: Option<&Checkpoint>) -> Result<usize, TargetError> {
+        let all: Vec<&Row> = rows.iter().collect();
+        let statements = batch_statements(&self.table, &self.key, &self.sql_types, &all);
+        for st in &statements {
+            if !self.prepared.contains_key(&st.sql) {
+                let prepared = self.client.prepare(&st.sql).map_err(classify)?;
+                self.prepared.insert(st.sql.clone(), prepared);
+            }
+        }
+        // One statement and no checkpoint: atomic on its own, one round trip.
+        if checkpoint.is_none() && statements.len() <= 1 {
+            if let Some(st) = statements.first() {
+                let values = st.values(&all, &self.sql_types, &self.key);
+                let refs: Vec<&(dyn ToSql + Sync)> = values.iter().map(|v| &**v as &(dyn ToSql + Sync)).collect();
+                self.client.execute(&self.prepared[&st.sql], &refs).map_err(classify)?;
+            }
+            return Ok(rows.len());
+        }
         let mut tx = self.client.transaction().map_err(classify)?;
         let last = match checkpoint {
             Some(c) => {
@@ -148,20 +258,15 @@ impl Target for Postgres {
             None => None,
         };
         let todo = after(rows, last);
-        let types = &self.sql_types;
-        let cast_to = |col: &str| cast(types, col);
-        for st in sql::statements(Dialect::Postgres, &self.table, &self.key, &todo, &cast_to, 30000) {
-            let values: Vec<Box<dyn ToSql + Sync>> = st
-                .cells(&todo)
-                .map(|cell| -> Box<dyn ToSql + Sync> {
-                    match cell {
-                        Cell::Bytes(b) => Box::new(b.clone()),
-                        other => Box::new(other.to_text()),
-                    }
-                })
-                .collect();
+        let statements = if todo.len() == rows.len() { statements } else { batch_statements(&self.table, &self.key, &self.sql_types, &todo) };
+        for st in &statements {
+            let values = st.values(&todo, &self.sql_types, &self.key);
             let refs: Vec<&(dyn ToSql + Sync)> = values.iter().map(|v| &**v as &(dyn ToSql + Sync)).collect();
-            tx.execute(st.sql.as_str(), &refs).map_err(classify)?;
+            match self.prepared.get(&st.sql) {
+                Some(p) => tx.execute(p, &refs),
+                None => tx.execute(st.sql.as_str(), &refs),
+            }
+            .map_err(classify)?;
         }
         if let (Some(c), Some(id)) = (checkpoint, sql::next_checkpoint(rows, last)) {
             tx.execute(
