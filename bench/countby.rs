@@ -114,9 +114,21 @@ fn time<T>(f: impl FnOnce() -> T) -> (T, Duration) {
     (r, t.elapsed())
 }
 
-fn main() {
-    let n: usize = std::env::var("BENCH_KEYS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
-    let rounds: usize = std::env::var("BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
+/// What `measure` found: the load time, and per job (`NAMES`, in that order) the best time
+/// and the PINGs (p50, p99, worst) another client saw during that round.
+pub struct CountBy {
+    pub n: usize,
+    pub rounds: usize,
+    pub load: Duration,
+    pub best: Vec<(Duration, [Duration; 3])>,
+}
+
+/// The jobs `measure` times, in the order of `CountBy::best`.
+pub const NAMES: [&str; 4] = ["client SCAN+HGETALL pipeline", "EVAL SCAN+HGETALL loop", "RG.EXEC lua countBy", "RG.EXEC js countBy"];
+
+/// Starts a server, loads `n` hashes and times every job `rounds` times (checking that all
+/// give the same counts); prints the load line as it goes.
+pub fn measure(n: usize, rounds: usize) -> CountBy {
     let server = Server::start(&["script-timeout", "10000"]);
     let mut c = server.conn();
     let (_, t) = time(|| load(&mut c, n));
@@ -124,8 +136,7 @@ fn main() {
     let lua = "GB('KeysReader'):countBy(function(r) return r.value.city end):run('user:*')";
     let js = "GB('KeysReader').countBy(r => r.value.city).run('user:*')";
     // Per job: best time, and the PINGs of that round.
-    let names = ["client SCAN+HGETALL pipeline", "EVAL SCAN+HGETALL loop", "RG.EXEC lua countBy", "RG.EXEC js countBy"];
-    let mut best: Vec<(Duration, [Duration; 3])> = vec![(Duration::MAX, [Duration::ZERO; 3]); names.len()];
+    let mut best: Vec<(Duration, [Duration; 3])> = vec![(Duration::MAX, [Duration::ZERO; 3]); NAMES.len()];
     for _ in 0..rounds {
         let ((base, tb), pb) = with_pings(&server, || time(|| client_side(&mut c)));
         let ((e, te), pe) = with_pings(&server, || time(|| eval_loop(&mut c)));
@@ -141,10 +152,17 @@ fn main() {
             }
         }
     }
+    CountBy { n, rounds, load: t, best }
+}
+
+fn main() {
+    let n: usize = std::env::var("BENCH_KEYS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
+    let rounds: usize = std::env::var("BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
+    let CountBy { best, .. } = measure(n, rounds);
     let (tb, te) = (best[0].0, best[1].0);
     println!("countBy over {n} hashes, best of {rounds} (another client PINGs every 1 ms):");
     println!("  {:<30} {:>10}  {:>14}  {:>13}  {:>9} {:>9} {:>9}", "job", "time", "vs pipeline", "vs EVAL loop", "PING p50", "p99", "worst");
-    for (name, (t, p)) in names.iter().zip(&best) {
+    for (name, (t, p)) in NAMES.iter().zip(&best) {
         let ratio = |base: Duration| format!("{:.2}x faster", base.as_secs_f64() / t.as_secs_f64());
         println!("  {name:<30} {:>10.2?}  {:>14}  {:>13}  {:>9.2?} {:>9.2?} {:>9.2?}", t, ratio(tb), ratio(te), p[0], p[1], p[2]);
     }

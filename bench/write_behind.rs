@@ -22,17 +22,19 @@ fn env(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
-struct Load {
-    requests: u64,
-    secs: f64,
-    latencies: Vec<Duration>,
+pub struct Load {
+    pub requests: u64,
+    pub secs: f64,
+    pub latencies: Vec<Duration>,
+    /// Requests made by each client (client `t` wrote ids `t`, `t + clients`, ...).
+    pub per_client: Vec<u64>,
 }
 
 impl Load {
-    fn rate(&self) -> f64 {
+    pub fn rate(&self) -> f64 {
         self.requests as f64 / self.secs
     }
-    fn pct(&self, p: f64) -> Duration {
+    pub fn pct(&self, p: f64) -> Duration {
         self.latencies[((self.latencies.len() as f64 - 1.0) * p) as usize]
     }
 }
@@ -61,10 +63,12 @@ fn run<C: Send + 'static>(clients: u64, secs: u64, connect: impl Fn() -> C + Sen
         .collect();
     std::thread::sleep(Duration::from_secs(secs));
     stop.store(true, Ordering::Relaxed);
-    let mut latencies: Vec<Duration> = threads.into_iter().flat_map(|t| t.join().expect("client")).collect();
+    let per_thread: Vec<Vec<Duration>> = threads.into_iter().map(|t| t.join().expect("client")).collect();
+    let per_client = per_thread.iter().map(|l| l.len() as u64).collect();
+    let mut latencies: Vec<Duration> = per_thread.into_iter().flatten().collect();
     let secs = start.elapsed().as_secs_f64();
     latencies.sort();
-    Load { requests: latencies.len() as u64, secs, latencies }
+    Load { requests: latencies.len() as u64, secs, latencies, per_client }
 }
 
 fn recipe_field(c: &mut redis::Connection, field: &str) -> i64 {
@@ -77,8 +81,31 @@ fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1000.0)
 }
 
-fn main() {
-    let (secs, clients, keys) = (env("BENCH_SECS", 10), env("BENCH_CLIENTS", 48), env("BENCH_KEYS", 100_000));
+/// The four loads and the write-behind counters of one run of the comparison.
+pub struct Figures {
+    pub secs: u64,
+    pub clients: u64,
+    pub keys: u64,
+    /// (a) upserts straight to PostgreSQL.
+    pub direct: Load,
+    /// (b) HSET + write-behind.
+    pub hset: Load,
+    /// (c) plain HSET, no recipe.
+    pub plain: Load,
+    /// (d) HSET with the recipe paused (capture only).
+    pub captured_only: Load,
+    pub applied_during: i64,
+    pub backlog_at_stop: i64,
+    pub drain: Duration,
+    pub applied_total: i64,
+    pub captured: i64,
+    /// Rows in PostgreSQL at the end, and the distinct keys (b) wrote.
+    pub rows: i64,
+    pub distinct: i64,
+}
+
+/// Runs the comparison: its own PostgreSQL and server, `clients` threads, `secs` per load.
+pub fn measure(secs: u64, clients: u64, keys: u64) -> Figures {
     let pg = Postgres::start();
     let table = "CREATE TABLE records (id integer PRIMARY KEY, name text, amount double precision, updated timestamptz)";
     pg.sql(table);
@@ -138,6 +165,28 @@ fn main() {
     assert_eq!(fmt(&cmd(&mut c, &["RG.PAUSEREGISTRATIONS", "records/0"])), "OK");
     let captured_only = hset_load("rec:");
 
+    let rows: i64 = pg.sql("SELECT count(*) FROM records").parse().unwrap_or(0);
+    // The ids (b) wrote: client t wrote t, t + clients, ... modulo keys (a client that got
+    // more turns than the others may wrap around onto ids written already).
+    let mut seen = vec![false; keys as usize];
+    for (t, n) in hset.per_client.iter().enumerate() {
+        for k in 0..*n {
+            seen[((t as u64 + k * clients) % keys) as usize] = true;
+        }
+    }
+    let distinct = seen.iter().filter(|s| **s).count() as i64;
+    Figures { secs, clients, keys, direct, hset, plain, captured_only, applied_during, backlog_at_stop, drain, applied_total, captured, rows, distinct }
+}
+
+/// The correctness check of a run: every key (b) wrote reached PostgreSQL.
+pub fn check(f: &Figures) {
+    assert_eq!(f.rows, f.distinct, "every key written reached PostgreSQL");
+}
+
+/// Prints a run's figures as a table with the ratios.
+pub fn print(f: &Figures) {
+    let Figures { secs, clients, keys, direct, hset, plain, captured_only, applied_during, backlog_at_stop, drain, applied_total, captured, .. } = f;
+    let (applied_during, backlog_at_stop, applied_total, captured) = (*applied_during, *backlog_at_stop, *applied_total, *captured);
     println!("write-behind benchmark: {clients} clients, {secs} s per load, ids in 0..{keys}, PostgreSQL and Redis on loopback, 2-core machine");
     println!("{:<34} {:>12} {:>10} {:>10} {:>10} {:>16}", "", "requests/s", "p50", "p95", "p99", "PG rows/s");
     println!("{:<34} {:>12.0} {:>10} {:>10} {:>10} {:>16.0}", "(a) upsert straight to PostgreSQL", direct.rate(), ms(direct.pct(0.5)), ms(direct.pct(0.95)), ms(direct.pct(0.99)), direct.rate());
@@ -169,7 +218,11 @@ fn main() {
         drain.as_secs_f64(),
         if drain.as_secs_f64() > 0.0 { backlog_at_stop as f64 / drain.as_secs_f64() } else { 0.0 }
     );
-    let rows: i64 = pg.sql("SELECT count(*) FROM records").parse().unwrap_or(0);
-    let distinct = (hset.requests.min(keys)) as i64;
-    assert_eq!(rows, distinct, "every key written reached PostgreSQL");
+}
+
+fn main() {
+    let (secs, clients, keys) = (env("BENCH_SECS", 10), env("BENCH_CLIENTS", 48), env("BENCH_KEYS", 100_000));
+    let f = measure(secs, clients, keys);
+    print(&f);
+    check(&f);
 }
