@@ -912,13 +912,14 @@ above); they are not re-taken by each run.
   userdata/proxy record over the open key) instead of a full table per hash, so that a
   countBy of one field copies one field per key.
 - **B1, capture.** The capture itself is now native (the hash read with `RM_ScanKey`, the
-  entry appended with `RM_StreamAdd`, no HGETALL/XADD dispatch), but every write to a
-  captured key is still run twice: the command filter turns it into `RG.WTRUN <command>`,
-  which checks the recipe's stream, runs the command through `RM_Call` and turns a capture
-  that failed into an error reply, so that no write is acknowledged without its capture.
-  Closing the gap to plain HSET would need write-behind writes to run unwrapped: the
-  stream's health checked in the filter and kept current from the stream key's own
-  keyspace events, with the wrapper kept for write-through, MULTI and scripts.
+  entry appended with `RM_StreamAdd`, no HGETALL/XADD dispatch). On Redis 7.0 (this run)
+  every write to a captured key is still run twice: the command filter turns it into
+  `RG.WTRUN <command>`, which checks the recipe's stream, runs the command through
+  `RM_Call` and turns a capture that failed into an error reply, so that no write is
+  acknowledged without its capture. On 7.2+ and Valkey a plain client's write-behind write
+  runs unwrapped (the stream's health is kept current from its own keyspace events), the
+  wrapper staying for write-through, MULTI and scripts; 7.0's filter cannot tell a client's
+  command from one queued in MULTI, which is what keeping the wrapper there costs.
 - **B2/B3, drain.** A batch is now one prepared statement with array parameters and, for
   at-least-once, no BEGIN/COMMIT, and a round of the apply loop takes the Redis lock once;
   the drain is bounded by reading and converting 500-entry batches on the recipe's thread

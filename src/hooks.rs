@@ -67,7 +67,7 @@ extern "C" fn on_command(fctx: *mut raw::RedisModuleCommandFilterCtx) {
         }
         if recipes {
             let args = |i: usize| filter_arg(fctx, i as c_int);
-            match crate::recipes::filter(&name, &args, n.max(0) as usize) {
+            match crate::recipes::filter(&name, &args, n.max(0) as usize, plain_client(fctx)) {
                 crate::recipes::Filtered::Refuse(msg) => {
                     insert_arg(fctx, 0, crate::recipes::REFUSE.as_bytes());
                     insert_arg(fctx, 1, msg.as_bytes());
@@ -88,6 +88,24 @@ extern "C" fn on_command(fctx: *mut raw::RedisModuleCommandFilterCtx) {
         }
         insert_arg(fctx, 0, hook_run_for(&name).as_bytes());
     });
+}
+
+/// Is the filtered command a connected client's, outside MULTI? Known on servers that
+/// give the filter its client (7.2+, Valkey); false elsewhere, for scripts' and modules'
+/// calls (their clients are not connected ones) and for commands queued in MULTI.
+fn plain_client(fctx: *mut raw::RedisModuleCommandFilterCtx) -> bool {
+    // SAFETY: reading function pointers the server filled in at module load; the filter
+    // context is live for this callback; `ci` is a version-1 client info the server fills.
+    unsafe {
+        let (Some(client_id), Some(info)) = (raw::RedisModule_CommandFilterGetClientId, raw::RedisModule_GetClientInfoById) else { return false };
+        let id = client_id(fctx);
+        let mut ci: raw::RedisModuleClientInfo = std::mem::zeroed();
+        ci.version = raw::REDISMODULE_CLIENTINFO_VERSION as u64;
+        if info(&mut ci as *mut raw::RedisModuleClientInfo as *mut std::os::raw::c_void, id) != raw::REDISMODULE_OK as c_int {
+            return false;
+        }
+        ci.flags & raw::REDISMODULE_CLIENTINFO_FLAG_MULTI as u64 == 0
+    }
 }
 
 /// On a cluster node: does the filtered command name a key of a slot this node does not

@@ -54,8 +54,14 @@ thread_local! {
 pub fn on_event(ctx: *mut raw::RedisModuleCtx, db: u32, event: &str, key: &[u8]) {
     let Some(r) = recipes() else { return };
     r.ensure(crate::engine());
+    if r.is_empty() {
+        return;
+    }
+    if key.starts_with(recipes::change::STREAM_PREFIX.as_bytes()) {
+        watch_stream(ctx, r, db, event, key);
+    }
     // Events on keys no recipe captures cost no allocation.
-    if r.is_empty() || r.matching(Some(db), key).is_empty() {
+    if r.matching(Some(db), key).is_empty() {
         return;
     }
     // A flush or swap not recorded yet comes first: its changes are older than this one.
@@ -88,13 +94,42 @@ pub fn on_event(ctx: *mut raw::RedisModuleCtx, db: u32, event: &str, key: &[u8])
             }),
             Err(e) => {
                 engine::Host::log(&**crate::redis_host(), engine::LogLevel::Warning, &format!("rg: recipe '{}': the change of '{}' could not be captured: {e}", p.name, String::from_utf8_lossy(key)));
-                FAILED.with(|f| {
-                    if let Some(list) = f.borrow_mut().as_mut() {
+                let reported = FAILED.with(|f| match f.borrow_mut().as_mut() {
+                    Some(list) => {
                         list.push(format!("write-behind '{}': the change of '{}' was made but could not be captured ({e}); it will not reach the target", p.name, String::from_utf8_lossy(key)));
+                        true
                     }
+                    None => false,
                 });
+                if !reported {
+                    // Not inside RG.WTRUN: the writes that follow are refused until the
+                    // recipe can capture again.
+                    p.capture_failed(format!("the change of '{}' could not be captured: {e}", String::from_utf8_lossy(key)));
+                }
             }
         }
+    }
+}
+
+/// An event on a key named like a recipe's stream: if a command made it something other
+/// than a stream (SET, RENAME or RESTORE onto it...), the recipe refuses writes from now on
+/// (the filter checks `broken` before every write), until it is a stream or gone again
+/// (the apply loop's survey clears it).
+fn watch_stream(ctx: *mut raw::RedisModuleCtx, r: &Recipes, db: u32, event: &str, key: &[u8]) {
+    if matches!(event, "xadd" | "xtrim" | "xdel" | "xsetid" | "del" | "expired" | "evicted" | "rename_from" | "move_from") || event.starts_with("xgroup") {
+        return;
+    }
+    let owners: Vec<_> = r.all().into_iter().filter(|p| p.db() == db && recipes::change::is_stream_of(&p.name, key)).collect();
+    if owners.is_empty() {
+        return;
+    }
+    let t = key_type(&Context::new(ctx), key);
+    if t == "stream" || t == "none" {
+        return;
+    }
+    for p in owners {
+        p.add_stream(key.to_vec());
+        p.capture_failed(format!("'{}' is not a stream (it is a {t})", String::from_utf8_lossy(key)));
     }
 }
 
@@ -185,8 +220,16 @@ pub enum Filtered {
     Pass,
 }
 
-/// Called by the command filter for every command while recipes exist.
-pub fn filter(command: &str, args: &dyn Fn(usize) -> Option<Vec<u8>>, argc: usize) -> Filtered {
+/// Called by the command filter for every command while recipes exist. `plain`: the
+/// command is a connected client's, outside MULTI (see `hooks::plain_client`).
+///
+/// A write to a recipe's keys is wrapped in RG.WTRUN, which checks the streams first and
+/// answers with an error if a capture failed, except where nothing needs it: a
+/// write-behind (not write-through) write by a plain client with a command that cannot
+/// replace a hash with another type. Its capture can only fail if the recipe's stream is
+/// not a stream, which the stream's own keyspace events report (`watch_stream`): writes
+/// are then refused here, before they are applied.
+pub fn filter(command: &str, args: &dyn Fn(usize) -> Option<Vec<u8>>, argc: usize, plain: bool) -> Filtered {
     let Some(r) = recipes() else { return Filtered::Pass };
     if let Some(e) = crate::ENGINE.get() {
         r.ensure(e);
@@ -224,7 +267,7 @@ pub fn filter(command: &str, args: &dyn Fn(usize) -> Option<Vec<u8>>, argc: usiz
                     String::from_utf8_lossy(&spec.prefix)
                 ));
             }
-            wrap = true;
+            wrap |= !plain || spec.kind == Kind::WriteThrough || overwrite_indexes(command, argc, args).is_some();
         }
     }
     if wrap {

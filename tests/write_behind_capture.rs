@@ -422,3 +422,48 @@ fn what_a_flush_records_survives_kill_9_and_reaches_the_replica() {
         common::pg_eventually(&pg, IDS, expected, 30);
     }
 }
+
+/// How many commands ran wrapped in RG.WTRUN so far.
+fn wrapped(c: &mut redis::Connection) -> i64 {
+    let info = fmt(&cmd(c, &["INFO", "commandstats"]));
+    info.split("cmdstat_rg.wtrun:calls=").nth(1).and_then(|t| t.split(|ch: char| !ch.is_ascii_digit()).next()).and_then(|n| n.parse().ok()).unwrap_or(0)
+}
+
+/// A client's write to a write-behind key runs as it is, without RG.WTRUN around it, where
+/// the command filter knows its client (Redis 7.2+, Valkey), and is captured all the same;
+/// writes queued in MULTI, scripts' writes and commands that may replace a hash with
+/// another type keep the wrapper (on 7.0 every write does). A stream replaced by another
+/// type is reported by its own keyspace event: the next write is refused before it is
+/// applied.
+#[test]
+fn plain_client_writes_are_captured_without_a_wrapper() {
+    let pg = Postgres::start();
+    pg.sql(USERS);
+    let s = server(&pg, &[]);
+    let mut c = s.conn();
+    register(&mut c, "js", "");
+    pause(&mut c);
+    let unwrapped = !version(&mut c).starts_with("7.0");
+    for i in 1..=20 {
+        assert_eq!(fmt(&cmd(&mut c, &["HSET", &format!("user:{i}"), "name", "n"])), "1");
+    }
+    assert_eq!(wrapped(&mut c), if unwrapped { 0 } else { 20 });
+    assert_eq!(fmt(&cmd(&mut c, &["XLEN", "rg:wb:users"])), "20");
+    let before = wrapped(&mut c);
+    cmd(&mut c, &["MULTI"]);
+    cmd(&mut c, &["HSET", "user:21", "name", "m"]);
+    assert_eq!(fmt(&cmd(&mut c, &["EXEC"])), "[1]");
+    assert_eq!(wrapped(&mut c), before + 1, "a write queued in MULTI is wrapped");
+    assert_eq!(fmt(&cmd(&mut c, &["EVAL", "return redis.call('HSET', KEYS[1], 'name', 'e')", "1", "user:22"])), "1");
+    assert_eq!(wrapped(&mut c), before + 2, "a script's write is wrapped");
+    assert_eq!(fmt(&cmd(&mut c, &["SET", "user:23", "x"])), "OK");
+    assert_eq!(wrapped(&mut c), before + 3, "a command that may replace a hash is wrapped");
+    assert_eq!(stream(&mut c).len(), 22);
+    // Someone replaces the recipe's stream with a string: the next plain write is refused
+    // before it is applied.
+    cmd(&mut c, &["DEL", "rg:wb:users"]);
+    cmd(&mut c, &["SET", "rg:wb:users", "oops"]);
+    let refused = fmt(&cmd(&mut c, &["HSET", "user:24", "name", "r"]));
+    assert!(refused.contains("write-behind 'users' cannot capture changes: 'rg:wb:users' is not a stream (it is a string)"), "{refused}");
+    assert_eq!(fmt(&cmd(&mut c, &["EXISTS", "user:24"])), "0", "the refused write was not applied");
+}
