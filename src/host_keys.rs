@@ -135,11 +135,14 @@ impl Locked<'_> {
             let t = raw::RedisModule_KeyType.unwrap()(k);
             let result = match kind(t) {
                 None if t as isize == raw::REDISMODULE_KEYTYPE_EMPTY => Ok(None),
-                // A module's type: as the commands give it.
+                // A module's type: as the commands give it, its LRU/LFU kept as it was.
                 None => {
                     raw::RedisModule_CloseKey.unwrap()(k);
                     raw::RedisModule_FreeString.unwrap()(ctx, name);
-                    return engine::read_key(self, user, key, read_value);
+                    let access = crate::triggers::save_access(ctx, key);
+                    let read = engine::read_key(self, user, key, read_value);
+                    crate::triggers::restore_access(ctx, key, access);
+                    return read;
                 }
                 Some((type_name, command, rest)) => match user.map(|u| self.may_read(u, name, command, rest, read_value)).unwrap_or(Ok(())) {
                     Err(e) => Err(e),

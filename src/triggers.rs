@@ -228,7 +228,7 @@ extern "C" fn on_keyspace_event(ctx: *mut raw::RedisModuleCtx, _type: c_int, eve
 
 /// A key's LRU idle time or LFU counter, saved before a trigger reads the key and put back
 /// after, so that reading it for a registration does not change what eviction sees.
-enum Access {
+pub(crate) enum Access {
     Lru(i64),
     Lfu(i64),
     Unknown,
@@ -250,7 +250,7 @@ fn with_key<R>(ctx: *mut raw::RedisModuleCtx, key: &[u8], f: impl FnOnce(*mut ra
     }
 }
 
-fn save_access(ctx: *mut raw::RedisModuleCtx, key: &[u8]) -> Access {
+pub(crate) fn save_access(ctx: *mut raw::RedisModuleCtx, key: &[u8]) -> Access {
     with_key(ctx, key, |k| {
         let (mut freq, mut idle) = (0i64, 0i64);
         // SAFETY: `k` is an open key (see with_key). GetLFU fails unless the policy is LFU.
@@ -267,7 +267,7 @@ fn save_access(ctx: *mut raw::RedisModuleCtx, key: &[u8]) -> Access {
     .unwrap_or(Access::Unknown)
 }
 
-fn restore_access(ctx: *mut raw::RedisModuleCtx, key: &[u8], access: Access) {
+pub(crate) fn restore_access(ctx: *mut raw::RedisModuleCtx, key: &[u8], access: Access) {
     with_key(ctx, key, |k| {
         // SAFETY: `k` is an open key (see with_key).
         unsafe {
@@ -290,11 +290,16 @@ fn restore_access(ctx: *mut raw::RedisModuleCtx, key: &[u8], access: Access) {
 /// trigger does not fire for keys its owner could not read, whatever its prefix).
 fn read_record(ctx: *mut raw::RedisModuleCtx, host: &dyn engine::Host, db: u32, event: &str, key: &[u8], session: &engine::Session, reg: &engine::Registration) -> Option<Value> {
     let engine::Trigger::Keys { read_value, .. } = reg.spec.trigger else { return Some(Value::Nil) };
-    let access = save_access(ctx, key);
+    // Where the server says which open-key modes it honours (7.2+, Valkey), the key API
+    // reads without touching the key's LRU/LFU (the host keeps it for the module types it
+    // reads with commands); Redis 7.0's reads touch it: it is saved and put back.
+    let access = (unsafe { raw::RedisModule_GetOpenKeyModesAll }.is_none()).then(|| save_access(ctx, key));
     let locked = host.lock(db);
     let read = locked.read_key(session.user.as_deref(), key, read_value);
     drop(locked);
-    restore_access(ctx, key, access);
+    if let Some(access) = access {
+        restore_access(ctx, key, access);
+    }
     let mut record = match read {
         Err(engine::HostError::NoPermission(_)) => return None,
         Ok(Some(r)) => r.into_value(),

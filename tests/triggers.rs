@@ -246,11 +246,18 @@ fn upgrade_is_atomic_under_concurrent_writes() {
     let mut c = s.conn();
     exec(&mut c, "lua", "GB('KeysOnlyReader'):foreach(function(r) execute('RPUSH', 'log', 'v1') end):register({prefix = 'w:', mode = 'sync'})", &["ID", "atomic"]);
     let port = s.port;
+    // The writer writes until it is stopped once v2 has fired: a fixed number of writes
+    // could all be done before the upgrade (sync triggers are fast).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop_writer = stop.clone();
     let writer = std::thread::spawn(move || {
         let mut w = redis::Client::open(format!("redis://127.0.0.1:{port}/")).unwrap().get_connection().unwrap();
-        for i in 0..2000 {
-            cmd(&mut w, &["SET", &format!("w:{i}"), "x"]);
+        let mut n = 0usize;
+        while !stop_writer.load(std::sync::atomic::Ordering::Relaxed) {
+            cmd(&mut w, &["SET", &format!("w:{n}"), "x"]);
+            n += 1;
         }
+        n
     });
     // The upgrade comes once v1 has fired, while the writer writes.
     common::wait_until(20, "the writer's first write to fire", || match redis::cmd("LLEN").arg("log").query::<usize>(&mut c) {
@@ -258,10 +265,15 @@ fn upgrade_is_atomic_under_concurrent_writes() {
         other => Err(format!("{other:?}")),
     });
     assert_eq!(exec(&mut c, "js", "GB('KeysOnlyReader').foreach(r => { execute('RPUSH', 'log', 'v2') }).register({prefix: 'w:', mode: 'sync'})", &["ID", "atomic", "UPGRADE"]), "OK");
-    writer.join().unwrap();
+    common::wait_until(20, "the writer's writes to fire v2", || match redis::cmd("LPOS").arg("log").arg("v2").query::<Option<usize>>(&mut c) {
+        Ok(Some(_)) => Ok(()),
+        other => Err(format!("{other:?}")),
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let writes = writer.join().unwrap();
     let log: Vec<String> = redis::cmd("LRANGE").arg("log").arg(0).arg(-1).query(&mut c).unwrap();
     // Every write fired exactly one version, and once v2 was live v1 never fired again.
-    assert_eq!(log.len(), 2000);
+    assert_eq!(log.len(), writes);
     let switch = log.iter().position(|v| v == "v2").expect("v2 never fired");
     assert!(log[..switch].iter().all(|v| v == "v1") && log[switch..].iter().all(|v| v == "v2"), "versions interleaved");
     assert!(switch > 0, "the upgrade happened before any write: the test did not overlap them");
