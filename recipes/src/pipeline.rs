@@ -267,6 +267,8 @@ impl Pipeline {
         let mut connected_for: Option<Arc<Spec>> = None;
         // The generation of the connection setting last seen (see Config::connection_generation).
         let mut generation_seen = u64::MAX;
+        // A stream's next batch, read while the previous one was committed.
+        let mut ahead: Option<(Vec<u8>, Vec<(String, Value)>)> = None;
         while !self.stop.load(Ordering::SeqCst) {
             let (spec, reg, db) = self.spec.read().clone();
             // A new version of the recipe (UPGRADE) may name another table, key or
@@ -315,7 +317,14 @@ impl Pipeline {
             let mut read_ahead: Option<(usize, Result<Vec<(String, Value)>, engine::HostError>)> = None;
             if !paused {
                 if let Some(i) = lengths.iter().position(|&n| n > 0) {
-                    read_ahead = Some((i, locked.read_stream(None, &streams[i], "-", false, spec.batch)));
+                    // The batch read while the previous one was being committed, if the
+                    // stream still starts where it did (nothing flushed or re-added since).
+                    let first = |l: &dyn LockedHost| l.read_stream(None, &streams[i], "-", false, 1).ok().and_then(|f| f.first().map(|(id, _)| id.clone()));
+                    let read = match ahead.take() {
+                        Some((s, entries)) if s == streams[i] && entries.first().map(|(id, _)| id.clone()).is_some_and(|id| first(&*locked) == Some(id)) => Ok(entries),
+                        _ => locked.read_stream(None, &streams[i], "-", false, spec.batch),
+                    };
+                    read_ahead = Some((i, read));
                 }
             }
             drop(locked);
@@ -354,7 +363,22 @@ impl Pipeline {
                     continue;
                 }
                 let started = Instant::now();
-                let result = self.batch(&*host, &config, &spec, db, stream, entries, &mut conn, &mut rejections);
+                // While the target commits this batch, the next one is read (the stream holds
+                // more than this batch): the Redis lock and the target's commit overlap.
+                let after = entries.last().map(|(id, _)| id.clone()).filter(|_| lengths[i] as usize > entries.len());
+                let (result, prefetched) = std::thread::scope(|scope| {
+                    let reader = after.map(|last| {
+                        let (host, stream, count) = (host.clone(), stream.clone(), spec.batch);
+                        scope.spawn(move || host.lock(db).read_stream(None, &stream, &last, true, count))
+                    });
+                    let result = self.batch(&*host, &config, &spec, db, stream, entries, &mut conn, &mut rejections);
+                    let prefetched = reader.and_then(|r| r.join().ok()).and_then(|r| r.ok()).filter(|e| !e.is_empty());
+                    (result, prefetched)
+                });
+                ahead = match (&result, prefetched) {
+                    (Ok(_), Some(p)) => Some((stream.clone(), p)),
+                    _ => None,
+                };
                 // Errors may quote the connection URL: its secrets never reach a reply or log
                 // (the URL connected with, and the setting's value now if it is a URL).
                 let result = result.map_err(|e| scrub(&scrub(&e, self.url.lock().as_deref()), config.connection(&spec.target.connection).filter(|v| !engine::config::is_reference(v)).as_deref()));
