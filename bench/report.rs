@@ -920,11 +920,11 @@ above); they are not re-taken by each run.
   runs unwrapped (the stream's health is kept current from its own keyspace events), the
   wrapper staying for write-through, MULTI and scripts; 7.0's filter cannot tell a client's
   command from one queued in MULTI, which is what keeping the wrapper there costs.
-- **B2/B3, drain.** A batch is now one prepared statement with array parameters and, for
-  at-least-once, no BEGIN/COMMIT, and a round of the apply loop takes the Redis lock once;
-  the drain is bounded by reading and converting 500-entry batches on the recipe's thread
-  between two statements. Overlapping the next read with the current statement (a second
-  connection or a pipelined client) and larger default batches are what is left.
+- **B2/B3, drain.** A batch is one prepared statement with array parameters (and, for
+  at-least-once, no BEGIN/COMMIT), a round of the apply loop takes the Redis lock once, and
+  the next batch is read while the target commits the current one: B3 meets its target. B2
+  is bounded by the capture path on 7.0 (above) and by the apply thread sharing two cores
+  with Redis and the 48 clients.
 - **B5, sync triggers.** Each firing still opens the key twice to save and restore its
   LRU/LFU, looks the owner's ACL user up, and builds an `Execution` and a run environment.
 "#;
