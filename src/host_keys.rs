@@ -169,45 +169,25 @@ impl Locked<'_> {
             check_acl(&self.ctx, u, &[b"XRANGE", stream, b"-", b"+"])?;
         }
         let ctx = self.ctx.ctx;
-        let mut out = Vec::new();
         // SAFETY: GIL held for the whole function (this guard); the key is closed and the
-        // name freed before returning; the iterator is stopped before the key is closed.
+        // name freed before returning.
         unsafe {
             let name = raw::RedisModule_CreateString.unwrap()(ctx, stream.as_ptr() as *const c_char, stream.len());
             let mode = (raw::REDISMODULE_READ | raw::REDISMODULE_OPEN_KEY_NOTOUCH) as c_int;
             let k = raw::RedisModule_OpenKey.unwrap()(ctx, name, mode) as *mut raw::RedisModuleKey;
             raw::RedisModule_FreeString.unwrap()(ctx, name);
             if k.is_null() {
-                return Ok(out);
+                return Ok(Vec::new());
             }
             let t = raw::RedisModule_KeyType.unwrap()(k) as isize;
             if t != raw::REDISMODULE_KEYTYPE_STREAM {
                 raw::RedisModule_CloseKey.unwrap()(k);
-                return if t == raw::REDISMODULE_KEYTYPE_EMPTY { Ok(out) } else { Err(HostError::Command("WRONGTYPE Operation against a key holding the wrong kind of value".into())) };
+                return if t == raw::REDISMODULE_KEYTYPE_EMPTY { Ok(Vec::new()) } else { Err(HostError::Command("WRONGTYPE Operation against a key holding the wrong kind of value".into())) };
             }
-            let mut first = from.map(|(ms, seq)| raw::RedisModuleStreamID { ms, seq });
-            let first_ptr = first.as_mut().map_or(std::ptr::null_mut(), |f| f as *mut raw::RedisModuleStreamID);
-            let flags = if exclusive && from.is_some() { raw::REDISMODULE_STREAM_ITERATOR_EXCLUSIVE as c_int } else { 0 };
-            if count > 0 && raw::RedisModule_StreamIteratorStart.unwrap()(k, flags, first_ptr, std::ptr::null_mut()) == raw::REDISMODULE_OK as c_int {
-                let mut id = raw::RedisModuleStreamID { ms: 0, seq: 0 };
-                let mut n: std::os::raw::c_long = 0;
-                while out.len() < count && raw::RedisModule_StreamIteratorNextID.unwrap()(k, &mut id, &mut n) == raw::REDISMODULE_OK as c_int {
-                    let mut fields = Vec::with_capacity(n.max(0) as usize);
-                    let (mut f, mut v) = (std::ptr::null_mut(), std::ptr::null_mut());
-                    while raw::RedisModule_StreamIteratorNextField.unwrap()(k, &mut f, &mut v) == raw::REDISMODULE_OK as c_int {
-                        let field = Value::from_bytes(bytes(f).to_vec());
-                        let value = Value::from_bytes(bytes(v).to_vec());
-                        raw::RedisModule_FreeString.unwrap()(ctx, f);
-                        raw::RedisModule_FreeString.unwrap()(ctx, v);
-                        fields.push((field, value));
-                    }
-                    out.push((format!("{}-{}", id.ms, id.seq), Value::Map(fields)));
-                }
-                raw::RedisModule_StreamIteratorStop.unwrap()(k);
-            }
+            let out = stream_entries(ctx, k, from, exclusive, count);
             raw::RedisModule_CloseKey.unwrap()(k);
+            Ok(out)
         }
-        Ok(out)
     }
 
     /// Appends an entry to a stream as `XADD stream * fields...` does (the key made if
@@ -371,23 +351,39 @@ unsafe fn value_of(ctx: *mut raw::RedisModuleCtx, k: *mut raw::RedisModuleKey, t
             }
             Value::Array(items)
         }
-        raw::REDISMODULE_KEYTYPE_STREAM => {
-            let mut entries = Vec::new();
-            if raw::RedisModule_StreamIteratorStart.unwrap()(k, 0, std::ptr::null_mut(), std::ptr::null_mut()) == raw::REDISMODULE_OK as c_int {
-                let mut id = raw::RedisModuleStreamID { ms: 0, seq: 0 };
-                let mut n: std::os::raw::c_long = 0;
-                while raw::RedisModule_StreamIteratorNextID.unwrap()(k, &mut id, &mut n) == raw::REDISMODULE_OK as c_int {
-                    let mut fields = Vec::with_capacity(n.max(0) as usize);
-                    let (mut f, mut v) = (std::ptr::null_mut(), std::ptr::null_mut());
-                    while raw::RedisModule_StreamIteratorNextField.unwrap()(k, &mut f, &mut v) == raw::REDISMODULE_OK as c_int {
-                        fields.push((owned(f), owned(v)));
-                    }
-                    entries.push(Value::Array(vec![Value::String(format!("{}-{}", id.ms, id.seq)), Value::Map(fields)]));
-                }
-                raw::RedisModule_StreamIteratorStop.unwrap()(k);
-            }
-            Value::Array(entries)
-        }
+        raw::REDISMODULE_KEYTYPE_STREAM => Value::Array(stream_entries(ctx, k, None, false, usize::MAX).into_iter().map(|(id, fields)| Value::Array(vec![Value::String(id), fields])).collect()),
         _ => Value::Nil,
     }
+}
+
+/// Up to `count` entries of an open stream from `from` (the first if None; after it if
+/// `exclusive`), each as (id, map of fields), as XRANGE gives them.
+///
+/// # Safety
+/// GIL held; `k` open for reading and a stream.
+unsafe fn stream_entries(ctx: *mut raw::RedisModuleCtx, k: *mut raw::RedisModuleKey, from: Option<(u64, u64)>, exclusive: bool, count: usize) -> Vec<(String, Value)> {
+    let mut out = Vec::new();
+    let mut first = from.map(|(ms, seq)| raw::RedisModuleStreamID { ms, seq });
+    let first_ptr = first.as_mut().map_or(std::ptr::null_mut(), |f| f as *mut raw::RedisModuleStreamID);
+    let flags = if exclusive && from.is_some() { raw::REDISMODULE_STREAM_ITERATOR_EXCLUSIVE as c_int } else { 0 };
+    if count == 0 || raw::RedisModule_StreamIteratorStart.unwrap()(k, flags, first_ptr, std::ptr::null_mut()) != raw::REDISMODULE_OK as c_int {
+        return out;
+    }
+    let owned = |s: *mut raw::RedisModuleString| {
+        let v = Value::from_bytes(bytes(s).to_vec());
+        raw::RedisModule_FreeString.unwrap()(ctx, s);
+        v
+    };
+    let mut id = raw::RedisModuleStreamID { ms: 0, seq: 0 };
+    let mut n: std::os::raw::c_long = 0;
+    while out.len() < count && raw::RedisModule_StreamIteratorNextID.unwrap()(k, &mut id, &mut n) == raw::REDISMODULE_OK as c_int {
+        let mut fields = Vec::with_capacity(n.max(0) as usize);
+        let (mut f, mut v) = (std::ptr::null_mut(), std::ptr::null_mut());
+        while raw::RedisModule_StreamIteratorNextField.unwrap()(k, &mut f, &mut v) == raw::REDISMODULE_OK as c_int {
+            fields.push((owned(f), owned(v)));
+        }
+        out.push((format!("{}-{}", id.ms, id.seq), Value::Map(fields)));
+    }
+    raw::RedisModule_StreamIteratorStop.unwrap()(k);
+    out
 }

@@ -128,9 +128,17 @@ fn watch_stream(ctx: *mut raw::RedisModuleCtx, r: &Recipes, db: u32, event: &str
         return;
     }
     for p in owners {
-        p.add_stream(key.to_vec());
-        p.capture_failed(format!("'{}' is not a stream (it is a {t})", String::from_utf8_lossy(key)));
+        not_a_stream(&p, key, &t);
     }
+}
+
+/// Records that the recipe's stream `stream` holds a `t` instead: the recipe refuses writes
+/// until it is a stream or gone again. Returns why.
+fn not_a_stream(p: &Pipeline, stream: &[u8], t: &str) -> String {
+    let why = format!("'{}' is not a stream (it is a {t})", String::from_utf8_lossy(stream));
+    p.add_stream(stream.to_vec());
+    p.capture_failed(why.clone());
+    why
 }
 
 /// The argument indexes of the keys of a write command that recipes capture (None for
@@ -243,6 +251,8 @@ pub fn filter(command: &str, args: &dyn Fn(usize) -> Option<Vec<u8>>, argc: usiz
         return if crate::triggers::has_post_notification_jobs() { Filtered::Pass } else { Filtered::Wrap };
     }
     let Some(indexes) = key_indexes(command, argc, args) else { return Filtered::Pass };
+    // What a plain client's write-behind write needs no wrapper for (see above).
+    let unwrapped = plain && overwrite_indexes(command, argc, args).is_none();
     let mut wrap = false;
     for key in indexes.into_iter().filter_map(args) {
         // The filter does not know the client's database: a recipe of any database counts.
@@ -267,7 +277,7 @@ pub fn filter(command: &str, args: &dyn Fn(usize) -> Option<Vec<u8>>, argc: usiz
                     String::from_utf8_lossy(&spec.prefix)
                 ));
             }
-            wrap |= !plain || spec.kind == Kind::WriteThrough || overwrite_indexes(command, argc, args).is_some();
+            wrap |= !unwrapped || spec.kind == Kind::WriteThrough;
         }
     }
     if wrap {
@@ -289,9 +299,7 @@ fn check_streams(ctx: &Context, db: u32, argv: &[Vec<u8>]) -> Result<(), String>
             let stream = recipes::change::stream_key(&p.spec().name, key, cluster);
             let t = key_type(ctx, &stream);
             if t != "stream" && t != "none" {
-                let why = format!("'{}' is not a stream (it is a {t})", String::from_utf8_lossy(&stream));
-                p.add_stream(stream);
-                p.capture_failed(why.clone());
+                let why = not_a_stream(&p, &stream, &t);
                 return Err(cannot_capture(&p, &why));
             }
         }

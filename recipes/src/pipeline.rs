@@ -223,24 +223,23 @@ impl Pipeline {
         (self.streams.lock().iter().cloned().collect(), discovered)
     }
 
-    /// Looks at every stream (the lock held): its length and whether it is still a
-    /// stream. Returns the backlog (all lengths), the oldest entry's millisecond if any,
-    /// and each stream's length.
-    fn survey(&self, locked: &dyn LockedHost, streams: &[Vec<u8>]) -> (i64, Option<u64>, Vec<i64>) {
+    /// Looks at every stream (the lock held): its length, its first entry's id and whether
+    /// it is still a stream. Returns the backlog (all lengths), the oldest entry's
+    /// millisecond if any, and each stream's length and first id.
+    fn survey(&self, locked: &dyn LockedHost, streams: &[Vec<u8>]) -> (i64, Option<u64>, Vec<(i64, Option<String>)>) {
         let (mut backlog, mut oldest, mut ok) = (0i64, None::<u64>, 0);
-        let mut lengths = Vec::with_capacity(streams.len());
+        let mut heads = Vec::with_capacity(streams.len());
         for stream in streams {
-            let mut len = 0;
+            let mut head = (0, None);
             match locked.call(None, &[b"XLEN", stream]) {
                 Ok(Value::Int(n)) => {
                     ok += 1;
                     backlog += n;
-                    len = n;
+                    head.0 = n;
                     if n > 0 {
-                        if let Ok(first) = locked.read_stream(None, stream, "-", false, 1) {
-                            if let Some(id) = first.first().and_then(|(id, _)| parse_id(id)) {
-                                oldest = Some(oldest.map_or(id.0, |o| o.min(id.0)));
-                            }
+                        head.1 = locked.read_stream(None, stream, "-", false, 1).ok().and_then(|f| f.into_iter().next()).map(|(id, _)| id);
+                        if let Some(id) = head.1.as_deref().and_then(parse_id) {
+                            oldest = Some(oldest.map_or(id.0, |o| o.min(id.0)));
                         }
                     }
                 }
@@ -249,13 +248,13 @@ impl Pipeline {
                 }
                 _ => {}
             }
-            lengths.push(len);
+            heads.push(head);
         }
         if ok == streams.len() {
             // Every stream is a stream (or gone): captures can be recorded again.
             *self.broken.lock() = None;
         }
-        (backlog, oldest, lengths)
+        (backlog, oldest, heads)
     }
 
     /// The apply loop (the recipe's own thread) until `stop()`.
@@ -312,16 +311,15 @@ impl Pipeline {
             }
             let trimmed = self.apply_trims(&*locked);
             let streams: Vec<Vec<u8>> = self.streams.lock().iter().cloned().collect();
-            let (backlog, oldest, lengths) = self.survey(&*locked, &streams);
+            let (backlog, oldest, heads) = self.survey(&*locked, &streams);
             let paused = reg.paused.load(Ordering::Relaxed);
             let mut read_ahead: Option<(usize, Result<Vec<(String, Value)>, engine::HostError>)> = None;
             if !paused {
-                if let Some(i) = lengths.iter().position(|&n| n > 0) {
+                if let Some(i) = heads.iter().position(|&(n, _)| n > 0) {
                     // The batch read while the previous one was being committed, if the
                     // stream still starts where it did (nothing flushed or re-added since).
-                    let first = |l: &dyn LockedHost| l.read_stream(None, &streams[i], "-", false, 1).ok().and_then(|f| f.first().map(|(id, _)| id.clone()));
                     let read = match ahead.take() {
-                        Some((s, entries)) if s == streams[i] && entries.first().map(|(id, _)| id.clone()).is_some_and(|id| first(&*locked) == Some(id)) => Ok(entries),
+                        Some((s, entries)) if s == streams[i] && entries.first().is_some_and(|(id, _)| heads[i].1.as_ref() == Some(id)) => Ok(entries),
                         _ => locked.read_stream(None, &streams[i], "-", false, spec.batch),
                     };
                     read_ahead = Some((i, read));
@@ -339,7 +337,7 @@ impl Pipeline {
             }
             let mut next: Option<Duration> = None;
             let mut failed = false;
-            for (i, stream) in streams.iter().enumerate().filter(|(i, _)| !paused && lengths[*i] > 0) {
+            for (i, stream) in streams.iter().enumerate().filter(|(i, _)| !paused && heads[*i].0 > 0) {
                 let read = match read_ahead.take() {
                     Some((at, r)) if at == i => r,
                     other => {
@@ -365,7 +363,7 @@ impl Pipeline {
                 let started = Instant::now();
                 // While the target commits this batch, the next one is read (the stream holds
                 // more than this batch): the Redis lock and the target's commit overlap.
-                let after = entries.last().map(|(id, _)| id.clone()).filter(|_| lengths[i] as usize > entries.len());
+                let after = entries.last().map(|(id, _)| id.clone()).filter(|_| heads[i].0 as usize > entries.len());
                 let (result, prefetched) = std::thread::scope(|scope| {
                     let reader = after.map(|last| {
                         let (host, stream, count) = (host.clone(), stream.clone(), spec.batch);

@@ -4,7 +4,6 @@
 
 use crate::convert::{Cell, ColType};
 use crate::spec::Spec;
-use crate::change::Op;
 use crate::sql::{self, Dialect};
 use crate::target::{after, planned_columns, planned_schema, Checkpoint, Row, Schema, Target, TargetError};
 use engine::streams::parse_id;
@@ -86,26 +85,17 @@ fn batch_statements(table: &str, key: &str, types: &HashMap<String, String>, row
         None => format!("u.c{i}"),
     };
     let mut out = Vec::new();
-    let deletes: Vec<usize> = rows.iter().enumerate().filter(|(_, r)| r.op == Op::Delete).map(|(i, _)| i).collect();
+    let deletes = sql::delete_rows(rows);
     if !deletes.is_empty() {
         out.push(BatchStatement { sql: format!("DELETE FROM {t} WHERE {k} IN (SELECT {} FROM unnest($1::{}) AS u(c0))", expr(0, key), array(key)), params: vec![None], rows: deletes });
     }
-    let mut groups: Vec<(Vec<&str>, Vec<usize>)> = Vec::new();
-    for (i, r) in rows.iter().enumerate().filter(|(_, r)| r.op == Op::Upsert) {
-        let cols: Vec<&str> = r.cells.iter().map(|(c, _)| c.as_str()).collect();
-        match groups.iter_mut().find(|(c, _)| *c == cols) {
-            Some((_, idx)) => idx.push(i),
-            None => groups.push((cols, vec![i])),
-        }
-    }
-    for (cols, idx) in groups {
+    for (cols, idx) in sql::upsert_groups(rows) {
         let all: Vec<&str> = std::iter::once(key).chain(cols.iter().copied()).collect();
         let names: Vec<String> = all.iter().map(|c| d.quote(c)).collect();
         let exprs: Vec<String> = all.iter().enumerate().map(|(i, c)| expr(i, c)).collect();
         let arrays: Vec<String> = all.iter().enumerate().map(|(i, c)| format!("${}::{}", i + 1, array(c))).collect();
         let aliases: Vec<String> = (0..all.len()).map(|i| format!("c{i}")).collect();
-        let update: Vec<String> = cols.iter().map(|c| format!("{0} = excluded.{0}", d.quote(c))).collect();
-        let conflict = if update.is_empty() { format!("ON CONFLICT ({k}) DO NOTHING") } else { format!("ON CONFLICT ({k}) DO UPDATE SET {}", update.join(", ")) };
+        let conflict = sql::on_conflict(d, &k, &cols);
         out.push(BatchStatement {
             sql: format!("INSERT INTO {t} ({}) SELECT {} FROM unnest({}) AS u({}) {conflict}", names.join(", "), exprs.join(", "), arrays.join(", "), aliases.join(", ")),
             params: std::iter::once(None).chain((0..cols.len()).map(Some)).collect(),

@@ -51,7 +51,7 @@ pub fn statements(d: Dialect, table: &str, key: &str, rows: &[&Row], cast: &dyn 
     let t = d.table(table);
     let k = d.quote(key);
     // Deletes, in chunks.
-    let deletes: Vec<usize> = rows.iter().enumerate().filter(|(_, r)| r.op == Op::Delete).map(|(i, _)| i).collect();
+    let deletes = delete_rows(rows);
     for chunk in deletes.chunks(max_params.max(1)) {
         let mut params = Vec::new();
         let list: Vec<String> = chunk
@@ -64,15 +64,7 @@ pub fn statements(d: Dialect, table: &str, key: &str, rows: &[&Row], cast: &dyn 
         out.push(Statement { sql: format!("DELETE FROM {t} WHERE {k} IN ({})", list.join(", ")), params });
     }
     // Upserts, grouped by their columns.
-    let mut groups: Vec<(Vec<&str>, Vec<usize>)> = Vec::new();
-    for (i, r) in rows.iter().enumerate().filter(|(_, r)| r.op == Op::Upsert) {
-        let cols: Vec<&str> = r.cells.iter().map(|(c, _)| c.as_str()).collect();
-        match groups.iter_mut().find(|(c, _)| *c == cols) {
-            Some((_, idx)) => idx.push(i),
-            None => groups.push((cols, vec![i])),
-        }
-    }
-    for (cols, idx) in groups {
+    for (cols, idx) in upsert_groups(rows) {
         let per_row = cols.len() + 1;
         for chunk in idx.chunks((max_params / per_row).max(1)) {
             let mut params = Vec::new();
@@ -88,26 +80,50 @@ pub fn statements(d: Dialect, table: &str, key: &str, rows: &[&Row], cast: &dyn 
                 tuples.push(format!("({})", ph.join(", ")));
             }
             let names: Vec<String> = std::iter::once(k.clone()).chain(cols.iter().map(|c| d.quote(c))).collect();
-            let update: Vec<String> = cols
-                .iter()
-                .map(|c| {
-                    let q = d.quote(c);
-                    match d {
-                        Dialect::MySql => format!("{q} = VALUES({q})"),
-                        _ => format!("{q} = excluded.{q}"),
-                    }
-                })
-                .collect();
-            let conflict = match (d, update.is_empty()) {
-                (Dialect::MySql, true) => format!(" ON DUPLICATE KEY UPDATE {k} = {k}"),
-                (Dialect::MySql, false) => format!(" ON DUPLICATE KEY UPDATE {}", update.join(", ")),
-                (_, true) => format!(" ON CONFLICT ({k}) DO NOTHING"),
-                (_, false) => format!(" ON CONFLICT ({k}) DO UPDATE SET {}", update.join(", ")),
-            };
-            out.push(Statement { sql: format!("INSERT INTO {t} ({}) VALUES {}{conflict}", names.join(", "), tuples.join(", ")), params });
+            out.push(Statement { sql: format!("INSERT INTO {t} ({}) VALUES {} {}", names.join(", "), tuples.join(", "), on_conflict(d, &k, &cols)), params });
         }
     }
     out
+}
+
+/// The indexes of the rows that are deletes.
+pub fn delete_rows(rows: &[&Row]) -> Vec<usize> {
+    rows.iter().enumerate().filter(|(_, r)| r.op == Op::Delete).map(|(i, _)| i).collect()
+}
+
+/// The upserts among `rows`, grouped by their columns: (columns, row indexes), in the
+/// order each set of columns first comes.
+pub fn upsert_groups<'a>(rows: &[&'a Row]) -> Vec<(Vec<&'a str>, Vec<usize>)> {
+    let mut groups: Vec<(Vec<&str>, Vec<usize>)> = Vec::new();
+    for (i, r) in rows.iter().enumerate().filter(|(_, r)| r.op == Op::Upsert) {
+        let cols: Vec<&str> = r.cells.iter().map(|(c, _)| c.as_str()).collect();
+        match groups.iter_mut().find(|(c, _)| *c == cols) {
+            Some((_, idx)) => idx.push(i),
+            None => groups.push((cols, vec![i])),
+        }
+    }
+    groups
+}
+
+/// What an upsert on key column `k` (quoted) does when the row exists: `cols` take the new
+/// values (or nothing changes when there are none).
+pub fn on_conflict(d: Dialect, k: &str, cols: &[&str]) -> String {
+    let update: Vec<String> = cols
+        .iter()
+        .map(|c| {
+            let q = d.quote(c);
+            match d {
+                Dialect::MySql => format!("{q} = VALUES({q})"),
+                _ => format!("{q} = excluded.{q}"),
+            }
+        })
+        .collect();
+    match (d, update.is_empty()) {
+        (Dialect::MySql, true) => format!("ON DUPLICATE KEY UPDATE {k} = {k}"),
+        (Dialect::MySql, false) => format!("ON DUPLICATE KEY UPDATE {}", update.join(", ")),
+        (_, true) => format!("ON CONFLICT ({k}) DO NOTHING"),
+        (_, false) => format!("ON CONFLICT ({k}) DO UPDATE SET {}", update.join(", ")),
+    }
 }
 
 impl Statement {
