@@ -1,7 +1,7 @@
 //! Runs a plan: reads records in bounded batches under the data lock, then pushes them
 //! through the steps outside the lock.
 
-use crate::plan::{apply_native, Func, GroupMode, Plan, Reader, Step};
+use crate::plan::{apply_native, apply_native_ref, Func, GroupMode, NativeOp, Plan, Reader, Step};
 use crate::{Host, LockedHost, ScriptCalls, ScriptError, Value};
 use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasherDefault;
@@ -59,12 +59,26 @@ struct Pipeline<'p, 'c> {
 }
 
 impl<'p, 'c> Pipeline<'p, 'c> {
-    fn call(&mut self, step: usize, f: &Func, args: Vec<Value>) -> Result<Option<Value>, ScriptError> {
+    /// Calls `f` with `args`. Script functions see the arguments by reference (the
+    /// language converts them into its own values; nothing is copied here), natives get a
+    /// copy of only what they read. None: the call failed and its error is recorded.
+    fn call(&mut self, step: usize, f: &Func, args: &[Value]) -> Result<Option<Value>, ScriptError> {
         let start = Instant::now();
         let r = match f {
-            Func::Native(op) => apply_native(op, args).map_err(ScriptError::runtime),
+            Func::Native(op) => apply_native_ref(op, args).map_err(ScriptError::runtime),
             Func::Script(fr) => self.cx.calls.call(*fr, args),
         };
+        self.called(step, start, r)
+    }
+
+    /// A native given its arguments by value (it consumes an accumulator in place).
+    fn call_native(&mut self, step: usize, op: &NativeOp, args: Vec<Value>) -> Result<Option<Value>, ScriptError> {
+        let start = Instant::now();
+        let r = apply_native(op, args).map_err(ScriptError::runtime);
+        self.called(step, start, r)
+    }
+
+    fn called(&mut self, step: usize, start: Instant, r: Result<Value, ScriptError>) -> Result<Option<Value>, ScriptError> {
         let st = &mut self.stats[step];
         st.calls += 1;
         st.duration += start.elapsed();
@@ -78,6 +92,34 @@ impl<'p, 'c> Pipeline<'p, 'c> {
         }
     }
 
+    /// Calls an accumulating function with (`acc`, `input`) and gives the next
+    /// accumulator; a failed call keeps `acc` (its error is recorded). `key` goes first to
+    /// script reducers of groups; natives reduce the last two arguments only. Nothing is
+    /// copied but a fallible native's small accumulator.
+    fn reduce(&mut self, step: usize, f: &Func, key: Option<Value>, acc: Value, input: Value) -> Result<(Value, Option<Value>), ScriptError> {
+        match f {
+            Func::Native(op) => {
+                let keep = (!op.infallible()).then(|| acc.clone());
+                let next = self.call_native(step, op, vec![acc, input])?;
+                Ok((next.or(keep).unwrap_or(Value::Nil), key))
+            }
+            Func::Script(_) => match key {
+                Some(k) => {
+                    let args = [k, acc, input];
+                    let next = self.call(step, f, &args)?;
+                    let [k, acc, _] = args;
+                    Ok((next.unwrap_or(acc), Some(k)))
+                }
+                None => {
+                    let args = [acc, input];
+                    let next = self.call(step, f, &args)?;
+                    let [acc, _] = args;
+                    Ok((next.unwrap_or(acc), None))
+                }
+            },
+        }
+    }
+
     fn push(&mut self, i: usize, r: Value) -> Result<(), ScriptError> {
         let steps = self.steps;
         let Some(step) = steps.get(i) else {
@@ -86,11 +128,11 @@ impl<'p, 'c> Pipeline<'p, 'c> {
         };
         match step {
             Step::Map(f) => {
-                if let Some(v) = self.call(i, f, vec![r])? {
+                if let Some(v) = self.call(i, f, std::slice::from_ref(&r))? {
                     self.push(i + 1, v)?;
                 }
             }
-            Step::FlatMap(f) => match self.call(i, f, vec![r])? {
+            Step::FlatMap(f) => match self.call(i, f, std::slice::from_ref(&r))? {
                 Some(Value::Array(items)) => {
                     for v in items {
                         self.push(i + 1, v)?;
@@ -100,14 +142,14 @@ impl<'p, 'c> Pipeline<'p, 'c> {
                 Some(v) => self.push(i + 1, v)?,
             },
             Step::Filter(f) => {
-                if let Some(keep) = self.call(i, f, vec![r.clone()])? {
+                if let Some(keep) = self.call(i, f, std::slice::from_ref(&r))? {
                     if keep.truthy() {
                         self.push(i + 1, r)?;
                     }
                 }
             }
             Step::ForEach(f) => {
-                if self.call(i, f, vec![r.clone()])?.is_some() {
+                if self.call(i, f, std::slice::from_ref(&r))?.is_some() {
                     self.push(i + 1, r)?;
                 }
             }
@@ -116,43 +158,44 @@ impl<'p, 'c> Pipeline<'p, 'c> {
                     State::Acc(a) => a.take().unwrap_or_else(|| zero.clone()),
                     _ => zero.clone(),
                 };
-                let keep = acc.clone();
-                let next = self.call(i, f, vec![acc, r])?.unwrap_or(keep);
+                let (next, _) = self.reduce(i, f, None, acc, r)?;
                 self.states[i] = State::Acc(Some(next));
             }
             Step::LocalGroupBy { extractor, reducer, zero, mode } => {
-                let Some(k) = self.call(i, extractor, vec![r.clone()])? else { return Ok(()) };
+                let Some(k) = self.call(i, extractor, std::slice::from_ref(&r))? else { return Ok(()) };
                 let gk = k.group_key();
-                let current = match &self.states[i] {
-                    State::Groups { order, index } => index.get(&gk).map(|&p| order[p].1.clone()),
-                    _ => None,
-                };
-                let next = match mode {
-                    GroupMode::Batch => {
-                        let mut list = match current {
-                            Some(Value::Array(l)) => l,
-                            _ => Vec::new(),
-                        };
-                        list.push(r);
-                        Value::Array(list)
-                    }
-                    GroupMode::Records | GroupMode::Values => {
-                        let acc = current.unwrap_or_else(|| zero.clone());
-                        let keep = acc.clone();
-                        let input = if *mode == GroupMode::Values { r.get("value").cloned().unwrap_or(Value::Nil) } else { r };
-                        self.call(i, reducer, vec![k.clone(), acc, input])?.unwrap_or(keep)
-                    }
-                };
                 if let State::None = self.states[i] {
                     self.states[i] = State::Groups { order: Vec::new(), index: HashMap::new() };
                 }
-                if let State::Groups { order, index } = &mut self.states[i] {
-                    match index.get(&gk) {
-                        Some(&p) => order[p].1 = next,
+                let State::Groups { order, index } = &mut self.states[i] else { return Ok(()) };
+                let at = index.get(&gk).copied();
+                if *mode == GroupMode::Batch {
+                    // The group's list grows in place.
+                    match at {
+                        Some(p) => match &mut order[p].1 {
+                            Value::Array(list) => list.push(r),
+                            other => *other = Value::Array(vec![r]),
+                        },
                         None => {
                             index.insert(gk, order.len());
-                            order.push((k, next));
+                            order.push((k, Value::Array(vec![r])));
                         }
+                    }
+                    return Ok(());
+                }
+                // The accumulator is taken out of its group while the reducer runs.
+                let acc = match at {
+                    Some(p) => std::mem::replace(&mut order[p].1, Value::Nil),
+                    None => zero.clone(),
+                };
+                let input = if *mode == GroupMode::Values { r.get("value").cloned().unwrap_or(Value::Nil) } else { r };
+                let (next, k) = self.reduce(i, reducer, Some(k), acc, input)?;
+                let State::Groups { order, index } = &mut self.states[i] else { return Ok(()) };
+                match at {
+                    Some(p) => order[p].1 = next,
+                    None => {
+                        index.insert(gk, order.len());
+                        order.push((k.unwrap_or(Value::Nil), next));
                     }
                 }
             }
@@ -183,13 +226,13 @@ impl<'p, 'c> Pipeline<'p, 'c> {
                 (Step::LocalGroupBy { reducer, mode, .. }, State::Groups { order, .. }) => {
                     let mut out = Vec::with_capacity(order.len());
                     for (k, v) in order {
-                        let v = if *mode == GroupMode::Batch {
-                            match self.call(i, reducer, vec![k.clone(), v])? {
-                                Some(v) => v,
-                                None => continue,
-                            }
+                        let (k, v) = if *mode == GroupMode::Batch {
+                            let args = [k, v];
+                            let Some(v) = self.call(i, reducer, &args)? else { continue };
+                            let [k, _] = args;
+                            (k, v)
                         } else {
-                            v
+                            (k, v)
                         };
                         out.push(Value::Map(vec![(Value::str("key"), k), (Value::str("value"), v)]));
                     }

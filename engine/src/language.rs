@@ -46,7 +46,7 @@ pub trait Instance {
         -> Result<Value, ScriptError>;
 
     /// Calls a function of the current run.
-    fn call(&mut self, f: FnRef, args: Vec<Value>, natives: &dyn Natives)
+    fn call(&mut self, f: FnRef, args: &[Value], natives: &dyn Natives)
         -> Result<Value, ScriptError>;
 
     /// Forgets the current run's globals and functions.
@@ -89,7 +89,7 @@ pub trait Natives {
 
 /// Lets a native call back into the script that called it.
 pub trait ScriptCalls {
-    fn call(&self, f: FnRef, args: Vec<Value>) -> Result<Value, ScriptError>;
+    fn call(&self, f: FnRef, args: &[Value]) -> Result<Value, ScriptError>;
 }
 
 /// Per-instance time keeping shared between the running code and the interrupt hook.

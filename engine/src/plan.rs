@@ -120,6 +120,26 @@ pub struct Plan {
     pub steps: Vec<Step>,
 }
 
+impl NativeOp {
+    /// Can this op fail? (Those that cannot need no copy of an accumulator kept for the
+    /// case they do.)
+    pub fn infallible(&self) -> bool {
+        matches!(self, NativeOp::Identity | NativeOp::Push | NativeOp::Concat | NativeOp::RecordKey | NativeOp::RecordValue | NativeOp::Distinct | NativeOp::Sort { .. })
+    }
+}
+
+/// Applies a native op to arguments it only reads: the ops that pick a part of a record
+/// copy that part only; the others get a copy of the arguments.
+pub fn apply_native_ref(op: &NativeOp, args: &[Value]) -> Result<Value, String> {
+    let last = args.last().unwrap_or(&Value::Nil);
+    match op {
+        NativeOp::Identity => Ok(last.clone()),
+        NativeOp::RecordKey => Ok(last.get("key").cloned().unwrap_or(Value::Nil)),
+        NativeOp::RecordValue => Ok(last.get("value").cloned().unwrap_or(Value::Nil)),
+        _ => apply_native(op, args.to_vec()),
+    }
+}
+
 /// Applies a native op. `args` are the step's call arguments.
 pub fn apply_native(op: &NativeOp, mut args: Vec<Value>) -> Result<Value, String> {
     fn num(v: &Value, what: &str) -> Result<f64, String> {

@@ -189,7 +189,7 @@ pub(crate) struct InstanceCalls<'a> {
 }
 
 impl crate::ScriptCalls for InstanceCalls<'_> {
-    fn call(&self, f: crate::FnRef, args: Vec<Value>) -> Result<Value, ScriptError> {
+    fn call(&self, f: crate::FnRef, args: &[Value]) -> Result<Value, ScriptError> {
         let mut inst = self.inst.try_borrow_mut().map_err(|_| ScriptError::usage("a step cannot call back into its own session"))?;
         inst.call(f, args, self.natives)
     }

@@ -94,7 +94,7 @@ struct Bridge<'js> {
 }
 
 impl ScriptCalls for Bridge<'_> {
-    fn call(&self, f: FnRef, args: Vec<Value>) -> Result<Value, ScriptError> {
+    fn call(&self, f: FnRef, args: &[Value]) -> Result<Value, ScriptError> {
         call_function(&self.ctx, &self.state, f, args)
     }
 }
@@ -104,7 +104,7 @@ pub(crate) fn call_function<'js>(
     ctx: &Ctx<'js>,
     state: &Rc<State>,
     f: FnRef,
-    args: Vec<Value>,
+    args: &[Value],
 ) -> Result<Value, ScriptError> {
     let depth = state.nesting.get();
     if depth >= MAX_NESTING {
@@ -139,17 +139,16 @@ pub(crate) fn call_raw<'js>(
     ctx: &Ctx<'js>,
     state: &Rc<State>,
     f: FnRef,
-    args: Vec<Value>,
+    args: &[Value],
 ) -> Result<JsValue<'js>, ScriptError> {
     let saved = state.functions.borrow().get(f.0 as usize).cloned();
     let saved = saved.ok_or_else(|| ScriptError::runtime(format!("unknown function reference {}", f.0)))?;
     let func = saved.restore(ctx).map_err(|e| from_js_error(ctx, state, e, Phase::Run))?;
     let to_js = ToJs::new(ctx, state);
     let mut js_args = Args::new(ctx.clone(), args.len());
-    for a in &args {
+    for a in args {
         let v = to_js.convert(a, 0)?;
         js_args.push_arg(v).map_err(|e| from_js_error(ctx, state, e, Phase::Run))?;
     }
-    drop(args);
     func.call_arg::<JsValue>(js_args).map_err(|e| from_js_error(ctx, state, e, Phase::Run))
 }

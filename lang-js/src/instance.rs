@@ -69,7 +69,7 @@ impl JsInstance {
         })
     }
 
-    fn call_inner(&mut self, f: FnRef, args: Vec<Value>, natives: &dyn Natives) -> Result<Value, ScriptError> {
+    fn call_inner(&mut self, f: FnRef, args: &[Value], natives: &dyn Natives) -> Result<Value, ScriptError> {
         let context = self.context.clone().ok_or_else(|| ScriptError::runtime("no script is running"))?;
         let state = self.state.clone();
         let _natives = NativesGuard::bind(&state, natives);
@@ -206,7 +206,7 @@ impl Instance for JsInstance {
         self.guarded(|this| this.run_inner(source, args, natives))
     }
 
-    fn call(&mut self, f: FnRef, args: Vec<Value>, natives: &dyn Natives) -> Result<Value, ScriptError> {
+    fn call(&mut self, f: FnRef, args: &[Value], natives: &dyn Natives) -> Result<Value, ScriptError> {
         self.guarded(|this| this.call_inner(f, args, natives))
     }
 

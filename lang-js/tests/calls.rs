@@ -12,14 +12,14 @@ fn function_refs_are_numbered_in_order_of_first_conversion() {
         i.run("const f = (x) => x * 2; const g = function () { return 'g' }; echo(f, g, f, [g])", &[], &fake).unwrap();
     let (f, g) = (Value::Function(FnRef(0)), Value::Function(FnRef(1)));
     assert_eq!(v, Value::Array(vec![f.clone(), g.clone(), f, Value::Array(vec![g])]));
-    assert_eq!(i.call(FnRef(0), vec![Value::Int(21)], &fake).unwrap(), Value::Int(42));
-    assert_eq!(i.call(FnRef(1), vec![], &fake).unwrap(), s("g"));
-    assert!(i.call(FnRef(7), vec![], &fake).is_err());
+    assert_eq!(i.call(FnRef(0), &[Value::Int(21)], &fake).unwrap(), Value::Int(42));
+    assert_eq!(i.call(FnRef(1), &[], &fake).unwrap(), s("g"));
+    assert!(i.call(FnRef(7), &[], &fake).is_err());
     i.end_run();
     // A new run numbers from 0 again, and the old functions are gone.
-    assert!(i.call(FnRef(0), vec![], &fake).is_err());
+    assert!(i.call(FnRef(0), &[], &fake).is_err());
     assert_eq!(i.run("echo(() => 1)", &[], &fake).unwrap(), Value::Array(vec![Value::Function(FnRef(0))]));
-    assert_eq!(i.call(FnRef(0), vec![], &fake).unwrap(), Value::Int(1));
+    assert_eq!(i.call(FnRef(0), &[], &fake).unwrap(), Value::Int(1));
 }
 
 #[test]

@@ -44,11 +44,11 @@ fn each_call_gets_its_own_time() {
     i.run("(n) => { const end = Date.now() + n; while (Date.now() < end) {} return n }", &[], &fake).unwrap();
     // Three calls of 300 ms: more than the limit together, each within it.
     for _ in 0..3 {
-        assert_eq!(i.call(FnRef(0), vec![Value::Int(300)], &fake).unwrap(), Value::Int(300));
+        assert_eq!(i.call(FnRef(0), &[Value::Int(300)], &fake).unwrap(), Value::Int(300));
     }
-    let e = i.call(FnRef(0), vec![Value::Int(100_000)], &fake).unwrap_err();
+    let e = i.call(FnRef(0), &[Value::Int(100_000)], &fake).unwrap_err();
     assert_eq!(e.kind, ScriptErrorKind::Timeout);
-    assert_eq!(i.call(FnRef(0), vec![Value::Int(1)], &fake).unwrap(), Value::Int(1));
+    assert_eq!(i.call(FnRef(0), &[Value::Int(1)], &fake).unwrap(), Value::Int(1));
 }
 
 #[test]

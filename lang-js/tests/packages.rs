@@ -253,20 +253,20 @@ fn package_functions_are_callable_after_the_run() {
     let (step, count) = (Value::Function(FnRef(0)), Value::Function(FnRef(1)));
     assert_eq!(*fake.records.borrow(), vec![rec(&[step, count, Value::Int(42)])]);
     // ... and through Instance::call after run() returned, until end_run.
-    assert_eq!(i.call(FnRef(0), vec![Value::Int(5)], &fake), Ok(Value::Int(10)));
-    assert_eq!(i.call(FnRef(0), vec![Value::Int(6)], &fake), Ok(Value::Int(12)));
-    assert_eq!(i.call(FnRef(1), vec![], &fake), Ok(Value::Int(3)));
+    assert_eq!(i.call(FnRef(0), &[Value::Int(5)], &fake), Ok(Value::Int(10)));
+    assert_eq!(i.call(FnRef(0), &[Value::Int(6)], &fake), Ok(Value::Int(12)));
+    assert_eq!(i.call(FnRef(1), &[], &fake), Ok(Value::Int(3)));
     // Functions of the module script too.
     fake.records.borrow_mut().clear();
     let source = "import { step } from 'steps';\nconst twice = x => step(step(x));\nrecord(twice)";
     assert_eq!(i.run(source, &[], &fake), Ok(Value::Nil));
-    assert_eq!(i.call(FnRef(0), vec![Value::Int(3)], &fake), Ok(Value::Int(12)));
+    assert_eq!(i.call(FnRef(0), &[Value::Int(3)], &fake), Ok(Value::Int(12)));
     // Errors in a callback have the package's location.
     i.run("import { step } from 'steps'\nrecord(step)", &[], &fake).unwrap();
-    let e = i.call(FnRef(0), vec![Value::Nil], &fake).unwrap_err();
+    let e = i.call(FnRef(0), &[Value::Nil], &fake).unwrap_err();
     assert_eq!((e.kind, e.message.as_str()), (ScriptErrorKind::Runtime, "TypeError: no step at steps:2"));
     i.end_run();
-    assert!(i.call(FnRef(0), vec![Value::Int(1)], &fake).is_err());
+    assert!(i.call(FnRef(0), &[Value::Int(1)], &fake).is_err());
 }
 
 #[test]

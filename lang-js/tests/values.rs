@@ -37,11 +37,11 @@ fn large_ints_go_to_js_as_bigint() {
     let f = i.run("(x) => [typeof x, x]", &[], &fake).unwrap();
     assert_eq!(f, Value::Function(FnRef(0)));
     let big = Value::Int(i64::MAX);
-    assert_eq!(i.call(FnRef(0), vec![big.clone()], &fake).unwrap(), Value::Array(vec![s("bigint"), big]));
+    assert_eq!(i.call(FnRef(0), &[big.clone()], &fake).unwrap(), Value::Array(vec![s("bigint"), big]));
     let small = Value::Int(1 << 40);
-    assert_eq!(i.call(FnRef(0), vec![small.clone()], &fake).unwrap(), Value::Array(vec![s("number"), small]));
+    assert_eq!(i.call(FnRef(0), &[small.clone()], &fake).unwrap(), Value::Array(vec![s("number"), small]));
     assert_eq!(
-        i.call(FnRef(0), vec![Value::Double(1.5)], &fake).unwrap(),
+        i.call(FnRef(0), &[Value::Double(1.5)], &fake).unwrap(),
         Value::Array(vec![s("number"), Value::Double(1.5)])
     );
 }
@@ -132,7 +132,7 @@ fn maps_with_non_string_keys() {
     let fake = Fake::default();
     i.run("(m) => Object.keys(m).join(',')", &[], &fake).unwrap();
     let m = Value::Map(vec![(Value::Int(1), Value::Nil), (s("x"), Value::Nil), (Value::Bytes(vec![b'y']), Value::Nil)]);
-    assert_eq!(i.call(FnRef(0), vec![m], &fake).unwrap(), s("1,x,y"));
+    assert_eq!(i.call(FnRef(0), &[m], &fake).unwrap(), s("1,x,y"));
 }
 
 #[test]

@@ -44,7 +44,7 @@ pub(crate) struct Calls<'a> {
 }
 
 impl ScriptCalls for Calls<'_> {
-    fn call(&self, f: FnRef, args: Vec<Value>) -> Result<Value, ScriptError> {
+    fn call(&self, f: FnRef, args: &[Value]) -> Result<Value, ScriptError> {
         call_function(self.lua, self.ctx, f, args)
     }
 }
@@ -54,7 +54,7 @@ pub(crate) fn call_function(
     lua: &Lua,
     ctx: &Ctx,
     f: FnRef,
-    args: Vec<Value>,
+    args: &[Value],
 ) -> Result<Value, ScriptError> {
     if let Some(e) = ctx.watch.fatal() {
         return Err(e);
@@ -64,7 +64,7 @@ pub(crate) fn call_function(
     };
     let _script = ctx.clock().enter_script();
     let func = ctx.function(lua, f).map_err(|e| fail(ctx, &e))?;
-    let largs = to_lua_multi(lua, ctx, &args).map_err(|e| fail(ctx, &e))?;
+    let largs = to_lua_multi(lua, ctx, args).map_err(|e| fail(ctx, &e))?;
     call_lua(lua, ctx, &func, largs)
 }
 

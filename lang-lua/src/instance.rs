@@ -130,7 +130,7 @@ impl Instance for LuaInstance {
         guarded(|| self.run_inner(source, args, natives))
     }
 
-    fn call(&mut self, f: FnRef, args: Vec<Value>, natives: &dyn Natives) -> Result<Value, ScriptError> {
+    fn call(&mut self, f: FnRef, args: &[Value], natives: &dyn Natives) -> Result<Value, ScriptError> {
         guarded(|| {
             if self.ctx.is_idle() {
                 self.ctx.watch.reset();

@@ -65,12 +65,12 @@ fn instance_call_and_end_run() {
         .run("local n = 0 return function(x) n = n + x return n end", &[], &natives)
         .unwrap();
     let Value::Function(f) = f else { panic!("{f:?}") };
-    assert_eq!(inst.call(f, vec![Value::Int(5)], &natives).unwrap(), Value::Int(5));
-    assert_eq!(inst.call(f, vec![Value::Int(2)], &natives).unwrap(), Value::Int(7));
-    let e = inst.call(FnRef(9), vec![], &natives).unwrap_err();
+    assert_eq!(inst.call(f, &[Value::Int(5)], &natives).unwrap(), Value::Int(5));
+    assert_eq!(inst.call(f, &[Value::Int(2)], &natives).unwrap(), Value::Int(7));
+    let e = inst.call(FnRef(9), &[], &natives).unwrap_err();
     assert!(e.message.contains("unknown function reference"), "{e:?}");
     inst.end_run();
-    assert!(inst.call(f, vec![], &natives).is_err());
+    assert!(inst.call(f, &[], &natives).is_err());
 }
 
 #[test]
@@ -92,7 +92,7 @@ fn callbacks_through_natives() {
         .run("return apply(function() return function(z) return z .. '!' end end)", &[], &natives)
         .unwrap();
     let Value::Function(g) = g else { panic!("{g:?}") };
-    assert_eq!(inst.call(g, vec![s("hi")], &natives).unwrap(), s("hi!"));
+    assert_eq!(inst.call(g, &[s("hi")], &natives).unwrap(), s("hi!"));
 }
 
 #[test]
@@ -153,7 +153,7 @@ fn objects_from_values_have_methods() {
     let mut inst2 = instance();
     run(&mut inst2, "return 1").unwrap();
     let o = natives.call_global_for_test();
-    let r = inst.call(FnRef(0), vec![o], &natives).unwrap();
+    let r = inst.call(FnRef(0), &[o], &natives).unwrap();
     assert_eq!(r, arr(vec![Value::Int(9)]));
 }
 
@@ -165,7 +165,7 @@ impl MakeObj for FakeNatives {
     fn call_global_for_test(&self) -> Value {
         struct NoCalls;
         impl engine::ScriptCalls for NoCalls {
-            fn call(&self, _: FnRef, _: Vec<Value>) -> Result<Value, engine::ScriptError> {
+            fn call(&self, _: FnRef, _: &[Value]) -> Result<Value, engine::ScriptError> {
                 unreachable!()
             }
         }

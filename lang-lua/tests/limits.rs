@@ -69,7 +69,7 @@ fn callbacks_time_out() {
     let natives = FakeNatives::new();
     let f = inst.run("return function() while true do end end", &[], &natives).unwrap();
     let Value::Function(f) = f else { panic!() };
-    let e = inst.call(f, vec![], &natives).unwrap_err();
+    let e = inst.call(f, &[], &natives).unwrap_err();
     assert_kind(&e, ScriptErrorKind::Timeout);
     inst.end_run();
 }

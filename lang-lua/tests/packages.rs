@@ -89,7 +89,7 @@ fn packages_are_loaded_once_per_run() {
     // requiring from a callback of the run uses the run's cache
     let f = inst.run("require('counted') return function() return require('counted') end", &[], &natives).unwrap();
     assert_eq!(f, Value::Function(FnRef(0)));
-    inst.call(FnRef(0), vec![], &natives).unwrap();
+    inst.call(FnRef(0), &[], &natives).unwrap();
     inst.end_run();
     assert_eq!(natives.asked_for("counted"), 5);
 }
@@ -307,7 +307,7 @@ fn package_functions_are_callbacks_like_any_other() {
     let mut inst = instance();
     let r = inst.run("local p = require('step') return {p.step, p.step, require('step').step}", &[], &natives).unwrap();
     assert_eq!(r, arr(vec![Value::Function(FnRef(0)); 3]));
-    assert_eq!(inst.call(FnRef(0), vec![Value::Int(7)], &natives).unwrap(), Value::Int(14));
+    assert_eq!(inst.call(FnRef(0), &[Value::Int(7)], &natives).unwrap(), Value::Int(14));
     inst.end_run();
 }
 

@@ -10,7 +10,7 @@ fn round_trip(v: Value) -> Value {
     let natives = FakeNatives::new();
     let f = inst.run("return function(x) return x end", &[], &natives).unwrap();
     assert_eq!(f, Value::Function(FnRef(0)));
-    let r = inst.call(FnRef(0), vec![v], &natives).unwrap();
+    let r = inst.call(FnRef(0), &[v], &natives).unwrap();
     inst.end_run();
     r
 }
@@ -125,7 +125,7 @@ fn maps_from_values_have_converted_keys() {
     let mut inst = instance();
     let natives = FakeNatives::new();
     inst.run("return function(m) return {m[2], m.x} end", &[], &natives).unwrap();
-    let r = inst.call(FnRef(0), vec![v], &natives).unwrap();
+    let r = inst.call(FnRef(0), &[v], &natives).unwrap();
     assert_eq!(r, arr(vec![s("two"), Value::Bool(true)]));
 }
 
@@ -135,7 +135,7 @@ fn error_values_become_err_tables() {
     let mut inst = instance();
     let natives = FakeNatives::new();
     inst.run("return function(e) return type(e) == 'table' and e.err end", &[], &natives).unwrap();
-    assert_eq!(inst.call(FnRef(0), vec![Value::Error("bad".into())], &natives).unwrap(), s("bad"));
+    assert_eq!(inst.call(FnRef(0), &[Value::Error("bad".into())], &natives).unwrap(), s("bad"));
 }
 
 #[test]

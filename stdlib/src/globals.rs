@@ -64,7 +64,7 @@ pub fn atomic(run: &ScriptRun, a: &[Value], script: &dyn ScriptCalls) -> Result<
     let engine::Func::Script(f) = args::func(a, 0, "atomic")? else { unreachable!("args::func gives script functions") };
     if run.locked.get().is_some() {
         // Already atomic: nesting is a no-op.
-        return script.call(f, vec![]);
+        return script.call(f, &[]);
     }
     let guard = run.env.host.lock(run.env.db);
     let ptr: *const (dyn LockedHost + '_) = &*guard;
@@ -73,7 +73,7 @@ pub fn atomic(run: &ScriptRun, a: &[Value], script: &dyn ScriptCalls) -> Result<
     let ptr: *const dyn LockedHost = unsafe { std::mem::transmute(ptr) };
     run.locked.set(Some(ptr));
     let _published = Published(&run.locked);
-    script.call(f, vec![])
+    script.call(f, &[])
 }
 
 /// Clears `atomic()`'s lock pointer when dropped.

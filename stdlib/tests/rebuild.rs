@@ -46,7 +46,7 @@ struct Calls<'a> {
 }
 
 impl ScriptCalls for Calls<'_> {
-    fn call(&self, f: engine::FnRef, args: Vec<Value>) -> Result<Value, ScriptError> {
+    fn call(&self, f: engine::FnRef, args: &[Value]) -> Result<Value, ScriptError> {
         self.inst.borrow_mut().call(f, args, self.natives)
     }
 }

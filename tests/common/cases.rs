@@ -146,6 +146,19 @@ pub const CASES: &[Case] = &[
     unordered("record_error", "GB():map(function(r) if r.key == 'user:2' then error('bad record') end return r.key end):run('user:*')",
         "GB().map(r => { if (r.key === 'user:2') throw new Error('bad record'); return r.key; }).run('user:*')",
         r#"[["user:1", "user:3"], [..."#),
+    // a reducer that fails on a record: the record's error is reported and the accumulator
+    // stays what it was before that record (the steps pass records by reference, so the
+    // failed call must not have consumed it)
+    unordered("reducer_error_keeps_accumulator", "GB():aggregate(0, function(a, r) if r.key == 'user:2' then error('bad age') end return a + tonumber(r.value.age) end, function(a, r) return a + r end):run('user:*')",
+        "GB().aggregate(0, (a, r) => { if (r.key === 'user:2') throw new Error('bad age'); return a + Number(r.value.age); }, (a, r) => a + r).run('user:*')",
+        r#"[[71], [..."#),
+    unordered("group_reducer_error_keeps_accumulator", "GB():aggregateBy(function(r) return r.value.city end, 0, function(k, a, r) if r.key == 'user:1' then error('bad') end return a + tonumber(r.value.age) end, function(k, a, r) return a + r end):run('user:*')",
+        "GB().aggregateBy(r => r.value.city, 0, (k, a, r) => { if (r.key === 'user:1') throw new Error('bad'); return a + Number(r.value.age); }, (k, a, r) => a + r).run('user:*')",
+        r#"[[["key", "paris", "value", 25], ["key", "rome", "value", 40]], [..."#),
+    // steps see the whole record, and the group's key comes first to a group reducer
+    unordered("filter_and_foreach_see_the_record", "GB():foreach(function(r) assert(r.value.name) end):filter(function(r) return r.value.city == 'paris' end):groupBy(function(r) return r.value.city end, function(k, a, r) return (a or 0) + #r.value.name + (k == 'paris' and 100 or 0) end):run('user:*')",
+        "GB().foreach(r => { if (!r.value.name) throw new Error('no name'); }).filter(r => r.value.city === 'paris').groupBy(r => r.value.city, (k, a, r) => (a || 0) + r.value.name.length + (k === 'paris' ? 100 : 0)).run('user:*')",
+        r#"[[["key", "paris", "value", 208]], []]"#),
     // bad input
     case("unknown_reader", "GB('Foo')", "GB('Foo')", "(error) ERR GB: unknown reader 'Foo'; expected one of KeysReader, KeysOnlyReader, StreamReader, ShardsIDReader..."),
     case("step_needs_function", "GB():map(1)", "GB().map(1)", "(error) ERR map: argument 1 must be a function, got integer..."),

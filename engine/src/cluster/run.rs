@@ -6,7 +6,7 @@ use super::part::{Outbound, Part};
 use super::stages::{self, Boundary};
 use super::Coordinator;
 use crate::executor::{check_abort, read_into, StageRun};
-use crate::plan::{apply_native, Func, Plan};
+use crate::plan::{apply_native_ref, Func, Plan};
 use crate::{codec, RunContext, RunOutput, ScriptError, Value};
 use std::time::{Duration, Instant};
 
@@ -228,8 +228,8 @@ impl Router<'_, '_> {
     /// The shard that serves the key `f(r)`.
     fn destination(&self, f: &Func, r: &Value) -> Result<Option<String>, ScriptError> {
         let key = match f {
-            Func::Native(op) => apply_native(op, vec![r.clone()]).map_err(ScriptError::runtime)?,
-            Func::Script(fr) => self.cx.calls.call(*fr, vec![r.clone()])?,
+            Func::Native(op) => apply_native_ref(op, std::slice::from_ref(r)).map_err(ScriptError::runtime)?,
+            Func::Script(fr) => self.cx.calls.call(*fr, std::slice::from_ref(r))?,
         };
         let bytes = match &key {
             Value::String(s) => s.as_bytes().to_vec(),

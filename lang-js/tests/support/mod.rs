@@ -61,7 +61,7 @@ impl engine::Natives for Fake {
             "apply" => {
                 let mut args = args.into_iter();
                 match args.next() {
-                    Some(Value::Function(f)) => script.call(f, args.collect()),
+                    Some(Value::Function(f)) => script.call(f, &args.collect::<Vec<_>>()),
                     other => Err(ScriptError::usage(format!("apply: not a function: {other:?}"))),
                 }
             }

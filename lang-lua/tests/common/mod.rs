@@ -86,7 +86,7 @@ impl Natives for FakeNatives {
             "echo" => Ok(Value::Array(args)),
             "apply" => {
                 let f = fn_arg(&args, 0)?;
-                script.call(f, args[1..].to_vec())
+                script.call(f, &args[1..])
             }
             "obj" => {
                 let mut objects = self.objects.borrow_mut();
@@ -130,7 +130,7 @@ impl Natives for FakeNatives {
                 let items = self.objects.borrow().get(&obj.id).cloned().unwrap_or_default();
                 let mut out = Vec::new();
                 for item in items {
-                    out.push(script.call(f, vec![item])?);
+                    out.push(script.call(f, &[item])?);
                 }
                 Ok(Value::Array(out))
             }
