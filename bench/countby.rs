@@ -121,6 +121,37 @@ pub struct CountBy {
     pub rounds: usize,
     pub load: Duration,
     pub best: Vec<(Duration, [Duration; 3])>,
+    /// Per job: the server's allocations per record over one more run (None where the
+    /// server's allocator does not count them).
+    pub allocs: Vec<Option<f64>>,
+}
+
+/// How many allocations the server's allocator has served so far: jemalloc's `nrequests`
+/// over all arenas, from MEMORY MALLOC-STATS (None on another allocator). Every
+/// allocation inside the server counts: Redis's own, its Lua's, and the module's.
+pub fn alloc_requests(c: &mut redis::Connection) -> Option<u64> {
+    let stats: String = redis::cmd("MEMORY").arg("MALLOC-STATS").query(c).ok()?;
+    let mut column = None;
+    for line in stats.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if column.is_none() {
+            // The merged arenas' header: "allocated nmalloc (#/sec) ndalloc (#/sec) nrequests ...".
+            if words.first() == Some(&"allocated") {
+                column = words.iter().position(|w| *w == "nrequests").map(|i| i + 1);
+            }
+        } else if words.first() == Some(&"total:") {
+            return words.get(column?)?.parse().ok();
+        }
+    }
+    None
+}
+
+/// The server's allocations per unit of work `f` did (`per` units).
+pub fn allocs_per<T>(c: &mut redis::Connection, per: usize, f: impl FnOnce() -> T) -> (T, Option<f64>) {
+    let before = alloc_requests(c);
+    let r = f();
+    let after = alloc_requests(c);
+    (r, before.zip(after).map(|(b, a)| a.saturating_sub(b) as f64 / per.max(1) as f64))
 }
 
 /// The jobs `measure` times, in the order of `CountBy::best`.
@@ -152,18 +183,26 @@ pub fn measure(n: usize, rounds: usize) -> CountBy {
             }
         }
     }
-    CountBy { n, rounds, load: t, best }
+    // One more run of each job, counting the server's allocations per record.
+    let mut allocs = Vec::new();
+    let mut stats = server.conn();
+    allocs.push(allocs_per(&mut stats, n, || client_side(&mut c)).1);
+    allocs.push(allocs_per(&mut stats, n, || eval_loop(&mut c)).1);
+    allocs.push(allocs_per(&mut stats, n, || gears(&mut c, "lua", lua)).1);
+    allocs.push(allocs_per(&mut stats, n, || gears(&mut c, "js", js)).1);
+    CountBy { n, rounds, load: t, best, allocs }
 }
 
 fn main() {
     let n: usize = std::env::var("BENCH_KEYS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
     let rounds: usize = std::env::var("BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
-    let CountBy { best, .. } = measure(n, rounds);
+    let CountBy { best, allocs, .. } = measure(n, rounds);
     let (tb, te) = (best[0].0, best[1].0);
     println!("countBy over {n} hashes, best of {rounds} (another client PINGs every 1 ms):");
-    println!("  {:<30} {:>10}  {:>14}  {:>13}  {:>9} {:>9} {:>9}", "job", "time", "vs pipeline", "vs EVAL loop", "PING p50", "p99", "worst");
-    for (name, (t, p)) in NAMES.iter().zip(&best) {
+    println!("  {:<30} {:>10}  {:>14}  {:>13}  {:>9} {:>9} {:>9} {:>13}", "job", "time", "vs pipeline", "vs EVAL loop", "PING p50", "p99", "worst", "allocs/record");
+    for ((name, (t, p)), a) in NAMES.iter().zip(&best).zip(&allocs) {
         let ratio = |base: Duration| format!("{:.2}x faster", base.as_secs_f64() / t.as_secs_f64());
-        println!("  {name:<30} {:>10.2?}  {:>14}  {:>13}  {:>9.2?} {:>9.2?} {:>9.2?}", t, ratio(tb), ratio(te), p[0], p[1], p[2]);
+        let a = a.map(|a| format!("{a:.1}")).unwrap_or_else(|| "-".into());
+        println!("  {name:<30} {:>10.2?}  {:>14}  {:>13}  {:>9.2?} {:>9.2?} {:>9.2?} {a:>13}", t, ratio(tb), ratio(te), p[0], p[1], p[2]);
     }
 }

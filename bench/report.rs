@@ -11,7 +11,8 @@
 //!
 //! Sizes: BENCH_REQUESTS (200000) and BENCH_CLIENTS (50) for redis-benchmark, BENCH_SECS (10)
 //! per load of B2 (BENCH_WB_CLIENTS, 48), BENCH_DRAIN (1000000), BENCH_KEYS (1000000) and
-//! BENCH_ROUNDS (2) for B4. REDIS_SERVER picks the server, REDIS_BENCHMARK the benchmark tool.
+//! BENCH_ROUNDS (2) for B4. REDIS_SERVER picks the server, REDIS_BENCHMARK the benchmark tool;
+//! B1 and B5 run again on BENCH_SERVER2 (a 7.2+ server; run.sh passes the cached Redis 7.4.1).
 //! Assertions check correctness only (counts and results), never a time.
 
 #[path = "../tests/common/mod.rs"]
@@ -285,8 +286,8 @@ struct B1 {
 const B1_JOBS: [&str; 4] = ["plain HSET (no recipe on the prefix)", "HSET + Lua write-behind capture", "HSET + JS write-behind capture", "FCALL HSET + HGETALL + XADD (Lua Function)"];
 
 fn b1(cfg: &Config, pg: &Postgres) -> B1 {
-    pg.sql("CREATE TABLE b1_lua (id bigint PRIMARY KEY, name text, age integer)");
-    pg.sql("CREATE TABLE b1_js (id bigint PRIMARY KEY, name text, age integer)");
+    pg.sql("CREATE TABLE IF NOT EXISTS b1_lua (id bigint PRIMARY KEY, name text, age integer)");
+    pg.sql("CREATE TABLE IF NOT EXISTS b1_js (id bigint PRIMARY KEY, name text, age integer)");
     let s = Server::start_with(&["connection.pg", &pg.url()], &[]);
     let mut c = s.conn();
     let lua = "local recipes = require('gears/recipes')\nrecipes.writeBehind({ name = 'b1lua', prefix = 'wbl:', target = recipes.postgres({ connection = 'pg', table = 'b1_lua' }), maxBacklog = 0 })";
@@ -320,9 +321,9 @@ fn b1(cfg: &Config, pg: &Postgres) -> B1 {
     B1 { runs }
 }
 
-fn b1_report(r: &mut Report, cfg: &Config, b: &B1) {
+fn b1_report(r: &mut Report, cfg: &Config, b: &B1, on: &str) {
     let mut md = String::new();
-    writeln!(md, "## B1: write-behind capture on HSET\n").unwrap();
+    writeln!(md, "## B1: write-behind capture on HSET{on}\n").unwrap();
     writeln!(
         md,
         "`redis-benchmark -c {} -n {} -r 100000 -P <1|16>` on one server with both recipes registered (`maxBacklog` 0) and paused \
@@ -346,14 +347,14 @@ fn b1_report(r: &mut Report, cfg: &Config, b: &B1) {
             let rb = runs[i];
             r.row(
                 "B1",
-                &format!("HSET + {lang} capture, -P {p}"),
+                &format!("HSET + {lang} capture, -P {p}{on}"),
                 format!("{} req/s, p99 {:.2} ms", thousands(rb.rps), rb.p99),
                 format!("FCALL {} req/s; plain HSET {}", thousands(runs[3].rps), thousands(runs[0].rps)),
                 format!("{} vs FCALL; {} vs plain", x(rb.rps / runs[3].rps), x(rb.rps / runs[0].rps)),
                 &[at_least("req/s vs FCALL", rb.rps / runs[3].rps, 1.2, "x"), at_least("req/s vs plain HSET", rb.rps / runs[0].rps, 0.85, "x")],
             );
-            r.ratios.push(Bar { label: format!("B1 {lang} capture HSET -P {p} vs FCALL"), value: rb.rps / runs[3].rps, base: None });
-            r.latencies.push(Bar { label: format!("B1 {lang} capture HSET -P {p} (base: FCALL)"), value: rb.p99, base: Some(runs[3].p99) });
+            r.ratios.push(Bar { label: format!("B1 {lang} capture HSET -P {p} vs FCALL{on}"), value: rb.rps / runs[3].rps, base: None });
+            r.latencies.push(Bar { label: format!("B1 {lang} capture HSET -P {p}{on} (base: FCALL)"), value: rb.p99, base: Some(runs[3].p99) });
         }
     }
     r.md.push_str(&md);
@@ -366,6 +367,8 @@ struct B5 {
     /// plain, Lua trigger, JS trigger, FCALL.
     runs: [Rb; 4],
     fired: [i64; 3],
+    /// The server's allocations per request of each run.
+    allocs: [Option<f64>; 4],
 }
 
 const B5_JOBS: [&str; 4] = ["plain HSET (no trigger on the prefix)", "HSET + Lua sync trigger INCR", "HSET + JS sync trigger INCR", "FCALL HSET + INCR (Lua Function)"];
@@ -385,20 +388,21 @@ fn b5(cfg: &Config) -> B5 {
         &["FCALL", "hset_incr", "2", "tf:__rand_int__", "counter:tf", "name", "x", "age", "30"],
     ];
     let mut runs = [Rb::default(); 4];
+    let mut allocs = [None; 4];
     for (i, args) in jobs.iter().enumerate() {
-        runs[i] = redis_benchmark(s.port, cfg, 1, args);
-        progress!("B5 -P 1 {:<44} {:>9.0} req/s  p50 {:.3} ms  p99 {:.3} ms", B5_JOBS[i], runs[i].rps, runs[i].p50, runs[i].p99);
+        (runs[i], allocs[i]) = countby::allocs_per(&mut c, cfg.requests as usize, || redis_benchmark(s.port, cfg, 1, args));
+        progress!("B5 -P 1 {:<44} {:>9.0} req/s  p50 {:.3} ms  p99 {:.3} ms  {:.1} allocations/request", B5_JOBS[i], runs[i].rps, runs[i].p50, runs[i].p99, allocs[i].unwrap_or(f64::NAN));
     }
     let fired = [get_int(&mut c, &["GET", "counter:tl"]), get_int(&mut c, &["GET", "counter:tj"]), get_int(&mut c, &["GET", "counter:tf"])];
     for (what, n) in ["Lua trigger", "JS trigger", "FCALL"].iter().zip(fired) {
         assert_eq!(n, cfg.requests as i64, "{what}: one INCR per request");
     }
-    B5 { runs, fired }
+    B5 { runs, fired, allocs }
 }
 
-fn b5_report(r: &mut Report, cfg: &Config, b: &B5) {
+fn b5_report(r: &mut Report, cfg: &Config, b: &B5, on: &str) {
     let mut md = String::new();
-    writeln!(md, "## B5: sync trigger calling `execute('INCR', ...)`\n").unwrap();
+    writeln!(md, "## B5: sync trigger calling `execute('INCR', ...)`{on}\n").unwrap();
     writeln!(
         md,
         "`redis-benchmark -c {} -n {} -r 100000 -P 1` on one server with a Lua and a JS `KeysOnlyReader` registration \
@@ -408,17 +412,17 @@ fn b5_report(r: &mut Report, cfg: &Config, b: &B5) {
         cfg.clients, cfg.requests, b.fired[0], b.fired[1], b.fired[2]
     )
     .unwrap();
-    writeln!(md, "| job | req/s | p50 ms | p99 ms | req/s vs FCALL | req/s vs plain HSET | target | result |").unwrap();
-    writeln!(md, "|---|---:|---:|---:|---:|---:|---|---|").unwrap();
+    writeln!(md, "| job | req/s | p50 ms | p99 ms | req/s vs FCALL | req/s vs plain HSET | allocations per request | target | result |").unwrap();
+    writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---|---|").unwrap();
     let f = b.runs[3];
     for (i, rb) in b.runs.iter().enumerate() {
         let tail = if i == 1 || i == 2 {
             let lang = if i == 1 { "Lua" } else { "JS" };
-            r.ratios.push(Bar { label: format!("B5 {lang} sync trigger INCR vs FCALL"), value: rb.rps / f.rps, base: None });
-            r.latencies.push(Bar { label: format!("B5 {lang} sync trigger INCR (base: FCALL)"), value: rb.p99, base: Some(f.p99) });
+            r.ratios.push(Bar { label: format!("B5 {lang} sync trigger INCR vs FCALL{on}"), value: rb.rps / f.rps, base: None });
+            r.latencies.push(Bar { label: format!("B5 {lang} sync trigger INCR{on} (base: FCALL)"), value: rb.p99, base: Some(f.p99) });
             r.row(
                 "B5",
-                &format!("HSET + {lang} sync trigger INCR"),
+                &format!("HSET + {lang} sync trigger INCR{on}"),
                 format!("{} req/s, p99 {:.2} ms", thousands(rb.rps), rb.p99),
                 format!("FCALL {} req/s, p99 {:.2} ms", thousands(f.rps), f.p99),
                 x(rb.rps / f.rps),
@@ -427,8 +431,9 @@ fn b5_report(r: &mut Report, cfg: &Config, b: &B5) {
         } else {
             "— | —".into()
         };
-        writeln!(md, "| {} | {} | {:.3} | {:.3} | {} | {} | {tail} |", B5_JOBS[i], thousands(rb.rps), rb.p50, rb.p99, x(rb.rps / f.rps), x(rb.rps / b.runs[0].rps)).unwrap();
+        writeln!(md, "| {} | {} | {:.3} | {:.3} | {} | {} | {} | {tail} |", B5_JOBS[i], thousands(rb.rps), rb.p50, rb.p99, x(rb.rps / f.rps), x(rb.rps / b.runs[0].rps), per(b.allocs[i])).unwrap();
     }
+    md.push_str(ALLOCS_NOTE);
     md.push('\n');
     r.md.push_str(&md);
 }
@@ -660,8 +665,8 @@ fn b4_report(r: &mut Report, f: &countby::CountBy) {
         if f.rounds == 1 { "" } else { "s" }
     )
     .unwrap();
-    writeln!(md, "| job | time s | speed vs EVAL loop | speed vs client pipeline | PING p50 ms | PING p99 ms | PING worst ms | target | result |").unwrap();
-    writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---|---|").unwrap();
+    writeln!(md, "| job | time s | speed vs EVAL loop | speed vs client pipeline | PING p50 ms | PING p99 ms | PING worst ms | allocations per record | target | result |").unwrap();
+    writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---|---|").unwrap();
     for (i, name) in countby::NAMES.iter().enumerate() {
         let p = f.best[i].1;
         let tail = if i >= 2 {
@@ -681,10 +686,20 @@ fn b4_report(r: &mut Report, f: &countby::CountBy) {
         } else {
             "— | —".into()
         };
-        writeln!(md, "| {name} | {:.3} | {} | {} | {:.2} | {:.2} | {:.2} | {tail} |", t(i), x(t(1) / t(i)), x(t(0) / t(i)), ms(p[0]), ms(p[1]), ms(p[2])).unwrap();
+        writeln!(md, "| {name} | {:.3} | {} | {} | {:.2} | {:.2} | {:.2} | {} | {tail} |", t(i), x(t(1) / t(i)), x(t(0) / t(i)), ms(p[0]), ms(p[1]), ms(p[2]), per(f.allocs[i])).unwrap();
     }
+    md.push_str(ALLOCS_NOTE);
     md.push('\n');
     r.md.push_str(&md);
+}
+
+/// What the allocations columns count.
+const ALLOCS_NOTE: &str = "\nAllocations: every allocation the server's allocator served during a run of the job \
+(jemalloc's `nrequests` from `MEMORY MALLOC-STATS`, before and after), divided by the records or requests: Redis's own, its \
+Lua's and the module's (every Rust, Lua and QuickJS allocation of the module goes through Redis's allocator).\n";
+
+fn per(a: Option<f64>) -> String {
+    a.map(|a| format!("{a:.1}")).unwrap_or_else(|| "—".into())
 }
 
 // ---------------------------------------------------------------------------------------
@@ -854,6 +869,14 @@ fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg").unwrap_or_default().split_whitespace().take(3).collect::<Vec<_>>().join(" ")
 }
 
+/// A 7.2+ server to run B1 and B5 on as well: `BENCH_SERVER2`, else the Redis 7.4.1 that
+/// scripts/redis74.sh builds into the cache (none if neither exists, or "none").
+fn second_server() -> Option<String> {
+    let cached = std::env::var("HOME").ok().map(|h| format!("{h}/.cache/gears/redis-7.4.1/src/redis-server"));
+    let binary = std::env::var("BENCH_SERVER2").ok().or(cached)?;
+    (binary != "none" && std::path::Path::new(&binary).exists() && binary != common::server_binary()).then_some(binary)
+}
+
 fn server_version() -> String {
     let s = Server::start(&[]);
     let text = info(&mut s.conn(), "server");
@@ -971,6 +994,18 @@ fn main() {
     let b1 = b1(&cfg, &pg);
     progress!("B5: HSET with a sync trigger doing INCR vs FCALL HSET + INCR (redis-benchmark)");
     let b5 = b5(&cfg);
+    // B1 and B5 again on a 7.2+ server, where captures and sync triggers take their
+    // unwrapped paths (post-notification jobs, the client known to the command filter).
+    let second = second_server().map(|binary| {
+        let first = common::server_binary();
+        std::env::set_var("REDIS_SERVER", &binary);
+        let version = server_version();
+        progress!("B1 and B5 on {version} ({binary})");
+        let again1 = self::b1(&cfg, &pg);
+        let again5 = self::b5(&cfg);
+        std::env::set_var("REDIS_SERVER", first);
+        (version, binary, again1, again5)
+    });
     progress!("B3: drain of {} captured changes into PostgreSQL vs COPY", cfg.drain);
     let b3 = b3(&cfg, &pg);
     drop(pg);
@@ -988,11 +1023,17 @@ fn main() {
 
     // The documents.
     let mut r = Report { md: String::new(), summary: Vec::new(), ratios: Vec::new(), latencies: Vec::new() };
-    b1_report(&mut r, &cfg, &b1);
+    b1_report(&mut r, &cfg, &b1, "");
+    if let Some((version, _, b1, _)) = &second {
+        b1_report(&mut r, &cfg, b1, &format!(" (on {version})"));
+    }
     b2_report(&mut r, &b2);
     b3_report(&mut r, &cfg, &b3);
     b4_report(&mut r, &b4);
-    b5_report(&mut r, &cfg, &b5);
+    b5_report(&mut r, &cfg, &b5, "");
+    if let Some((version, _, _, b5)) = &second {
+        b5_report(&mut r, &cfg, b5, &format!(" (on {version})"));
+    }
     m1_report(&mut r, &m1, &b3);
     let took = START.get().unwrap().elapsed();
     let load_end = loadavg();
@@ -1014,6 +1055,9 @@ fn main() {
     let gib = mem_total.trim_end_matches("kB").trim().parse::<f64>().map(|k| format!("{:.1} GiB, ", k / 1024.0 / 1024.0)).unwrap_or_default();
     writeln!(doc, "| memory | {gib}MemTotal {mem_total} |").unwrap();
     writeln!(doc, "| server | {server} (`{}`) |", common::server_binary()).unwrap();
+    if let Some((version, binary, _, _)) = &second {
+        writeln!(doc, "| second server (B1, B5 again) | {version} (`{}`) |", binary.replace(&std::env::var("HOME").unwrap_or_default(), "~")).unwrap();
+    }
     writeln!(doc, "| module | {} (one copy loaded by every server of the run) |", module.built.replace(env!("CARGO_MANIFEST_DIR"), ".")).unwrap();
     writeln!(doc, "| PostgreSQL | {pg_version} |").unwrap();
     writeln!(doc, "| load average (1, 5, 15 min) | {load_start} at the start, {load_end} at the end |").unwrap();
@@ -1027,7 +1071,8 @@ fn main() {
     writeln!(
         doc,
         "\nTo reproduce: `./bench/run.sh` (or, with the module built by `cargo build --release`, `cargo bench --bench report`), \
-         with any of the variables above set to change the sizes; `REDIS_SERVER` picks another server binary.\n"
+         with any of the variables above set to change the sizes; `REDIS_SERVER` picks another server binary, `BENCH_SERVER2` \
+         the second server B1 and B5 run on (`none`: no second run).\n"
     )
     .unwrap();
     writeln!(doc, "## Summary\n").unwrap();

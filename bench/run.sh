@@ -8,6 +8,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/deps.sh
 cargo build --release
+# B1 and B5 also run on a 7.2+ server (Redis 7.4.1, built into the cache by deps.sh);
+# BENCH_SERVER2=none skips that.
+export BENCH_SERVER2=${BENCH_SERVER2:-$(scripts/redis74.sh)}
 cargo bench --bench report
 if [ "${BENCH_ALL:-0}" = 1 ]; then
   cargo bench --bench countby
