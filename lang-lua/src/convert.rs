@@ -23,7 +23,86 @@ fn too_deep() -> mlua::Error {
 // ----- Value -> Lua -----
 
 pub(crate) fn to_lua(lua: &Lua, ctx: &Ctx, v: &Value) -> mlua::Result<LuaValue> {
-    to_lua_at(lua, ctx, v, 0)
+    match v {
+        Value::Nil => Ok(LuaValue::Nil),
+        Value::Bool(b) => Ok(LuaValue::Boolean(*b)),
+        Value::Int(i) => Ok(LuaValue::Integer(*i)),
+        Value::Double(d) => Ok(LuaValue::Number(*d)),
+        v if is_plain(v, 0) => plain_to_lua(lua, v),
+        v => to_lua_at(lua, ctx, v, 0),
+    }
+}
+
+/// Is `v` plain data (no functions or objects; no map key that Lua refuses), not nested too
+/// deeply? Such a value is built with the raw C API in one protected call.
+fn is_plain(v: &Value, depth: usize) -> bool {
+    if depth > MAX_DEPTH {
+        return false;
+    }
+    match v {
+        Value::Nil | Value::Bool(_) | Value::Int(_) | Value::Double(_) | Value::String(_) | Value::Bytes(_) | Value::Error(_) => true,
+        Value::Array(items) => items.iter().all(|i| is_plain(i, depth + 1)),
+        Value::Map(entries) => entries.iter().all(|(k, v)| {
+            let key_ok = match k {
+                Value::Nil => false,
+                Value::Double(d) => !d.is_nan(),
+                _ => true,
+            };
+            key_ok && is_plain(k, depth + 1) && is_plain(v, depth + 1)
+        }),
+        Value::Function(_) | Value::Object(_) => false,
+    }
+}
+
+/// Builds plain data (see `is_plain`) in one protected call of the raw C API, instead of a
+/// protected call per string and per table store: a record (a table of a few strings) was
+/// a dozen protected calls.
+fn plain_to_lua(lua: &Lua, v: &Value) -> mlua::Result<LuaValue> {
+    // SAFETY: `push_plain` only pushes values with the C API (one net slot), checking the
+    // stack as it goes; a memory error raised by Lua unwinds out of it through frames that
+    // own nothing (references and integers only), caught by exec_raw's protected call.
+    unsafe { lua.exec_raw::<LuaValue>((), |state| push_plain(state, v)) }
+}
+
+/// # Safety
+/// `state` is a running Lua state inside a protected call; `v` is plain (see `is_plain`).
+unsafe fn push_plain(state: *mut mlua::ffi::lua_State, v: &Value) {
+    use mlua::ffi;
+    ffi::luaL_checkstack(state, 3, c"value nested too deeply".as_ptr());
+    match v {
+        Value::Nil => ffi::lua_pushnil(state),
+        Value::Bool(b) => ffi::lua_pushboolean(state, *b as i32),
+        Value::Int(i) => ffi::lua_pushinteger(state, *i),
+        Value::Double(d) => ffi::lua_pushnumber(state, *d),
+        Value::String(s) => {
+            ffi::lua_pushlstring(state, s.as_ptr() as *const _, s.len());
+        }
+        Value::Bytes(b) => {
+            ffi::lua_pushlstring(state, b.as_ptr() as *const _, b.len());
+        }
+        Value::Array(items) => {
+            ffi::lua_createtable(state, items.len().min(i32::MAX as usize) as i32, 0);
+            for (i, item) in items.iter().enumerate() {
+                push_plain(state, item);
+                ffi::lua_rawseti(state, -2, i as ffi::lua_Integer + 1);
+            }
+        }
+        Value::Map(entries) => {
+            ffi::lua_createtable(state, 0, entries.len().min(i32::MAX as usize) as i32);
+            for (k, val) in entries {
+                push_plain(state, k);
+                push_plain(state, val);
+                ffi::lua_rawset(state, -3);
+            }
+        }
+        Value::Error(msg) => {
+            ffi::lua_createtable(state, 0, 1);
+            ffi::lua_pushlstring(state, msg.as_ptr() as *const _, msg.len());
+            ffi::lua_setfield(state, -2, c"err".as_ptr());
+        }
+        // Not plain: never given (see is_plain).
+        Value::Function(_) | Value::Object(_) => ffi::lua_pushnil(state),
+    }
 }
 
 pub(crate) fn to_lua_multi(lua: &Lua, ctx: &Ctx, args: &[Value]) -> mlua::Result<MultiValue> {
