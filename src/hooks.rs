@@ -49,6 +49,11 @@ extern "C" fn on_command(fctx: *mut raw::RedisModuleCommandFilterCtx) {
         });
         // On 7.0, commands on keys that sync triggers watch are wrapped too (see `defer`).
         let deferring = !crate::triggers::has_post_notification_jobs() && engine.sessions.registration_count() > 0;
+        if !recipes {
+            // What it knew of clients' MULTI states grows stale while it does not follow
+            // their commands.
+            crate::clients::forget_all();
+        }
         if !engine.sessions.has_hooks() && !recipes && !deferring {
             return;
         }
@@ -56,6 +61,9 @@ extern "C" fn on_command(fctx: *mut raw::RedisModuleCommandFilterCtx) {
         let n = unsafe { raw::RedisModule_CommandFilterArgsCount.unwrap()(fctx) };
         let Some(name) = filter_arg(fctx, 0) else { return };
         let name = String::from_utf8_lossy(&name).to_ascii_lowercase();
+        if recipes {
+            crate::clients::seen(fctx, &name);
+        }
         if name.starts_with("rg.") {
             return;
         }
@@ -67,7 +75,7 @@ extern "C" fn on_command(fctx: *mut raw::RedisModuleCommandFilterCtx) {
         }
         if recipes {
             let args = |i: usize| filter_arg(fctx, i as c_int);
-            match crate::recipes::filter(&name, &args, n.max(0) as usize, plain_client(fctx)) {
+            match crate::recipes::filter(&name, &args, n.max(0) as usize, &|| plain_client(fctx)) {
                 crate::recipes::Filtered::Refuse(msg) => {
                     insert_arg(fctx, 0, crate::recipes::REFUSE.as_bytes());
                     insert_arg(fctx, 1, msg.as_bytes());
@@ -94,18 +102,7 @@ extern "C" fn on_command(fctx: *mut raw::RedisModuleCommandFilterCtx) {
 /// give the filter its client (7.2+, Valkey); false elsewhere, for scripts' and modules'
 /// calls (their clients are not connected ones) and for commands queued in MULTI.
 fn plain_client(fctx: *mut raw::RedisModuleCommandFilterCtx) -> bool {
-    // SAFETY: reading function pointers the server filled in at module load; the filter
-    // context is live for this callback; `ci` is a version-1 client info the server fills.
-    unsafe {
-        let (Some(client_id), Some(info)) = (raw::RedisModule_CommandFilterGetClientId, raw::RedisModule_GetClientInfoById) else { return false };
-        let id = client_id(fctx);
-        let mut ci: raw::RedisModuleClientInfo = std::mem::zeroed();
-        ci.version = raw::REDISMODULE_CLIENTINFO_VERSION as u64;
-        if info(&mut ci as *mut raw::RedisModuleClientInfo as *mut std::os::raw::c_void, id) != raw::REDISMODULE_OK as c_int {
-            return false;
-        }
-        ci.flags & raw::REDISMODULE_CLIENTINFO_FLAG_MULTI as u64 == 0
-    }
+    crate::clients::plain(fctx)
 }
 
 /// On a cluster node: does the filtered command name a key of a slot this node does not
@@ -150,7 +147,7 @@ pub fn register_filter(ctx: &Context) -> bool {
     // NOSELF: the module's own calls (callNext, execute) are not filtered again.
     // SAFETY: called once from the module's load function with its context.
     let f = unsafe { raw::RedisModule_RegisterCommandFilter.unwrap()(ctx.ctx, Some(on_command), raw::REDISMODULE_CMDFILTER_NOSELF as c_int) };
-    !f.is_null()
+    !f.is_null() && crate::clients::subscribe(ctx.ctx)
 }
 
 /// The ACL user of the client that sent the command being handled, or why there is none

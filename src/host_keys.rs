@@ -221,20 +221,30 @@ impl Locked<'_> {
             let rc = raw::RedisModule_StreamAdd.unwrap()(k, raw::REDISMODULE_STREAM_ADD_AUTOID as c_int, &mut id, argv.as_mut_ptr(), (fields.len() / 2) as i64);
             let errno = std::io::Error::last_os_error();
             raw::RedisModule_CloseKey.unwrap()(k);
-            for a in argv {
-                raw::RedisModule_FreeString.unwrap()(ctx, a);
-            }
+            let free_all = |argv: Vec<*mut raw::RedisModuleString>| {
+                for a in argv {
+                    raw::RedisModule_FreeString.unwrap()(ctx, a);
+                }
+            };
             if rc != raw::REDISMODULE_OK as c_int {
+                free_all(argv);
                 raw::RedisModule_FreeString.unwrap()(ctx, name);
                 return Err(HostError::Command(format!("ERR the entry could not be added to the stream '{}': {errno}", String::from_utf8_lossy(stream))));
             }
             raw::RedisModule_NotifyKeyspaceEvent.unwrap()(ctx, raw::REDISMODULE_NOTIFY_STREAM as c_int, c"xadd".as_ptr(), name);
+            let id = format!("{}-{}", id.ms, id.seq);
+            // Replicated as XADD with the id given, made of the strings already made for
+            // the entry ("v" takes references to them, not copies).
+            let mut repl = Vec::with_capacity(argv.len() + 2);
+            repl.push(name);
+            repl.push(create(id.as_bytes()));
+            repl.extend_from_slice(&argv);
+            raw::RedisModule_Replicate.unwrap()(ctx, c"XADD".as_ptr(), c"v".as_ptr(), repl.as_mut_ptr(), repl.len());
+            raw::RedisModule_FreeString.unwrap()(ctx, repl[1]);
+            free_all(argv);
             raw::RedisModule_FreeString.unwrap()(ctx, name);
-            format!("{}-{}", id.ms, id.seq)
+            id
         };
-        let mut args: Vec<&[u8]> = vec![b"XADD", stream, id.as_bytes()];
-        args.extend_from_slice(fields);
-        self.replicate_args(&args);
         Ok(id)
     }
 

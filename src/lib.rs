@@ -3,6 +3,7 @@
 
 mod acl;
 mod blocking;
+mod clients;
 mod cluster;
 mod commands;
 mod commands_info;

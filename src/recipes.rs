@@ -228,8 +228,9 @@ pub enum Filtered {
     Pass,
 }
 
-/// Called by the command filter for every command while recipes exist. `plain`: the
-/// command is a connected client's, outside MULTI (see `hooks::plain_client`).
+/// Called by the command filter for every command while recipes exist. `plain`: is the
+/// command a connected client's, outside MULTI (see `hooks::plain_client`)? Asked only
+/// for a write to a write-behind recipe's keys.
 ///
 /// A write to a recipe's keys is wrapped in RG.WTRUN, which checks the streams first and
 /// answers with an error if a capture failed, except where nothing needs it: a
@@ -237,7 +238,7 @@ pub enum Filtered {
 /// replace a hash with another type. Its capture can only fail if the recipe's stream is
 /// not a stream, which the stream's own keyspace events report (`watch_stream`): writes
 /// are then refused here, before they are applied.
-pub fn filter(command: &str, args: &dyn Fn(usize) -> Option<Vec<u8>>, argc: usize, plain: bool) -> Filtered {
+pub fn filter(command: &str, args: &dyn Fn(usize) -> Option<Vec<u8>>, argc: usize, plain: &dyn Fn() -> bool) -> Filtered {
     let Some(r) = recipes() else { return Filtered::Pass };
     if let Some(e) = crate::ENGINE.get() {
         r.ensure(e);
@@ -251,8 +252,9 @@ pub fn filter(command: &str, args: &dyn Fn(usize) -> Option<Vec<u8>>, argc: usiz
         return if crate::triggers::has_post_notification_jobs() { Filtered::Pass } else { Filtered::Wrap };
     }
     let Some(indexes) = key_indexes(command, argc, args) else { return Filtered::Pass };
-    // What a plain client's write-behind write needs no wrapper for (see above).
-    let unwrapped = plain && overwrite_indexes(command, argc, args).is_none();
+    // What a plain client's write-behind write needs no wrapper for (see above); decided
+    // once, for the first recipe key met.
+    let mut unwrapped: Option<bool> = None;
     let mut wrap = false;
     for key in indexes.into_iter().filter_map(args) {
         // The filter does not know the client's database: a recipe of any database counts.
@@ -277,7 +279,7 @@ pub fn filter(command: &str, args: &dyn Fn(usize) -> Option<Vec<u8>>, argc: usiz
                     String::from_utf8_lossy(&spec.prefix)
                 ));
             }
-            wrap |= !unwrapped || spec.kind == Kind::WriteThrough;
+            wrap |= spec.kind == Kind::WriteThrough || !*unwrapped.get_or_insert_with(|| plain() && overwrite_indexes(command, argc, args).is_none());
         }
     }
     if wrap {

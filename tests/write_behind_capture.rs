@@ -454,11 +454,36 @@ fn plain_client_writes_are_captured_without_a_wrapper() {
     cmd(&mut c, &["HSET", "user:21", "name", "m"]);
     assert_eq!(fmt(&cmd(&mut c, &["EXEC"])), "[1]");
     assert_eq!(wrapped(&mut c), before + 1, "a write queued in MULTI is wrapped");
+    // The filter follows the client's MULTI state (it asks the server once per client):
+    // after EXEC, and after DISCARD, its writes are plain again; a client first seen
+    // inside MULTI is known to be in it.
+    assert_eq!(fmt(&cmd(&mut c, &["HSET", "user:25", "name", "p"])), "1");
+    assert_eq!(wrapped(&mut c), before + if unwrapped { 1 } else { 2 }, "a write after EXEC is plain again");
+    cmd(&mut c, &["MULTI"]);
+    cmd(&mut c, &["HSET", "user:26", "name", "d"]);
+    assert_eq!(fmt(&cmd(&mut c, &["DISCARD"])), "OK");
+    assert_eq!(fmt(&cmd(&mut c, &["EXISTS", "user:26"])), "0");
+    let after_discard = wrapped(&mut c);
+    assert_eq!(fmt(&cmd(&mut c, &["HSET", "user:26", "name", "p"])), "1");
+    assert_eq!(wrapped(&mut c), after_discard + if unwrapped { 0 } else { 1 }, "a write after DISCARD is plain again");
+    let mut other = s.conn();
+    cmd(&mut other, &["MULTI"]);
+    cmd(&mut other, &["HSET", "user:27", "name", "o"]);
+    assert_eq!(fmt(&cmd(&mut other, &["EXEC"])), "[1]");
+    assert_eq!(wrapped(&mut c), after_discard + if unwrapped { 1 } else { 2 }, "a client first seen inside MULTI is wrapped");
+    drop(other);
+    // The other side of RESET: it leaves MULTI too.
+    cmd(&mut c, &["MULTI"]);
+    cmd(&mut c, &["RESET"]);
+    let after_reset = wrapped(&mut c);
+    assert_eq!(fmt(&cmd(&mut c, &["HSET", "user:28", "name", "p"])), "1");
+    assert_eq!(wrapped(&mut c), after_reset + if unwrapped { 0 } else { 1 }, "a write after RESET is plain again");
+    let before = wrapped(&mut c) - 1;
     assert_eq!(fmt(&cmd(&mut c, &["EVAL", "return redis.call('HSET', KEYS[1], 'name', 'e')", "1", "user:22"])), "1");
     assert_eq!(wrapped(&mut c), before + 2, "a script's write is wrapped");
     assert_eq!(fmt(&cmd(&mut c, &["SET", "user:23", "x"])), "OK");
     assert_eq!(wrapped(&mut c), before + 3, "a command that may replace a hash is wrapped");
-    assert_eq!(stream(&mut c).len(), 22);
+    assert_eq!(stream(&mut c).len(), 26);
     // Someone replaces the recipe's stream with a string: the next plain write is refused
     // before it is applied.
     cmd(&mut c, &["DEL", "rg:wb:users"]);
