@@ -635,8 +635,9 @@ impl Engine {
         let result = self.with_session_instance(session, env.clone(), |inst| {
             let natives = self.api.begin_run(env);
             let calls = InstanceCalls { inst: std::cell::RefCell::new(inst), natives: &*natives as &dyn Natives };
-            let batch = self.config.get_i64("keys-batch-size").max(1) as usize;
-            let cx = crate::RunContext { host: &*host, calls: &calls, abort: &execution.abort, batch_size: batch, db: session.db, user: session.user.as_deref() };
+            // The records are given: these steps read nothing, so no batch size is looked up
+            // (a run() inside a step builds its own context).
+            let cx = crate::RunContext { host: &*host, calls: &calls, abort: &execution.abort, batch_size: 1, db: session.db, user: session.user.as_deref() };
             crate::run_steps(&reg.spec.steps, records, &cx)
         });
         let aborted = matches!(&result, Err(e) if e.kind == ScriptErrorKind::Aborted);
