@@ -24,6 +24,59 @@ impl Drop for Cursor {
     }
 }
 
+/// What reading many keys under one lock reuses: the command names the ACL checks pass as
+/// module strings (made once, not per key) and the cursor of RM_ScanKey.
+struct Scratch {
+    ctx: *mut raw::RedisModuleCtx,
+    names: Vec<(&'static [u8], *mut raw::RedisModuleString)>,
+    cursor: *mut raw::RedisModuleScanCursor,
+}
+
+impl Scratch {
+    fn new(ctx: *mut raw::RedisModuleCtx) -> Scratch {
+        Scratch { ctx, names: Vec::new(), cursor: std::ptr::null_mut() }
+    }
+
+    /// `b` as a module string, made the first time it is asked for.
+    fn name(&mut self, b: &'static [u8]) -> *mut raw::RedisModuleString {
+        if let Some((_, s)) = self.names.iter().find(|(n, _)| *n == b) {
+            return *s;
+        }
+        // SAFETY: GIL held (the lock this scratch lives in); freed in Drop.
+        let s = unsafe { raw::RedisModule_CreateString.unwrap()(self.ctx, b.as_ptr() as *const c_char, b.len()) };
+        self.names.push((b, s));
+        s
+    }
+
+    /// A key scan cursor at its start.
+    fn key_cursor(&mut self) -> *mut raw::RedisModuleScanCursor {
+        // SAFETY: plain allocation / reset of a cursor this scratch owns.
+        unsafe {
+            if self.cursor.is_null() {
+                self.cursor = raw::RedisModule_ScanCursorCreate.unwrap()();
+            } else {
+                raw::RedisModule_ScanCursorRestart.unwrap()(self.cursor);
+            }
+        }
+        self.cursor
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        // SAFETY: dropped under the same lock it was made in; each string and the cursor are
+        // freed once.
+        unsafe {
+            for (_, s) in self.names.drain(..) {
+                raw::RedisModule_FreeString.unwrap()(self.ctx, s);
+            }
+            if !self.cursor.is_null() {
+                raw::RedisModule_ScanCursorDestroy.unwrap()(self.cursor);
+            }
+        }
+    }
+}
+
 /// The bytes of a module string (valid while the string is).
 ///
 /// # Safety
@@ -94,17 +147,18 @@ impl Locked<'_> {
         let mut state = ScanState { pattern, names: Vec::new() };
         let mut out = Vec::new();
         let mut read = 0usize;
+        let mut scratch = Scratch::new(self.ctx.ctx);
         loop {
             // SAFETY: GIL held, database selected; the callback only copies names (the
             // keys are read after RM_Scan returns, never while it walks the table).
             let more = unsafe { raw::RedisModule_Scan.unwrap()(self.ctx.ctx, cursor, Some(collect_name), &mut state as *mut ScanState as *mut c_void) };
             for name in state.names.drain(..) {
                 read += 1;
-                match self.read_native(user, &name, read_value) {
+                match self.read_one(user, name, read_value, &mut scratch) {
                     Ok(Some(r)) => out.push(Ok(r)),
                     // Expired or deleted meanwhile.
                     Ok(None) => {}
-                    Err(e) => out.push(Err((name, e))),
+                    Err(e) => out.push(Err(e)),
                 }
             }
             if more == 0 {
@@ -121,6 +175,12 @@ impl Locked<'_> {
     /// One key (see `LockedHost::read_key`): None when it does not exist (an expired key
     /// is deleted as a read would); with `user`, refused as the commands would refuse it.
     pub(super) fn read_native(&self, user: Option<&str>, key: &[u8], read_value: bool) -> Result<Option<KeyRecord>, HostError> {
+        self.read_one(user, key.to_vec(), read_value, &mut Scratch::new(self.ctx.ctx)).map_err(|(_, e)| e)
+    }
+
+    /// `read_native` of a key whose name is moved into its record (or given back with the
+    /// error), with what reading many keys reuses.
+    fn read_one(&self, user: Option<&str>, key: Vec<u8>, read_value: bool, scratch: &mut Scratch) -> Result<Option<KeyRecord>, (Vec<u8>, HostError)> {
         let ctx = self.ctx.ctx;
         // SAFETY: GIL held for the whole function (this guard); every string and key
         // opened here is freed or closed before returning.
@@ -139,16 +199,16 @@ impl Locked<'_> {
                 None => {
                     raw::RedisModule_CloseKey.unwrap()(k);
                     raw::RedisModule_FreeString.unwrap()(ctx, name);
-                    let access = crate::triggers::save_access(ctx, key);
-                    let read = engine::read_key(self, user, key, read_value);
-                    crate::triggers::restore_access(ctx, key, access);
-                    return read;
+                    let access = crate::triggers::save_access(ctx, &key);
+                    let read = engine::read_key(self, user, &key, read_value);
+                    crate::triggers::restore_access(ctx, &key, access);
+                    return read.map_err(|e| (key, e));
                 }
-                Some((type_name, command, rest)) => match user.map(|u| self.may_read(u, name, command, rest, read_value)).unwrap_or(Ok(())) {
-                    Err(e) => Err(e),
+                Some((type_name, command, rest)) => match user.map(|u| self.may_read(u, name, command, rest, read_value, scratch)).unwrap_or(Ok(())) {
+                    Err(e) => Err((key, e)),
                     Ok(()) => {
-                        let value = read_value.then(|| value_of(ctx, k, t as isize));
-                        Ok(Some(KeyRecord { key: key.to_vec(), key_type: type_name.to_string(), value }))
+                        let value = read_value.then(|| value_of(ctx, k, t as isize, scratch));
+                        Ok(Some(KeyRecord { key, key_type: type_name.to_string(), value }))
                     }
                 },
             };
@@ -251,25 +311,20 @@ impl Locked<'_> {
     /// May `user` read this key as TYPE and the type's read command would let it? Both
     /// commands are checked in full for this key (command rules, key patterns, selectors),
     /// with the user looked up once per lock.
-    fn may_read(&self, user: &str, name: *mut raw::RedisModuleString, command: &[u8], rest: &[&[u8]], read_value: bool) -> Result<(), HostError> {
+    fn may_read(&self, user: &str, name: *mut raw::RedisModuleString, command: &'static [u8], rest: &'static [&'static [u8]], read_value: bool, scratch: &mut Scratch) -> Result<(), HostError> {
         let u = self.acl_user(user)?;
-        let ctx = self.ctx.ctx;
-        let allows = |cmd: &[u8], extra: &[&[u8]]| -> bool {
-            // SAFETY: GIL held; the strings made here are freed before returning; `name`
-            // and the user object outlive the call.
-            unsafe {
-                let create = |b: &[u8]| raw::RedisModule_CreateString.unwrap()(ctx, b.as_ptr() as *const c_char, b.len());
-                let c = create(cmd);
-                let extras: Vec<*mut raw::RedisModuleString> = extra.iter().map(|e| create(e)).collect();
-                let mut argv = vec![c, name];
-                argv.extend(&extras);
-                let ok = raw::RedisModule_ACLCheckCommandPermissions.unwrap()(u, argv.as_mut_ptr(), argv.len() as c_int) == raw::REDISMODULE_OK as c_int;
-                raw::RedisModule_FreeString.unwrap()(ctx, c);
-                for e in extras {
-                    raw::RedisModule_FreeString.unwrap()(ctx, e);
-                }
-                ok
+        let mut allows = |cmd: &'static [u8], extra: &'static [&'static [u8]]| -> bool {
+            // At most four arguments: the command, the key, and XRANGE's or ZRANGE's rest.
+            let mut argv = [std::ptr::null_mut(); 5];
+            argv[0] = scratch.name(cmd);
+            argv[1] = name;
+            for (i, e) in extra.iter().enumerate().take(3) {
+                argv[2 + i] = scratch.name(e);
             }
+            let n = 2 + extra.len().min(3);
+            // SAFETY: GIL held; the strings live in the scratch (or are the key's name) and
+            // the user object outlives the call.
+            unsafe { raw::RedisModule_ACLCheckCommandPermissions.unwrap()(u, argv.as_mut_ptr(), n as c_int) == raw::REDISMODULE_OK as c_int }
         };
         let refused = |cmd: &str| HostError::NoPermission(format!("User {user} has no permissions to run the '{cmd}' command or to access its keys"));
         if !allows(b"TYPE", &[]) {
@@ -302,7 +357,7 @@ impl Locked<'_> {
 ///
 /// # Safety
 /// GIL held; `k` open for reading, of type `t`.
-unsafe fn value_of(ctx: *mut raw::RedisModuleCtx, k: *mut raw::RedisModuleKey, t: isize) -> Value {
+unsafe fn value_of(ctx: *mut raw::RedisModuleCtx, k: *mut raw::RedisModuleKey, t: isize, scratch: &mut Scratch) -> Value {
     let owned = |s: *mut raw::RedisModuleString| {
         let v = Value::from_bytes(bytes(s).to_vec());
         raw::RedisModule_FreeString.unwrap()(ctx, s);
@@ -320,9 +375,8 @@ unsafe fn value_of(ctx: *mut raw::RedisModuleCtx, k: *mut raw::RedisModuleKey, t
         }
         raw::REDISMODULE_KEYTYPE_HASH | raw::REDISMODULE_KEYTYPE_SET => {
             let mut pairs: Vec<(Value, Value)> = Vec::with_capacity(raw::RedisModule_ValueLength.unwrap()(k));
-            let cursor = raw::RedisModule_ScanCursorCreate.unwrap()();
+            let cursor = scratch.key_cursor();
             while raw::RedisModule_ScanKey.unwrap()(k, cursor, Some(collect_pair), &mut pairs as *mut Vec<(Value, Value)> as *mut c_void) != 0 {}
-            raw::RedisModule_ScanCursorDestroy.unwrap()(cursor);
             if t == raw::REDISMODULE_KEYTYPE_HASH {
                 Value::Map(pairs)
             } else {
