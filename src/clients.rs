@@ -91,7 +91,7 @@ pub(crate) fn forget_all() {
 
 extern "C" fn on_client_change(_ctx: *mut raw::RedisModuleCtx, _event: raw::RedisModuleEvent, subevent: u64, data: *mut std::os::raw::c_void) {
     let _ = std::panic::catch_unwind(|| {
-        if subevent != raw::REDISMODULE_SUBEVENT_CLIENT_CHANGE_DISCONNECTED as u64 || data.is_null() || !HELD.load(Ordering::Relaxed) {
+        if subevent != raw::REDISMODULE_SUBEVENT_CLIENT_CHANGE_DISCONNECTED || data.is_null() || !HELD.load(Ordering::Relaxed) {
             return;
         }
         // SAFETY: for this event Redis passes the client's RedisModuleClientInfo, valid

@@ -76,17 +76,17 @@ extern "C" fn on_command(fctx: *mut raw::RedisModuleCommandFilterCtx) {
         if recipes {
             let args = |i: usize| filter_arg(fctx, i as c_int);
             match crate::recipes::filter(&name, &args, n.max(0) as usize, &|| plain_client(fctx)) {
-                crate::recipes::Filtered::Refuse(msg) => {
+                recipes::admission::Admission::Refuse(msg) => {
                     insert_arg(fctx, 0, crate::recipes::REFUSE.as_bytes());
                     insert_arg(fctx, 1, msg.as_bytes());
                     return;
                 }
-                crate::recipes::Filtered::Wrap => {
+                recipes::admission::Admission::Wrap => {
                     // RG.WTRUN runs the command's hook itself, if it has one.
                     insert_arg(fctx, 0, crate::recipes::WT_RUN.as_bytes());
                     return;
                 }
-                crate::recipes::Filtered::Pass => {}
+                recipes::admission::Admission::Pass => {}
             }
         }
         let first = if n > 1 { filter_arg(fctx, 1) } else { None };

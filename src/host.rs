@@ -355,7 +355,7 @@ fn refused_by_recipes(args: &[&[u8]]) -> Result<(), HostError> {
     let Some(cmd) = args.first() else { return Ok(()) };
     let name = String::from_utf8_lossy(cmd).to_ascii_lowercase();
     match crate::recipes::filter(&name, &|i| args.get(i).map(|a| a.to_vec()), args.len(), &|| false) {
-        crate::recipes::Filtered::Refuse(msg) => Err(HostError::Command(msg)),
+        recipes::admission::Admission::Refuse(msg) => Err(HostError::Command(msg)),
         _ => Ok(()),
     }
 }

@@ -9,6 +9,7 @@ use crate::commands::guarded;
 use crate::host::InPlaceHost;
 use crate::{redis_host, reply};
 use engine::Value;
+use recipes::admission::{self, Admission};
 use recipes::capture::FlushWork;
 use recipes::pipeline::{Pipeline, Waiter};
 use recipes::{Kind, OnFlush, Recipes};
@@ -141,47 +142,6 @@ fn not_a_stream(p: &Pipeline, stream: &[u8], t: &str) -> String {
     why
 }
 
-/// The argument indexes of the keys of a write command that recipes capture (None for
-/// other commands), given its argument count and its arguments.
-fn key_indexes(command: &str, argc: usize, arg: &dyn Fn(usize) -> Option<Vec<u8>>) -> Option<Vec<usize>> {
-    let positions: &[usize] = match command {
-        "hset" | "hsetnx" | "hmset" | "hincrby" | "hincrbyfloat" | "hdel" | "hexpire" | "hpexpire" | "hexpireat" | "hpexpireat" | "hpersist" | "hgetdel" | "hgetex" | "hsetex" | "expire" | "pexpire" | "expireat" | "pexpireat" | "persist" | "restore" | "move" => &[1],
-        "rename" | "renamenx" | "copy" => &[1, 2],
-        // Every argument is a key.
-        "del" | "unlink" => return Some((1..argc).collect()),
-        _ => return overwrite_indexes(command, argc, arg),
-    };
-    Some(positions.iter().copied().filter(|&i| i < argc).collect())
-}
-
-/// The argument indexes of the keys a command may overwrite with a value of another type
-/// (a hash becoming a string, a set...), None for other commands.
-fn overwrite_indexes(command: &str, argc: usize, arg: &dyn Fn(usize) -> Option<Vec<u8>>) -> Option<Vec<usize>> {
-    let after = |words: &[&[u8]]| -> Option<Vec<usize>> {
-        let at = (2..argc).find(|&i| arg(i).is_some_and(|a| words.iter().any(|w| a.eq_ignore_ascii_case(w))))?;
-        Some(vec![at + 1]).filter(|_| at + 1 < argc)
-    };
-    let positions: Vec<usize> = match command {
-        "set" | "setex" | "psetex" | "getset" | "sunionstore" | "sinterstore" | "sdiffstore" | "zunionstore" | "zinterstore" | "zdiffstore" | "zrangestore" | "geosearchstore" | "restore" | "copy" => vec![1],
-        "rename" => vec![2],
-        "bitop" => vec![2],
-        "mset" => (1..argc).step_by(2).collect(),
-        "sort" => after(&[b"store"])?,
-        "georadius" | "georadiusbymember" => after(&[b"store", b"storedist"])?,
-        _ => return None,
-    };
-    Some(positions.into_iter().filter(|&i| i < argc).collect())
-}
-
-/// The error of a write refused because its changes cannot be captured.
-fn cannot_capture(p: &recipes::pipeline::Pipeline, why: &str) -> String {
-    format!(
-        "ERR write-behind '{}' cannot capture changes: {why}; writes to keys under '{}' are refused so that none is acknowledged without being captured",
-        p.name,
-        String::from_utf8_lossy(&p.spec().prefix)
-    )
-}
-
 /// Set while `maxmemory` is on with an `allkeys-*` policy: Redis may then evict a recipe's
 /// stream, losing changes not yet applied, so writes to recipe keys are refused.
 static EVICTION_POLICY: parking_lot::RwLock<Option<String>> = parking_lot::RwLock::new(None);
@@ -220,73 +180,17 @@ fn read_eviction_policy(ctx: *mut raw::RedisModuleCtx) {
 pub const REFUSE: &str = "rg.refuse";
 pub const WT_RUN: &str = "rg.wtrun";
 
-/// What the command filter does with a command: refuse it (the message), run it as
-/// RG.WTRUN (a write to a recipe's keys), or leave it.
-pub enum Filtered {
-    Refuse(String),
-    Wrap,
-    Pass,
-}
-
-/// Called by the command filter for every command while recipes exist. `plain`: is the
-/// command a connected client's, outside MULTI (see `hooks::plain_client`)? Asked only
-/// for a write to a write-behind recipe's keys.
-///
-/// A write to a recipe's keys is wrapped in RG.WTRUN, which checks the streams first and
-/// answers with an error if a capture failed, except where nothing needs it: a
-/// write-behind (not write-through) write by a plain client with a command that cannot
-/// replace a hash with another type. Its capture can only fail if the recipe's stream is
-/// not a stream, which the stream's own keyspace events report (`watch_stream`): writes
-/// are then refused here, before they are applied.
-pub fn filter(command: &str, args: &dyn Fn(usize) -> Option<Vec<u8>>, argc: usize, plain: &dyn Fn() -> bool) -> Filtered {
-    let Some(r) = recipes() else { return Filtered::Pass };
+/// Called by the command filter for every command while recipes exist (see
+/// `recipes::admission::admit`, the policy), with this server's eviction policy and whether
+/// it runs post-notification jobs.
+pub fn filter(command: &str, args: &dyn Fn(usize) -> Option<Vec<u8>>, argc: usize, plain: &dyn Fn() -> bool) -> Admission {
+    let Some(r) = recipes() else { return Admission::Pass };
     if let Some(e) = crate::ENGINE.get() {
         r.ensure(e);
     }
-    if r.is_empty() {
-        return Filtered::Pass;
-    }
-    if matches!(command, "flushall" | "flushdb" | "swapdb") {
-        // On 7.0 (no post-notification jobs) RG.WTRUN records what the flush or swap means
-        // for the recipes right after it, in the same MULTI/EXEC for the AOF and replicas.
-        return if crate::triggers::has_post_notification_jobs() { Filtered::Pass } else { Filtered::Wrap };
-    }
-    let Some(indexes) = key_indexes(command, argc, args) else { return Filtered::Pass };
-    // What a plain client's write-behind write needs no wrapper for (see above); decided
-    // once, for the first recipe key met.
-    let mut unwrapped: Option<bool> = None;
-    let mut wrap = false;
-    for key in indexes.into_iter().filter_map(args) {
-        // The filter does not know the client's database: a recipe of any database counts.
-        for p in r.matching(None, &key) {
-            if !p.primary.load(std::sync::atomic::Ordering::Relaxed) {
-                continue;
-            }
-            let spec = p.spec();
-            if let Some(why) = p.broken() {
-                return Filtered::Refuse(cannot_capture(&p, &why));
-            }
-            if let Some(policy) = EVICTION_POLICY.read().as_deref() {
-                let why = format!("maxmemory-policy is {policy}, under which Redis may evict its stream and lose changes not yet applied (use noeviction or a volatile-* policy)");
-                return Filtered::Refuse(cannot_capture(&p, &why));
-            }
-            let backlog = p.backlog.load(std::sync::atomic::Ordering::Relaxed).max(0) as u64;
-            if spec.max_backlog > 0 && backlog >= spec.max_backlog {
-                return Filtered::Refuse(format!(
-                    "ERR write-behind '{}' has {backlog} changes not yet applied to its target (maxBacklog {}): writes to keys under '{}' are refused until it drains",
-                    p.name,
-                    spec.max_backlog,
-                    String::from_utf8_lossy(&spec.prefix)
-                ));
-            }
-            wrap |= spec.kind == Kind::WriteThrough || !*unwrapped.get_or_insert_with(|| plain() && overwrite_indexes(command, argc, args).is_none());
-        }
-    }
-    if wrap {
-        Filtered::Wrap
-    } else {
-        Filtered::Pass
-    }
+    let policy = EVICTION_POLICY.read();
+    let server = admission::Server { eviction_policy: policy.as_deref(), post_notification_jobs: crate::triggers::has_post_notification_jobs() };
+    admission::admit(r, &server, command, args, argc, plain)
 }
 
 /// Checks that the streams the keys of `argv` are captured into are streams (or do not
@@ -294,7 +198,7 @@ pub fn filter(command: &str, args: &dyn Fn(usize) -> Option<Vec<u8>>, argc: usiz
 fn check_streams(ctx: &Context, db: u32, argv: &[Vec<u8>]) -> Result<(), String> {
     let Some(r) = recipes() else { return Ok(()) };
     let command = String::from_utf8_lossy(&argv[0]).to_ascii_lowercase();
-    let Some(indexes) = key_indexes(&command, argv.len(), &|i| argv.get(i).cloned()) else { return Ok(()) };
+    let Some(indexes) = admission::key_indexes(&command, argv.len(), &|i| argv.get(i).cloned()) else { return Ok(()) };
     let cluster = r.cluster.load(std::sync::atomic::Ordering::Relaxed);
     for key in indexes.into_iter().map(|i| &argv[i]) {
         for p in r.matching(Some(db), key) {
@@ -302,7 +206,7 @@ fn check_streams(ctx: &Context, db: u32, argv: &[Vec<u8>]) -> Result<(), String>
             let t = key_type(ctx, &stream);
             if t != "stream" && t != "none" {
                 let why = not_a_stream(&p, &stream, &t);
-                return Err(cannot_capture(&p, &why));
+                return Err(admission::cannot_capture(&p, &why));
             }
         }
     }
@@ -508,7 +412,7 @@ fn note_hashes_of(ctx: *mut raw::RedisModuleCtx, db: u32, argc: usize, arg: &dyn
     }
     let Some(command) = arg(0) else { return };
     let command = String::from_utf8_lossy(&command).to_ascii_lowercase();
-    let Some(indexes) = overwrite_indexes(&command, argc, arg) else { return };
+    let Some(indexes) = admission::overwrite_indexes(&command, argc, arg) else { return };
     let context = Context::new(ctx);
     for key in indexes.into_iter().filter_map(arg) {
         if !r.matching(Some(db), &key).is_empty() && key_type(&context, &key) == "hash" {

@@ -21,6 +21,7 @@ pub use change::{Change, Op};
 pub use convert::{Cell, ColType};
 pub use spec::{Delivery, Kind, OnFlush, Spec, TargetKind};
 pub use target::{connect, Checkpoint, Row, Schema, Target, TargetError};
+pub mod admission;
 pub mod backfill;
 pub mod capture;
 pub mod pipeline;
