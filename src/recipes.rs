@@ -44,11 +44,46 @@ pub fn sessions_changed() {
 /// A change captured for a write-through recipe: its pipeline, stream, id and key.
 type WriteThroughCapture = (Arc<recipes::pipeline::Pipeline>, Vec<u8>, String, Vec<u8>);
 
+/// What the keyspace events of one RG.WTRUN's command captured: the write-through changes
+/// it must wait for, and the captures that failed (the write is then answered with an
+/// error: never acknowledged without its capture).
+#[derive(Default)]
+struct Captures {
+    write_through: Vec<WriteThroughCapture>,
+    failed: Vec<String>,
+}
+
 thread_local! {
-    /// Changes captured for write-through recipes during the current RG.WTRUN.
-    static CAPTURED: RefCell<Option<Vec<WriteThroughCapture>>> = const { RefCell::new(None) };
-    /// Captures that failed during the current RG.WTRUN.
-    static FAILED: RefCell<Option<Vec<String>>> = const { RefCell::new(None) };
+    /// The captures of the RG.WTRUN running on this thread. Redis calls the keyspace events
+    /// from inside the wrapped command, so they cannot return what they captured: they
+    /// report it here, between `CaptureScope::open` and `close`.
+    static SCOPE: RefCell<Option<Captures>> = const { RefCell::new(None) };
+}
+
+/// The span of one wrapped command: opened before it runs, closed after, with what its
+/// events captured (also closed if the command's code unwinds).
+struct CaptureScope(());
+
+impl CaptureScope {
+    fn open() -> CaptureScope {
+        SCOPE.with(|s| *s.borrow_mut() = Some(Captures::default()));
+        CaptureScope(())
+    }
+
+    fn close(self) -> Captures {
+        SCOPE.with(|s| s.borrow_mut().take()).unwrap_or_default()
+    }
+
+    /// Reports a capture to the open scope, if any: false when no RG.WTRUN is running.
+    fn report(f: impl FnOnce(&mut Captures)) -> bool {
+        SCOPE.with(|s| s.borrow_mut().as_mut().map(f).is_some())
+    }
+}
+
+impl Drop for CaptureScope {
+    fn drop(&mut self) {
+        SCOPE.with(|s| s.borrow_mut().take());
+    }
 }
 
 /// A keyspace event on a primary: captures it for every recipe of the key.
@@ -86,22 +121,14 @@ pub fn on_event(ctx: *mut raw::RedisModuleCtx, db: u32, event: &str, key: &[u8])
     let locked = engine::Host::lock(&host, db);
     for (p, result) in r.on_event(&*locked, db, event, key) {
         match result {
-            Ok(c) => CAPTURED.with(|cap| {
-                if let Some(list) = cap.borrow_mut().as_mut() {
-                    if p.spec().kind == Kind::WriteThrough {
-                        list.push((p.clone(), c.stream, c.id, key.to_vec()));
-                    }
+            Ok(c) => {
+                if p.spec().kind == Kind::WriteThrough {
+                    CaptureScope::report(|s| s.write_through.push((p.clone(), c.stream, c.id, key.to_vec())));
                 }
-            }),
+            }
             Err(e) => {
                 engine::Host::log(&**crate::redis_host(), engine::LogLevel::Warning, &format!("rg: recipe '{}': the change of '{}' could not be captured: {e}", p.name, String::from_utf8_lossy(key)));
-                let reported = FAILED.with(|f| match f.borrow_mut().as_mut() {
-                    Some(list) => {
-                        list.push(format!("write-behind '{}': the change of '{}' was made but could not be captured ({e}); it will not reach the target", p.name, String::from_utf8_lossy(key)));
-                        true
-                    }
-                    None => false,
-                });
+                let reported = CaptureScope::report(|s| s.failed.push(format!("write-behind '{}': the change of '{}' was made but could not be captured ({e}); it will not reach the target", p.name, String::from_utf8_lossy(key))));
                 if !reported {
                     // Not inside RG.WTRUN: the writes that follow are refused until the
                     // recipe can capture again.
@@ -292,15 +319,13 @@ pub fn wt_run(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         }
         // Hashes the command may replace with another type (servers without the Key event).
         note_hashes(ctx.ctx, db, &argv);
-        CAPTURED.with(|c| *c.borrow_mut() = Some(Vec::new()));
-        FAILED.with(|c| *c.borrow_mut() = Some(Vec::new()));
+        let scope = CaptureScope::open();
         // The command goes through its hook, if it has one.
         // (Hooks do not fire for commands from the primary, the AOF or scripts.)
         let no_hooks = internal || flags.contains(ContextFlags::LUA);
         // Sync triggers its events fire run after it (Redis 7.0; see `defer`).
         let result = crate::defer::around(ctx.ctx, || if internal { engine::Host::lock(&host, db).call(None, &refs).map_err(|e| e.to_string()) } else { crate::hooks::run(ctx, &argv, user.clone(), no_hooks) });
-        let captured = CAPTURED.with(|c| c.borrow_mut().take()).unwrap_or_default();
-        let failed = FAILED.with(|c| c.borrow_mut().take()).unwrap_or_default();
+        let Captures { write_through: captured, failed } = scope.close();
         if !failed.is_empty() {
             // Never acknowledged without its capture.
             reply::error(ctx, &format!("ERR {}", failed.join("; ")));
