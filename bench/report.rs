@@ -917,39 +917,51 @@ impl Drop for ModuleCopy {
 const GAPS: &str = r#"
 ## Where the time goes, and what the rest would need
 
-Profiles taken on this machine with `perf record -g -p <redis-server pid>` (the largest gaps
-above); they are not re-taken by each run.
+Profiles taken on this machine with `perf record --call-graph dwarf -p <redis-server pid>`
+(the largest gaps above); they are not re-taken by each run.
 
-- **B4, countBy (the largest gap).** The whole job runs on one worker thread at 100% CPU
-  (99.8% of the samples of a 1M-key Lua run are `rg-worker-1`): the key walk (`RM_Scan`,
-  `dictScan` ~4%) and the reads are no longer command dispatches, and PING p99 stays under
-  2 ms because the reader holds the lock for at most 1 ms at a time. What is left is the
-  cost per record: `zmalloc_usable` and `zfree` together ~32% (nearly all of it on the
-  `lock add`/`lock sub` of Redis's `used_memory` counter that every module allocation
-  updates), then the conversion of each record into a Lua table (`luaS_newlstr`,
-  `to_lua_at`, `lua_settop`, ~10%) and the call of the extractor. A per-thread cache of
-  small blocks in front of Redis's allocator was tried: it cut the allocator's share of the
-  samples from ~43% to ~17% but not the wall time (8.26 s vs 8.30 s for 1M keys), so it was
-  not kept. Reaching the EVAL loop (which blocks Redis for its whole run) would need records
-  that are not built at all: the extractor reading fields from the key on access (a
-  userdata/proxy record over the open key) instead of a full table per hash, so that a
-  countBy of one field copies one field per key.
-- **B1, capture.** The capture itself is now native (the hash read with `RM_ScanKey`, the
-  entry appended with `RM_StreamAdd`, no HGETALL/XADD dispatch). On Redis 7.0 (this run)
-  every write to a captured key is still run twice: the command filter turns it into
-  `RG.WTRUN <command>`, which checks the recipe's stream, runs the command through
-  `RM_Call` and turns a capture that failed into an error reply, so that no write is
-  acknowledged without its capture. On 7.2+ and Valkey a plain client's write-behind write
-  runs unwrapped (the stream's health is kept current from its own keyspace events), the
-  wrapper staying for write-through, MULTI and scripts; 7.0's filter cannot tell a client's
-  command from one queued in MULTI, which is what keeping the wrapper there costs.
+- **B4, countBy (the largest gap).** Two threads run at 100% CPU on the two cores: the
+  reader (`RM_Scan`, the ACL check and the hash read with `RM_ScanKey` under the lock, at
+  most 1 ms at a time, so PING p99 stays near 1-2 ms) and the worker (each record turned
+  into a Lua table or JS object, the extractor called, the group counted, the record
+  freed). About 45% of all samples are Redis's allocator (`zmalloc_usable`, `zfree`),
+  mostly the `used_memory` counter every module allocation updates, shared between the
+  reader that allocates a record and the worker that frees it. Since the first report:
+  steps no longer copy each record before calling the script (the languages convert from a
+  reference), Lua builds plain data in one protected call instead of one per string and
+  table store, and the reader reuses its ACL strings and hash cursor: allocations per
+  record (column above; measured on 100k hashes before and after) fell from 61 to 40
+  (Lua) and from 54 to 34 (JS), against the EVAL loop's 9-10. Reaching the EVAL loop (which blocks Redis for its whole run) would need
+  records that are not built at all: the extractor reading fields from the key on access
+  (a userdata/proxy record over the open key, which would have to run under the lock)
+  instead of a full table per hash, so that a countBy of one field copies one field per
+  key. A per-thread cache of small blocks in front of Redis's allocator was tried: it cut
+  the allocator's share of the samples from ~43% to ~17% but not the wall time, so it was
+  not kept.
+- **B1, capture.** The capture is native (the hash read with `RM_ScanKey`, the entry
+  appended with `RM_StreamAdd` and replicated as XADD with the same strings). On Redis
+  7.0 every write to a captured key still runs twice: the command filter turns it into
+  `RG.WTRUN <command>` (7.0's filter cannot tell a client's command from one queued in
+  MULTI). On 7.2+ (the second table) a plain client's write-behind write runs unwrapped,
+  and the filter asks the server about a client once (`RM_GetClientInfoById` formats the
+  peer address, a system call) and then follows its MULTI state from its commands: the
+  FCALL target is met at `-P 16` and within a few percent at `-P 1`. Plain HSET stays out of
+  reach: a capture reads the whole hash back and appends and replicates an entry, more
+  work than the HSET itself.
 - **B2/B3, drain.** A batch is one prepared statement with array parameters (and, for
   at-least-once, no BEGIN/COMMIT), a round of the apply loop takes the Redis lock once, and
   the next batch is read while the target commits the current one: B3 meets its target. B2
   is bounded by the capture path on 7.0 (above) and by the apply thread sharing two cores
   with Redis and the 48 clients.
-- **B5, sync triggers.** Each firing still opens the key twice to save and restore its
-  LRU/LFU, looks the owner's ACL user up, and builds an `Execution` and a run environment.
+- **B5, sync triggers.** On Redis 7.4.1 about half of the main thread's samples are the
+  trigger's post-notification job: the Lua call of the step (~33%, of which `execute()`
+  ~16% and its `RM_Call` with the INCR itself ~6%), the record read and built (~5%), the
+  run set-up (an `Execution`, a run environment, the session's instance looked up, step
+  timings: ~8%, including ~4% in `clock_gettime`). What is left would need a firing path
+  that builds nothing per firing (no `Execution` or run environment, the instance and
+  function looked up once per session change) and an `execute()` without a fresh ACL user
+  per call: the user object `RM_GetModuleUserFromUserName` gives points at the live user,
+  which `ACL DELUSER` may free between two commands, so it cannot be kept across commands.
 "#;
 
 fn main() {
